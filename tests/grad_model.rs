@@ -28,7 +28,11 @@ fn check_model(pool: Pool, smoothing: f64) {
     // Parameters of order one (not the init's 0.02) so every nonlinearity is exercised;
     // LayerNorm weights near 1.
     let mut params = rand_vec(layout.len, 100, 0.5);
-    for e in layout.entries.iter().filter(|e| e.name.contains("norm") && e.name.ends_with("weight")) {
+    for e in layout
+        .entries
+        .iter()
+        .filter(|e| e.name.contains("norm") && e.name.ends_with("weight"))
+    {
         params[e.range.clone()].iter_mut().for_each(|v| *v += 1.0);
     }
     let images = rand_vec(batch * 3 * 8 * 8, 101, 1.0);
@@ -51,7 +55,10 @@ fn check_model(pool: Pool, smoothing: f64) {
         let r = e.range.clone();
         let name = format!("{} (pool={pool})", e.name);
         // A gradient that is identically zero would make the check vacuous.
-        assert!(numeric[r.clone()].iter().any(|g| g.abs() > 1e-8), "{name}: zero gradient");
+        assert!(
+            numeric[r.clone()].iter().any(|g| g.abs() > 1e-8),
+            "{name}: zero gradient"
+        );
         assert_close(&name, &grads[r.clone()], &numeric[r], GRAD_TOL);
     }
 }

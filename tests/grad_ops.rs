@@ -26,10 +26,36 @@ fn linear_gradients() {
         dot(&y, &g)
     };
     let (mut dx, mut dw, mut db) = (vec![0.0; rows * i], vec![0.0; o * i], vec![0.0; o]);
-    linear_backward(Some(&mut dx), false, &mut dw, Some(&mut db), &g, &x, &w, rows, i, o);
-    assert_close("linear dx", &dx, &fd_grad(&x, FD_STEP, |v| loss(v, &w, &b)), GRAD_TOL);
-    assert_close("linear dw", &dw, &fd_grad(&w, FD_STEP, |v| loss(&x, v, &b)), GRAD_TOL);
-    assert_close("linear db", &db, &fd_grad(&b, FD_STEP, |v| loss(&x, &w, v)), GRAD_TOL);
+    linear_backward(
+        Some(&mut dx),
+        false,
+        &mut dw,
+        Some(&mut db),
+        &g,
+        &x,
+        &w,
+        rows,
+        i,
+        o,
+    );
+    assert_close(
+        "linear dx",
+        &dx,
+        &fd_grad(&x, FD_STEP, |v| loss(v, &w, &b)),
+        GRAD_TOL,
+    );
+    assert_close(
+        "linear dw",
+        &dw,
+        &fd_grad(&w, FD_STEP, |v| loss(&x, v, &b)),
+        GRAD_TOL,
+    );
+    assert_close(
+        "linear db",
+        &db,
+        &fd_grad(&b, FD_STEP, |v| loss(&x, &w, v)),
+        GRAD_TOL,
+    );
 
     // Accumulating variants add onto what is there.
     let mut dx2 = vec![1.0; rows * i];
@@ -54,11 +80,21 @@ fn linear_residual_gradients() {
         dot(&y, &g)
     };
     // The residual's gradient is the output gradient itself.
-    assert_close("residual d(residual)", &g, &fd_grad(&res, FD_STEP, |v| loss(v, &x)), GRAD_TOL);
+    assert_close(
+        "residual d(residual)",
+        &g,
+        &fd_grad(&res, FD_STEP, |v| loss(v, &x)),
+        GRAD_TOL,
+    );
     let mut dx = vec![0.0; rows * i];
     let mut dw = vec![0.0; o * i];
     linear_backward(Some(&mut dx), false, &mut dw, None, &g, &x, &w, rows, i, o);
-    assert_close("residual dx", &dx, &fd_grad(&x, FD_STEP, |v| loss(&res, v)), GRAD_TOL);
+    assert_close(
+        "residual dx",
+        &dx,
+        &fd_grad(&x, FD_STEP, |v| loss(&res, v)),
+        GRAD_TOL,
+    );
 }
 
 #[test]
@@ -77,9 +113,24 @@ fn layernorm_gradients() {
     layernorm_forward(&mut y, &mut m, &mut r, &x, &w, &b, d);
     let (mut dx, mut dw, mut db) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
     layernorm_backward(&mut dx, &mut dw, &mut db, &g, &x, &m, &r, &w, d);
-    assert_close("layernorm dx", &dx, &fd_grad(&x, FD_STEP, |v| loss(v, &w, &b)), GRAD_TOL);
-    assert_close("layernorm dweight", &dw, &fd_grad(&w, FD_STEP, |v| loss(&x, v, &b)), GRAD_TOL);
-    assert_close("layernorm dbias", &db, &fd_grad(&b, FD_STEP, |v| loss(&x, &w, v)), GRAD_TOL);
+    assert_close(
+        "layernorm dx",
+        &dx,
+        &fd_grad(&x, FD_STEP, |v| loss(v, &w, &b)),
+        GRAD_TOL,
+    );
+    assert_close(
+        "layernorm dweight",
+        &dw,
+        &fd_grad(&w, FD_STEP, |v| loss(&x, v, &b)),
+        GRAD_TOL,
+    );
+    assert_close(
+        "layernorm dbias",
+        &db,
+        &fd_grad(&b, FD_STEP, |v| loss(&x, &w, v)),
+        GRAD_TOL,
+    );
 }
 
 #[test]
@@ -98,7 +149,12 @@ fn gelu_gradients() {
 
 #[test]
 fn attention_gradients() {
-    let s = AttnShape { batch: 2, tokens: 5, heads: 3, head_dim: 2 };
+    let s = AttnShape {
+        batch: 2,
+        tokens: 5,
+        heads: 3,
+        head_dim: 2,
+    };
     let d = s.heads * s.head_dim;
     let qkv = rand_vec(s.batch * s.tokens * 3 * d, 16, 1.5);
     let g = rand_vec(s.batch * s.tokens * d, 17, 1.0);
@@ -129,8 +185,15 @@ fn token_assembly_gradients() {
             tokens_forward(&mut x, patch, pos, with_cls.then_some(cls), d);
             dot(&x, &g)
         };
-        let (mut dpatch, mut dpos, mut dcls) = (vec![0.0; b * n * d], vec![0.0; t * d], vec![0.0; d]);
-        tokens_backward(&mut dpatch, &mut dpos, with_cls.then_some(&mut dcls[..]), &g, d);
+        let (mut dpatch, mut dpos, mut dcls) =
+            (vec![0.0; b * n * d], vec![0.0; t * d], vec![0.0; d]);
+        tokens_backward(
+            &mut dpatch,
+            &mut dpos,
+            with_cls.then_some(&mut dcls[..]),
+            &g,
+            d,
+        );
         let tag = if with_cls { "cls" } else { "no cls" };
         assert_close(
             &format!("tokens dpatch ({tag})"),
@@ -164,7 +227,12 @@ fn pooling_gradients() {
         };
         let mut dx = vec![f64::NAN; b * t * d]; // fully overwritten
         pool_backward(&mut dx, &g, t, d, pool);
-        assert_close(&format!("pool dx ({pool})"), &dx, &fd_grad(&x, FD_STEP, loss), GRAD_TOL);
+        assert_close(
+            &format!("pool dx ({pool})"),
+            &dx,
+            &fd_grad(&x, FD_STEP, loss),
+            GRAD_TOL,
+        );
     }
 }
 
@@ -176,7 +244,14 @@ fn cross_entropy_gradients() {
         let labels = [0u32, 6, 3, 3];
         let mut dlogits = vec![0.0; b * k];
         cross_entropy(&logits, &labels, k, smoothing, Some(&mut dlogits));
-        let fd = fd_grad(&logits, FD_STEP, |v| cross_entropy(v, &labels, k, smoothing, None).loss);
-        assert_close(&format!("cross-entropy dlogits (smoothing {smoothing})"), &dlogits, &fd, GRAD_TOL);
+        let fd = fd_grad(&logits, FD_STEP, |v| {
+            cross_entropy(v, &labels, k, smoothing, None).loss
+        });
+        assert_close(
+            &format!("cross-entropy dlogits (smoothing {smoothing})"),
+            &dlogits,
+            &fd,
+            GRAD_TOL,
+        );
     }
 }

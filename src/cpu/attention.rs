@@ -33,7 +33,11 @@ pub fn attention_forward<F: Float>(out: &mut [F], probs: &mut [F], qkv: &[F], s:
     let (t, d, hd) = (s.tokens, s.dim(), s.head_dim);
     assert_eq!(qkv.len(), s.batch * t * 3 * d, "attention_forward: qkv");
     assert_eq!(out.len(), s.batch * t * d, "attention_forward: out");
-    assert_eq!(probs.len(), s.batch * s.heads * t * t, "attention_forward: probs");
+    assert_eq!(
+        probs.len(),
+        s.batch * s.heads * t * t,
+        "attention_forward: probs"
+    );
     let scale = s.scale::<F>();
     out.par_chunks_mut(t * d)
         .zip(probs.par_chunks_mut(s.heads * t * t))
@@ -81,11 +85,19 @@ pub fn attention_backward<F: Float>(
     assert_eq!(dqkv.len(), s.batch * t * 3 * d, "attention_backward: dqkv");
     assert_eq!(qkv.len(), s.batch * t * 3 * d, "attention_backward: qkv");
     assert_eq!(dout.len(), s.batch * t * d, "attention_backward: dout");
-    assert_eq!(probs.len(), s.batch * s.heads * t * t, "attention_backward: probs");
+    assert_eq!(
+        probs.len(),
+        s.batch * s.heads * t * t,
+        "attention_backward: probs"
+    );
     let scale = s.scale::<F>();
     dqkv.par_chunks_mut(t * 3 * d)
         .zip(dout.par_chunks(t * d))
-        .zip(probs.par_chunks(s.heads * t * t).zip(qkv.par_chunks(t * 3 * d)))
+        .zip(
+            probs
+                .par_chunks(s.heads * t * t)
+                .zip(qkv.par_chunks(t * 3 * d)),
+        )
         .for_each_init(
             || vec![F::zero(); t * t],
             |ds, ((dqkv_b, dout_b), (probs_b, qkv_b))| {
@@ -99,7 +111,14 @@ pub fn attention_backward<F: Float>(
                     let dv = MatMut::strided(&mut dqkv_b[2 * d + h * hd..], t, hd, 3 * d);
                     matmul(dv, p_mat.t(), d_o, F::one(), false, Par::Serial);
                     // dP = dO Vᵀ, then the softmax backward in place: dS = P ⊙ (dP − Σ dP⊙P)
-                    matmul(MatMut::rows(ds, t, t), d_o, v.t(), F::one(), false, Par::Serial);
+                    matmul(
+                        MatMut::rows(ds, t, t),
+                        d_o,
+                        v.t(),
+                        F::one(),
+                        false,
+                        Par::Serial,
+                    );
                     for (ds_row, p_row) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
                         let dot: F = ds_row.iter().zip(p_row).map(|(&g, &pv)| g * pv).sum();
                         for (g, &pv) in ds_row.iter_mut().zip(p_row) {

@@ -61,10 +61,19 @@ impl Dims {
     }
     fn scratch_len(&self) -> usize {
         let r = self.rows();
-        r * self.d * 3 + r * 3 * self.d + 2 * r * self.m + 2 * self.b * self.d + self.b * self.n * self.d
+        r * self.d * 3
+            + r * 3 * self.d
+            + 2 * r * self.m
+            + 2 * self.b * self.d
+            + self.b * self.n * self.d
     }
     fn attn(&self) -> AttnShape {
-        AttnShape { batch: self.b, tokens: self.t, heads: self.h, head_dim: self.d / self.h }
+        AttnShape {
+            batch: self.b,
+            tokens: self.t,
+            heads: self.h,
+            head_dim: self.d / self.h,
+        }
     }
 }
 
@@ -104,21 +113,24 @@ struct HeadActs<S> {
 
 /// Gradient scratch for backward.
 struct Scratch<S> {
-    dx: S,        // [R, D] residual stream gradient
-    dln: S,       // [R, D] gradient at a LayerNorm output
-    dattn: S,     // [R, D]
-    dqkv: S,      // [R, 3D]
-    dgelu: S,     // [R, M]
-    dfc1: S,      // [R, M]
-    dpooled: S,   // [B, D]
-    dnormed: S,   // [B, D]
-    dpatch: S,    // [B·N, D]
+    dx: S,      // [R, D] residual stream gradient
+    dln: S,     // [R, D] gradient at a LayerNorm output
+    dattn: S,   // [R, D]
+    dqkv: S,    // [R, 3D]
+    dgelu: S,   // [R, M]
+    dfc1: S,    // [R, M]
+    dpooled: S, // [B, D]
+    dnormed: S, // [B, D]
+    dpatch: S,  // [B·N, D]
 }
 
 impl<S: Carve> EmbedActs<S> {
     fn carve(buf: &mut S, z: &Dims) -> Self {
         let np = z.b * z.n;
-        Self { patches: buf.take_front(np * z.cpp), patch_out: buf.take_front(np * z.d) }
+        Self {
+            patches: buf.take_front(np * z.cpp),
+            patch_out: buf.take_front(np * z.d),
+        }
     }
 }
 
@@ -185,10 +197,20 @@ struct Acts<S> {
 impl<S: Carve> Acts<S> {
     fn carve(mut buf: S, z: &Dims) -> Self {
         let embed = EmbedActs::carve(&mut buf, z);
-        let blocks = (0..z.depth).map(|_| BlockActs::carve(&mut buf, z)).collect();
+        let blocks = (0..z.depth)
+            .map(|_| BlockActs::carve(&mut buf, z))
+            .collect();
         let head = HeadActs::carve(&mut buf, z);
-        debug_assert_eq!(buf.remaining(), 0, "activation layout and Dims::acts_len disagree");
-        Self { embed, blocks, head }
+        debug_assert_eq!(
+            buf.remaining(),
+            0,
+            "activation layout and Dims::acts_len disagree"
+        );
+        Self {
+            embed,
+            blocks,
+            head,
+        }
     }
 }
 
@@ -243,14 +265,25 @@ impl<F: Float> CpuEngine<F> {
         let image_len = cfg.in_chans * cfg.image_size * cfg.image_size;
         assert_eq!(images.len() % image_len, 0, "forward: images");
         let batch = images.len() / image_len;
-        assert!(batch >= 1 && batch <= self.max_batch, "forward: batch {batch} > {}", self.max_batch);
+        assert!(
+            batch >= 1 && batch <= self.max_batch,
+            "forward: batch {batch} > {}",
+            self.max_batch
+        );
         self.batch = batch;
         let z = Dims::new(cfg, batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
 
         let mut a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
-        im2col(&mut a.embed.patches, images, batch, cfg.in_chans, cfg.image_size, cfg.patch_size);
+        im2col(
+            &mut a.embed.patches,
+            images,
+            batch,
+            cfg.in_chans,
+            cfg.image_size,
+            cfg.patch_size,
+        );
         let np = batch * z.n;
         linear_forward(
             &mut a.embed.patch_out,
@@ -289,9 +322,26 @@ impl<F: Float> CpuEngine<F> {
                 p(&w.norm1_b),
                 d,
             );
-            linear_forward(&mut blk.qkv, &blk.ln1, p(&w.qkv_w), Some(p(&w.qkv_b)), r, d, 3 * d);
+            linear_forward(
+                &mut blk.qkv,
+                &blk.ln1,
+                p(&w.qkv_w),
+                Some(p(&w.qkv_b)),
+                r,
+                d,
+                3 * d,
+            );
             attention_forward(&mut blk.attn, &mut blk.probs, &blk.qkv, z.attn());
-            linear_residual_forward(&mut blk.x_mid, x, &blk.attn, p(&w.proj_w), p(&w.proj_b), r, d, d);
+            linear_residual_forward(
+                &mut blk.x_mid,
+                x,
+                &blk.attn,
+                p(&w.proj_w),
+                p(&w.proj_b),
+                r,
+                d,
+                d,
+            );
             layernorm_forward(
                 &mut blk.ln2,
                 &mut blk.ln2_mean,
@@ -301,9 +351,26 @@ impl<F: Float> CpuEngine<F> {
                 p(&w.norm2_b),
                 d,
             );
-            linear_forward(&mut blk.fc1, &blk.ln2, p(&w.fc1_w), Some(p(&w.fc1_b)), r, d, m);
+            linear_forward(
+                &mut blk.fc1,
+                &blk.ln2,
+                p(&w.fc1_w),
+                Some(p(&w.fc1_b)),
+                r,
+                d,
+                m,
+            );
             gelu_forward(&mut blk.gelu, &blk.fc1);
-            linear_residual_forward(x_next, &blk.x_mid, &blk.gelu, p(&w.fc2_w), p(&w.fc2_b), r, m, d);
+            linear_residual_forward(
+                x_next,
+                &blk.x_mid,
+                &blk.gelu,
+                p(&w.fc2_w),
+                p(&w.fc2_b),
+                r,
+                m,
+                d,
+            );
         }
         let x_last: &[F] = stream[z.depth];
         let h = &mut a.head;
@@ -317,7 +384,15 @@ impl<F: Float> CpuEngine<F> {
             p(&lay.head_norm_b),
             d,
         );
-        linear_forward(&mut h.logits, &h.normed, p(&lay.head_w), Some(p(&lay.head_b)), batch, d, z.k);
+        linear_forward(
+            &mut h.logits,
+            &h.normed,
+            p(&lay.head_w),
+            Some(p(&lay.head_b)),
+            batch,
+            d,
+            z.k,
+        );
     }
 
     /// Logits [B, K] of the last forward pass.
@@ -351,29 +426,114 @@ impl<F: Float> CpuEngine<F> {
 
         let h = &a.head;
         let (gw, gb) = two_mut(grads, lay.head_w.clone(), lay.head_b.clone());
-        linear_backward(Some(&mut *s.dnormed), false, gw, Some(gb), h.dlogits, h.normed, p(&lay.head_w), z.b, d, z.k);
+        linear_backward(
+            Some(&mut *s.dnormed),
+            false,
+            gw,
+            Some(gb),
+            h.dlogits,
+            h.normed,
+            p(&lay.head_w),
+            z.b,
+            d,
+            z.k,
+        );
         s.dpooled.fill(F::zero());
         let (gw, gb) = two_mut(grads, lay.head_norm_w.clone(), lay.head_norm_b.clone());
-        layernorm_backward(s.dpooled, gw, gb, s.dnormed, h.pooled, h.mean, h.rstd, p(&lay.head_norm_w), d);
+        layernorm_backward(
+            s.dpooled,
+            gw,
+            gb,
+            s.dnormed,
+            h.pooled,
+            h.mean,
+            h.rstd,
+            p(&lay.head_norm_w),
+            d,
+        );
         pool_backward(s.dx, s.dpooled, z.t, d, self.cfg.pool);
 
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
             // x_next = x_mid + fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next.
             let (gw, gb) = two_mut(grads, w.fc2_w.clone(), w.fc2_b.clone());
-            linear_backward(Some(&mut *s.dgelu), false, gw, Some(gb), s.dx, blk.gelu, p(&w.fc2_w), r, m, d);
+            linear_backward(
+                Some(&mut *s.dgelu),
+                false,
+                gw,
+                Some(gb),
+                s.dx,
+                blk.gelu,
+                p(&w.fc2_w),
+                r,
+                m,
+                d,
+            );
             gelu_backward(s.dfc1, s.dgelu, blk.fc1);
             let (gw, gb) = two_mut(grads, w.fc1_w.clone(), w.fc1_b.clone());
-            linear_backward(Some(&mut *s.dln), false, gw, Some(gb), s.dfc1, blk.ln2, p(&w.fc1_w), r, d, m);
+            linear_backward(
+                Some(&mut *s.dln),
+                false,
+                gw,
+                Some(gb),
+                s.dfc1,
+                blk.ln2,
+                p(&w.fc1_w),
+                r,
+                d,
+                m,
+            );
             let (gw, gb) = two_mut(grads, w.norm2_w.clone(), w.norm2_b.clone());
-            layernorm_backward(s.dx, gw, gb, s.dln, blk.x_mid, blk.ln2_mean, blk.ln2_rstd, p(&w.norm2_w), d);
+            layernorm_backward(
+                s.dx,
+                gw,
+                gb,
+                s.dln,
+                blk.x_mid,
+                blk.ln2_mean,
+                blk.ln2_rstd,
+                p(&w.norm2_w),
+                d,
+            );
             // x_mid = x + proj(attn(ln1(x))): dx now holds d x_mid.
             let (gw, gb) = two_mut(grads, w.proj_w.clone(), w.proj_b.clone());
-            linear_backward(Some(&mut *s.dattn), false, gw, Some(gb), s.dx, blk.attn, p(&w.proj_w), r, d, d);
+            linear_backward(
+                Some(&mut *s.dattn),
+                false,
+                gw,
+                Some(gb),
+                s.dx,
+                blk.attn,
+                p(&w.proj_w),
+                r,
+                d,
+                d,
+            );
             attention_backward(s.dqkv, s.dattn, blk.probs, blk.qkv, z.attn());
             let (gw, gb) = two_mut(grads, w.qkv_w.clone(), w.qkv_b.clone());
-            linear_backward(Some(&mut *s.dln), false, gw, Some(gb), s.dqkv, blk.ln1, p(&w.qkv_w), r, d, 3 * d);
+            linear_backward(
+                Some(&mut *s.dln),
+                false,
+                gw,
+                Some(gb),
+                s.dqkv,
+                blk.ln1,
+                p(&w.qkv_w),
+                r,
+                d,
+                3 * d,
+            );
             let (gw, gb) = two_mut(grads, w.norm1_w.clone(), w.norm1_b.clone());
-            layernorm_backward(s.dx, gw, gb, s.dln, blk.x, blk.ln1_mean, blk.ln1_rstd, p(&w.norm1_w), d);
+            layernorm_backward(
+                s.dx,
+                gw,
+                gb,
+                s.dln,
+                blk.x,
+                blk.ln1_mean,
+                blk.ln1_rstd,
+                p(&w.norm1_w),
+                d,
+            );
         }
 
         match &lay.cls_token {
@@ -385,6 +545,17 @@ impl<F: Float> CpuEngine<F> {
         }
         let (gw, gb) = two_mut(grads, lay.patch_w.clone(), lay.patch_b.clone());
         let np = z.b * z.n;
-        linear_backward(None, false, gw, Some(gb), s.dpatch, a.embed.patches, p(&lay.patch_w), np, z.cpp, d);
+        linear_backward(
+            None,
+            false,
+            gw,
+            Some(gb),
+            s.dpatch,
+            a.embed.patches,
+            p(&lay.patch_w),
+            np,
+            z.cpp,
+            d,
+        );
     }
 }

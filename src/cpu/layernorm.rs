@@ -21,7 +21,10 @@ pub fn layernorm_forward<F: Float>(
     assert_eq!(x.len(), rows * dim, "layernorm_forward: x");
     assert_eq!(out.len(), rows * dim, "layernorm_forward: out");
     assert_eq!(rstd.len(), rows, "layernorm_forward: rstd");
-    assert!(weight.len() == dim && bias.len() == dim, "layernorm_forward: weight/bias");
+    assert!(
+        weight.len() == dim && bias.len() == dim,
+        "layernorm_forward: weight/bias"
+    );
     let inv_d = F::one() / F::of(dim as f64);
     let eps = F::of(LN_EPS);
     out.par_chunks_mut(dim)
@@ -60,7 +63,10 @@ pub fn layernorm_backward<F: Float>(
     assert_eq!(dout.len(), rows * dim, "layernorm_backward: dout");
     assert_eq!(x.len(), rows * dim, "layernorm_backward: x");
     assert_eq!(rstd.len(), rows, "layernorm_backward: rstd");
-    assert!(dweight.len() == dim && dbias.len() == dim, "layernorm_backward: dweight/dbias");
+    assert!(
+        dweight.len() == dim && dbias.len() == dim,
+        "layernorm_backward: dweight/dbias"
+    );
     let inv_d = F::one() / F::of(dim as f64);
     let block = REDUCE_ROWS * dim;
     // Each block of rows returns its partial dweight/dbias; they are summed in block order
@@ -69,7 +75,10 @@ pub fn layernorm_backward<F: Float>(
         .par_chunks_mut(block)
         .zip(dout.par_chunks(block))
         .zip(x.par_chunks(block))
-        .zip(mean.par_chunks(REDUCE_ROWS).zip(rstd.par_chunks(REDUCE_ROWS)))
+        .zip(
+            mean.par_chunks(REDUCE_ROWS)
+                .zip(rstd.par_chunks(REDUCE_ROWS)),
+        )
         .map(|(((dxb, db), xb), (mb, rb))| {
             let mut p = vec![F::zero(); 2 * dim];
             let (pw, pb) = p.split_at_mut(dim);

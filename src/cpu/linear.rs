@@ -21,7 +21,8 @@ pub fn linear_forward<F: Float>(
     // The bias is written first and the product accumulated onto it: one pass over y.
     if let Some(b) = b {
         assert_eq!(b.len(), out_dim, "linear_forward: b");
-        y.par_chunks_mut(out_dim).for_each(|row| row.copy_from_slice(b));
+        y.par_chunks_mut(out_dim)
+            .for_each(|row| row.copy_from_slice(b));
     }
     accumulate_product(y, x, w, b.is_some(), rows, in_dim, out_dim);
 }
@@ -40,13 +41,19 @@ pub fn linear_residual_forward<F: Float>(
     out_dim: usize,
 ) {
     assert_eq!(y.len(), rows * out_dim, "linear_residual_forward: y");
-    assert_eq!(residual.len(), rows * out_dim, "linear_residual_forward: residual");
+    assert_eq!(
+        residual.len(),
+        rows * out_dim,
+        "linear_residual_forward: residual"
+    );
     assert_eq!(b.len(), out_dim, "linear_residual_forward: b");
-    y.par_chunks_mut(out_dim).zip(residual.par_chunks(out_dim)).for_each(|(yr, rr)| {
-        for ((o, &r), &bias) in yr.iter_mut().zip(rr).zip(b) {
-            *o = r + bias;
-        }
-    });
+    y.par_chunks_mut(out_dim)
+        .zip(residual.par_chunks(out_dim))
+        .for_each(|(yr, rr)| {
+            for ((o, &r), &bias) in yr.iter_mut().zip(rr).zip(b) {
+                *o = r + bias;
+            }
+        });
     accumulate_product(y, x, w, true, rows, in_dim, out_dim);
 }
 

@@ -35,11 +35,14 @@ pub fn cross_entropy<F: Float>(
     for (b, (row, &y)) in logits.chunks_exact(classes).zip(labels).enumerate() {
         let y = y as usize;
         assert!(y < classes, "cross_entropy: label {y} >= {classes}");
-        let (arg, max) = row
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, F::neg_infinity()), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+        let (arg, max) =
+            row.iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, F::neg_infinity()),
+                    |a, (i, v)| if v > a.1 { (i, v) } else { a },
+                );
         correct += usize::from(arg == y);
         let sum_exp: F = row.iter().map(|&v| (v - max).exp()).sum();
         let log_z = max + sum_exp.ln();
@@ -49,10 +52,17 @@ pub fn cross_entropy<F: Float>(
         if let Some(d) = dlogits.as_deref_mut() {
             let d = &mut d[b * classes..(b + 1) * classes];
             for (k, (g, &v)) in d.iter_mut().zip(row).enumerate() {
-                let target = if k == y { F::one() - eps + eps * inv_k } else { eps * inv_k };
+                let target = if k == y {
+                    F::one() - eps + eps * inv_k
+                } else {
+                    eps * inv_k
+                };
                 *g = ((v - log_z).exp() - target) * inv_b;
             }
         }
     }
-    LossStats { loss: total / batch as f64, correct }
+    LossStats {
+        loss: total / batch as f64,
+        correct,
+    }
 }

@@ -28,11 +28,23 @@ pub struct MatMut<'a, F> {
 impl<'a, F> MatRef<'a, F> {
     /// A dense row-major [rows, cols] matrix.
     pub fn rows(data: &'a [F], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
     /// Row-major [rows, cols] with rows `row_stride` apart (a column slice of a wider matrix).
     pub fn strided(data: &'a [F], rows: usize, cols: usize, row_stride: usize) -> Self {
-        Self { data, rows, cols, row_stride, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
     }
     /// The transpose, without moving data.
     pub fn t(self) -> Self {
@@ -45,21 +57,45 @@ impl<'a, F> MatRef<'a, F> {
         }
     }
     fn fits(&self) -> bool {
-        fits(self.data.len(), self.rows, self.cols, self.row_stride, self.col_stride)
+        fits(
+            self.data.len(),
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+        )
     }
 }
 
 impl<'a, F> MatMut<'a, F> {
     /// A dense row-major [rows, cols] matrix.
     pub fn rows(data: &'a mut [F], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
     /// Row-major [rows, cols] with rows `row_stride` apart (a column slice of a wider matrix).
     pub fn strided(data: &'a mut [F], rows: usize, cols: usize, row_stride: usize) -> Self {
-        Self { data, rows, cols, row_stride, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
     }
     fn fits(&self) -> bool {
-        fits(self.data.len(), self.rows, self.cols, self.row_stride, self.col_stride)
+        fits(
+            self.data.len(),
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+        )
     }
 }
 
@@ -91,7 +127,10 @@ pub fn matmul<F: Float>(
     assert_eq!(lhs.rows, dst.rows, "matmul: lhs rows vs dst rows");
     assert_eq!(rhs.cols, dst.cols, "matmul: rhs cols vs dst cols");
     assert_eq!(lhs.cols, rhs.rows, "matmul: inner dimensions");
-    assert!(dst.fits() && lhs.fits() && rhs.fits(), "matmul: view outside its slice");
+    assert!(
+        dst.fits() && lhs.fits() && rhs.fits(),
+        "matmul: view outside its slice"
+    );
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }

@@ -17,22 +17,32 @@ pub fn im2col<F: Float>(
     side: usize,
     patch: usize,
 ) {
-    assert!(patch > 0 && side % patch == 0, "im2col: side {side} not a multiple of patch {patch}");
+    assert!(
+        patch > 0 && side % patch == 0,
+        "im2col: side {side} not a multiple of patch {patch}"
+    );
     let grid = side / patch;
     let n = grid * grid;
     let cpp = channels * patch * patch;
-    assert_eq!(images.len(), batch * channels * side * side, "im2col: images");
+    assert_eq!(
+        images.len(),
+        batch * channels * side * side,
+        "im2col: images"
+    );
     assert_eq!(patches.len(), batch * n * cpp, "im2col: patches");
-    patches.par_chunks_mut(cpp).enumerate().for_each(|(row, out)| {
-        let (b, p) = (row / n, row % n);
-        let (py, px) = (p / grid, p % grid);
-        let img = &images[b * channels * side * side..(b + 1) * channels * side * side];
-        for c in 0..channels {
-            for ky in 0..patch {
-                let src = c * side * side + (py * patch + ky) * side + px * patch;
-                let dst = (c * patch + ky) * patch;
-                out[dst..dst + patch].copy_from_slice(&img[src..src + patch]);
+    patches
+        .par_chunks_mut(cpp)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, p) = (row / n, row % n);
+            let (py, px) = (p / grid, p % grid);
+            let img = &images[b * channels * side * side..(b + 1) * channels * side * side];
+            for c in 0..channels {
+                for ky in 0..patch {
+                    let src = c * side * side + (py * patch + ky) * side + px * patch;
+                    let dst = (c * patch + ky) * patch;
+                    out[dst..dst + patch].copy_from_slice(&img[src..src + patch]);
+                }
             }
-        }
-    });
+        });
 }

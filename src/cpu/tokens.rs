@@ -7,24 +7,32 @@ use super::Float;
 use rayon::prelude::*;
 
 /// x [B, T, D] from patch embeddings [B, N, D], pos [T, D] and the optional cls [D].
-pub fn tokens_forward<F: Float>(x: &mut [F], patch: &[F], pos: &[F], cls: Option<&[F]>, dim: usize) {
+pub fn tokens_forward<F: Float>(
+    x: &mut [F],
+    patch: &[F],
+    pos: &[F],
+    cls: Option<&[F]>,
+    dim: usize,
+) {
     let t = pos.len() / dim;
     let prefix = usize::from(cls.is_some());
     let n = t - prefix;
     assert_eq!(x.len() % (t * dim), 0, "tokens_forward: x");
     let batch = x.len() / (t * dim);
     assert_eq!(patch.len(), batch * n * dim, "tokens_forward: patch");
-    x.par_chunks_mut(t * dim).zip(patch.par_chunks(n * dim)).for_each(|(xb, pb)| {
-        if let Some(cls) = cls {
-            for ((o, &c), &p) in xb[..dim].iter_mut().zip(cls).zip(&pos[..dim]) {
-                *o = c + p;
+    x.par_chunks_mut(t * dim)
+        .zip(patch.par_chunks(n * dim))
+        .for_each(|(xb, pb)| {
+            if let Some(cls) = cls {
+                for ((o, &c), &p) in xb[..dim].iter_mut().zip(cls).zip(&pos[..dim]) {
+                    *o = c + p;
+                }
             }
-        }
-        let rest = &mut xb[prefix * dim..];
-        for ((o, &e), &p) in rest.iter_mut().zip(pb).zip(&pos[prefix * dim..]) {
-            *o = e + p;
-        }
-    });
+            let rest = &mut xb[prefix * dim..];
+            for ((o, &e), &p) in rest.iter_mut().zip(pb).zip(&pos[prefix * dim..]) {
+                *o = e + p;
+            }
+        });
 }
 
 /// Gradients of [`tokens_forward`] given dx [B, T, D]: dpatch [B, N, D] (overwritten),
@@ -42,9 +50,12 @@ pub fn tokens_backward<F: Float>(
     let batch = dx.len() / (t * dim);
     assert_eq!(dx.len(), batch * t * dim, "tokens_backward: dx");
     assert_eq!(dpatch.len(), batch * n * dim, "tokens_backward: dpatch");
-    dpatch.par_chunks_mut(n * dim).zip(dx.par_chunks(t * dim)).for_each(|(dp, dxb)| {
-        dp.copy_from_slice(&dxb[prefix * dim..]);
-    });
+    dpatch
+        .par_chunks_mut(n * dim)
+        .zip(dx.par_chunks(t * dim))
+        .for_each(|(dp, dxb)| {
+            dp.copy_from_slice(&dxb[prefix * dim..]);
+        });
     // Σ over the batch, one token row per task: deterministic, no shared accumulators.
     dpos.par_chunks_mut(dim).enumerate().for_each(|(tok, dp)| {
         for b in 0..batch {

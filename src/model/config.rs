@@ -68,7 +68,10 @@ impl ModelConfig {
         let &(_, embed_dim, depth, num_heads, mlp_dim) =
             PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
                 let names: Vec<_> = PRESETS.iter().map(|p| p.0).collect();
-                ConfigError(format!("unknown preset '{name}', expected one of: {}", names.join(", ")))
+                ConfigError(format!(
+                    "unknown preset '{name}', expected one of: {}",
+                    names.join(", ")
+                ))
             })?;
         Ok(Self {
             image_size: 32,
@@ -97,7 +100,9 @@ impl ModelConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(ConfigError(format!("{name} is 0, expected a positive value")));
+                return Err(ConfigError(format!(
+                    "{name} is 0, expected a positive value"
+                )));
             }
         }
         if self.image_size % self.patch_size != 0 {

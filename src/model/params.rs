@@ -68,7 +68,12 @@ impl Builder {
         let n: usize = shape.iter().product();
         let range = self.len..self.len + n;
         self.len += n;
-        self.entries.push(ParamEntry { name, shape: shape.to_vec(), range: range.clone(), decay });
+        self.entries.push(ParamEntry {
+            name,
+            shape: shape.to_vec(),
+            range: range.clone(),
+            decay,
+        });
         range
     }
 }
@@ -78,8 +83,12 @@ impl ParamLayout {
     pub fn new(cfg: &ModelConfig) -> Self {
         let (d, m, k) = (cfg.embed_dim, cfg.mlp_dim, cfg.num_classes);
         let (c, p) = (cfg.in_chans, cfg.patch_size);
-        let mut b = Builder { entries: Vec::new(), len: 0 };
-        let cls_token = (cfg.pool == Pool::Cls).then(|| b.add("cls_token".into(), &[1, 1, d], false));
+        let mut b = Builder {
+            entries: Vec::new(),
+            len: 0,
+        };
+        let cls_token =
+            (cfg.pool == Pool::Cls).then(|| b.add("cls_token".into(), &[1, 1, d], false));
         let pos_embed = b.add("pos_embed".into(), &[1, cfg.num_tokens(), d], false);
         let patch_w = b.add("patch_embed.proj.weight".into(), &[d, c, p, p], true);
         let patch_b = b.add("patch_embed.proj.bias".into(), &[d], false);

@@ -22,7 +22,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }
     }
 }
 
@@ -40,26 +45,43 @@ const CHUNK: usize = 1 << 14;
 
 impl<F: Float> AdamW<F> {
     pub fn new(cfg: AdamWConfig, num_params: usize) -> Self {
-        Self { cfg, m: vec![F::zero(); num_params], v: vec![F::zero(); num_params], step: 0 }
+        Self {
+            cfg,
+            m: vec![F::zero(); num_params],
+            v: vec![F::zero(); num_params],
+            step: 0,
+        }
     }
 
     /// One update of `params` with `grads` at learning rate `lr`.
     pub fn update(&mut self, layout: &ParamLayout, params: &mut [F], grads: &[F], lr: f64) {
-        assert!(params.len() == layout.len && grads.len() == layout.len, "AdamW: buffer sizes");
+        assert!(
+            params.len() == layout.len && grads.len() == layout.len,
+            "AdamW: buffer sizes"
+        );
         self.step += 1;
         let c = self.cfg;
         let t = self.step as i32;
         // Scalars as PyTorch computes them: in double precision, then used in F.
         let step_size = F::of(lr / (1.0 - c.beta1.powi(t)));
         let bc2_sqrt = F::of((1.0 - c.beta2.powi(t)).sqrt());
-        let (b1c, b2, b2c, eps) = (F::of(1.0 - c.beta1), F::of(c.beta2), F::of(1.0 - c.beta2), F::of(c.eps));
+        let (b1c, b2, b2c, eps) = (
+            F::of(1.0 - c.beta1),
+            F::of(c.beta2),
+            F::of(1.0 - c.beta2),
+            F::of(c.eps),
+        );
         for e in &layout.entries {
             let keep = F::of(1.0 - lr * if e.decay { c.weight_decay } else { 0.0 });
             let r = e.range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[r.clone()].par_chunks(CHUNK))
-                .zip(self.m[r.clone()].par_chunks_mut(CHUNK).zip(self.v[r].par_chunks_mut(CHUNK)))
+                .zip(
+                    self.m[r.clone()]
+                        .par_chunks_mut(CHUNK)
+                        .zip(self.v[r].par_chunks_mut(CHUNK)),
+                )
                 .for_each(|((p, g), (m, v))| {
                     for i in 0..p.len() {
                         let gi = g[i];
@@ -91,7 +113,9 @@ pub fn clip_grad_norm<F: Float>(grads: &mut [F], max_norm: f64) -> f64 {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         let coef = F::of(coef);
-        grads.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+        grads
+            .par_chunks_mut(CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
     }
     norm
 }

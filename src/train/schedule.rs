@@ -25,7 +25,13 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// A constant rate, no warmup.
     pub fn constant(lr: f64) -> Self {
-        Self { kind: ScheduleKind::Constant, base_lr: lr, min_lr: lr, warmup_steps: 0, total_steps: 0 }
+        Self {
+            kind: ScheduleKind::Constant,
+            base_lr: lr,
+            min_lr: lr,
+            warmup_steps: 0,
+            total_steps: 0,
+        }
     }
 
     /// The rate for optimizer step `step` (0-based).

@@ -7,13 +7,20 @@ use rand::{Rng, SeedableRng};
 /// Deterministic values in [-1, 1) from `seed`, scaled.
 pub fn rand_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 /// ‖a − b‖ / ‖b‖ (or ‖a − b‖ when b is zero); NaN if either holds a NaN.
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "rel_err: lengths");
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     if a.iter().chain(b).any(|v| !v.is_finite()) {
         return f64::NAN;
