@@ -3,5 +3,6 @@
 
 pub mod atomic;
 pub mod cpu;
+pub mod data;
 pub mod model;
 pub mod train;
