@@ -28,7 +28,7 @@ pub const PREFETCH: usize = 2;
 pub struct Batch {
     /// [B, C, S, S] normalised pixels.
     pub images: Vec<f32>,
-    /// [B] class indices.
+    /// `[B]` class indices.
     pub labels: Vec<u32>,
     /// Epoch this batch belongs to (0-based).
     pub epoch: usize,

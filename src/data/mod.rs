@@ -29,9 +29,9 @@ pub use loader::{eval_batches, Batch, BatchLoader, EvalBatches, LoaderConfig};
 pub struct Dataset {
     /// Pixels, [n, C, S, S]: each image is C planes of S x S bytes (CHW, row-major).
     pub images: Vec<u8>,
-    /// Labels, [n]; each is an index into `classes`.
+    /// Labels, `[n]`; each is an index into `classes`.
     pub labels: Vec<u16>,
-    /// Class names, [K]; `classes[k]` names label `k`.
+    /// Class names, `[K]`; `classes[k]` names label `k`.
     pub classes: Vec<String>,
     /// C: planes per image (3 for RGB).
     pub channels: usize,
@@ -95,7 +95,7 @@ impl Dataset {
         self.classes.len()
     }
 
-    /// Images per class, [K].
+    /// Images per class, `[K]`.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.classes.len()];
         for &l in &self.labels {

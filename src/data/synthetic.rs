@@ -1,11 +1,18 @@
 //! A generated 10-class set of 32x32 RGB images for quick end-to-end runs and tests.
 //!
-//! Each class is a distinct pattern (stripes of three orientations, checkerboard,
-//! disc, ring, square, cross, triangle, smooth gradient). Every image draws its own
-//! two contrasting colours, position, size, period/phase and pixel-noise level, so a
-//! model must learn shapes and textures, not colours or positions. Flipping an image
-//! left-right keeps its class (the diagonal class has both directions), so the standard
-//! augmentation applies.
+//! Each class is a distinct pattern: stripes of three orientations, checkerboard, disc,
+//! ring, square, cross, triangle, smooth gradient. Colours come in five hue families
+//! (72 degrees apart), each shared by two classes whose patterns differ (a full-image
+//! texture and a single shape, or triangle and gradient): colour alone tells at most
+//! 5 of 10 classes apart, so a model has to see the pattern too. Every image draws its
+//! own hue/saturation/brightness jitter, position, size, period/phase and pixel noise.
+//! Flipping an image left-right keeps its class (the diagonal class has both
+//! directions), so the standard augmentation applies.
+//!
+//! Learnability, measured with a JAX replica of a timm ViT (patch 4, D 64, 4 layers,
+//! 4 heads, CLS pooling, AdamW 2e-3, batch 128, crop+flip) on 10,000 training images
+//! and 2,000 validation images on the shared 2-core machine: 97.6% validation accuracy
+//! after 80 steps (about one minute), 100% after 150 steps.
 //!
 //! Everything is a function of the seed: image i of a stream is drawn from a generator
 //! keyed by (seed, stream, i), so generation runs in parallel and is reproducible.
@@ -33,20 +40,39 @@ pub const CLASSES: [&str; 10] = [
     "gradient",
 ];
 
-/// Two colours whose channels differ by at least 160 in total (clearly distinguishable).
-fn contrasting_colours(rng: &mut Rng64) -> ([f32; 3], [f32; 3]) {
-    let draw = |rng: &mut Rng64| [0; 3].map(|_: i32| rng.uniform(0.0, 255.0));
-    let a = draw(rng);
-    for _ in 0..32 {
-        let b = draw(rng);
-        let d: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
-        if d >= 160.0 {
-            return (a, b);
-        }
-    }
-    // Rare: fall back to the complement, which is far from `a` unless `a` is mid-grey.
-    let b = a.map(|x| if x < 128.0 { x + 127.0 } else { x - 127.0 });
-    (a, b)
+/// HSV (hue in degrees, s and v in [0, 1]) to RGB in [0, 255].
+fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let h = h.rem_euclid(360.0) / 60.0;
+    let c = v * s;
+    let x = c * (1.0 - (h % 2.0 - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    [r + m, g + m, b + m].map(|u| u * 255.0)
+}
+
+/// Colour family of each class: classes sharing a family share a hue band, so colour
+/// alone cannot tell them apart and the pattern must be seen.
+const FAMILY: [u32; 10] = [0, 1, 2, 3, 0, 1, 2, 3, 4, 4];
+
+/// The two colours of one image of class `label`: a bright foreground in the family's
+/// hue band (72 degrees apart, jittered by up to 18) and a dark background of the
+/// opposite hue, so the pattern always has strong contrast.
+fn class_colours(label: usize, rng: &mut Rng64) -> ([f32; 3], [f32; 3]) {
+    let hue = 72.0 * FAMILY[label] as f32 + rng.uniform(-18.0, 18.0);
+    let bright = hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.7, 1.0));
+    let dark = hsv(
+        hue + 180.0 + rng.uniform(-18.0, 18.0),
+        rng.uniform(0.3, 0.9),
+        rng.uniform(0.12, 0.45),
+    );
+    (dark, bright)
 }
 
 /// A pattern: for pixel centre (x, y) the weight of colour B in [0, 1].
@@ -142,7 +168,7 @@ fn pattern(label: usize, rng: &mut Rng64) -> Pattern {
 
 /// Renders one image of class `label` into `out` ([3, 32, 32] bytes).
 fn render(label: usize, rng: &mut Rng64, out: &mut [u8]) {
-    let (a, b) = contrasting_colours(rng);
+    let (a, b) = class_colours(label, rng);
     let shape = pattern(label, rng);
     let noise = rng.uniform(3.0, 14.0);
     let plane = SIDE * SIDE;
