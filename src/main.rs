@@ -1,1 +1,56 @@
-fn main() {}
+//! vitk: train, evaluate and run Vision Transformers.
+//!
+//!     vitk train                                   # micro ViT on the built-in synthetic set
+//!     vitk train --data cifar-10-batches-bin --model seed --epochs 100
+//!     vitk eval --data DIR --checkpoint runs/run-1/model.safetensors
+//!     vitk predict --checkpoint runs/run-1/model.safetensors cat.png
+//!     vitk synth --out synth-bin
+//!     vitk info
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "vitk",
+    version,
+    about = "Vision Transformer training engine (hand-written forward/backward, rayon CPU engine)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a ViT (with no --data: the micro preset on the built-in synthetic set).
+    Train(Box<cli::train::TrainArgs>),
+    /// Evaluate a checkpoint: accuracy, loss, per-class accuracy, confusion matrix.
+    Eval(cli::eval::EvalArgs),
+    /// Top-k classes of images under a checkpoint.
+    Predict(cli::predict::PredictArgs),
+    /// Write the synthetic data set in the CIFAR-10 binary layout.
+    Synth(cli::synth::SynthArgs),
+    /// Presets, parameter counts, threads and devices.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => cli::train::run(*a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Predict(a) => cli::predict::run(a),
+        Command::Synth(a) => cli::synth::run(a),
+        Command::Info => cli::info::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

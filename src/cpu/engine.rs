@@ -50,7 +50,7 @@ impl Dims {
     }
     fn block_len(&self) -> usize {
         let (r, d) = (self.rows(), self.d);
-        r * d * 6 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + r * self.m
+        r * d * 5 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + r * self.m
     }
     fn head_len(&self) -> usize {
         let (b, d) = (self.b, self.d);

@@ -33,8 +33,14 @@ pub trait TrainEngine {
     fn max_batch(&self) -> usize;
     /// Forward, loss, backward, optional clipping and one AdamW update at rate `lr`.
     /// images [B, C, S, S] normalised, labels [B].
-    fn train_step(&mut self, images: &[f32], labels: &[u32], lr: f64, smoothing: f64, clip: Option<f64>)
-        -> StepOutput;
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        lr: f64,
+        smoothing: f64,
+        clip: Option<f64>,
+    ) -> StepOutput;
     /// Logits [B, K] of images [B, C, S, S] (no state kept for backward is needed).
     fn logits(&mut self, images: &[f32]) -> Vec<f32>;
     /// The parameters, flat in the [`ParamLayout`] order.
@@ -54,14 +60,29 @@ pub struct CpuTrainer {
 }
 
 impl CpuTrainer {
-    pub fn new(cfg: &ModelConfig, max_batch: usize, params: Vec<f32>, adamw: AdamWConfig) -> Result<Self, ConfigError> {
+    pub fn new(
+        cfg: &ModelConfig,
+        max_batch: usize,
+        params: Vec<f32>,
+        adamw: AdamWConfig,
+    ) -> Result<Self, ConfigError> {
         let engine = CpuEngine::new(cfg, max_batch)?;
         let layout = ParamLayout::new(cfg);
         if params.len() != layout.len {
-            return Err(ConfigError(format!("{} parameters given, the model has {}", params.len(), layout.len)));
+            return Err(ConfigError(format!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                layout.len
+            )));
         }
         let n = layout.len;
-        Ok(Self { engine, layout, params, grads: vec![0.0; n], opt: AdamW::new(adamw, n) })
+        Ok(Self {
+            engine,
+            layout,
+            params,
+            grads: vec![0.0; n],
+            opt: AdamW::new(adamw, n),
+        })
     }
 }
 
@@ -87,8 +108,13 @@ impl TrainEngine for CpuTrainer {
         self.grads.fill(0.0);
         self.engine.backward(&self.params, &mut self.grads);
         let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads, max));
-        self.opt.update(&self.layout, &mut self.params, &self.grads, lr);
-        StepOutput { loss: stats.loss, correct: stats.correct, grad_norm }
+        self.opt
+            .update(&self.layout, &mut self.params, &self.grads, lr);
+        StepOutput {
+            loss: stats.loss,
+            correct: stats.correct,
+            grad_norm,
+        }
     }
 
     fn logits(&mut self, images: &[f32]) -> Vec<f32> {
@@ -101,7 +127,11 @@ impl TrainEngine for CpuTrainer {
     }
 
     fn optimizer_state(&self) -> OptimizerState {
-        OptimizerState { m: self.opt.m.clone(), v: self.opt.v.clone(), step: self.opt.step }
+        OptimizerState {
+            m: self.opt.m.clone(),
+            v: self.opt.v.clone(),
+            step: self.opt.step,
+        }
     }
 
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) {

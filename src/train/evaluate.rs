@@ -30,7 +30,11 @@ impl EvalResult {
 }
 
 /// Runs `engine` over `dataset` in batches of at most the engine's capacity.
-pub fn evaluate(engine: &mut dyn TrainEngine, dataset: &Dataset, normalize: Normalize) -> Result<EvalResult, DataError> {
+pub fn evaluate(
+    engine: &mut dyn TrainEngine,
+    dataset: &Dataset,
+    normalize: Normalize,
+) -> Result<EvalResult, DataError> {
     let k = dataset.num_classes();
     let mut confusion = vec![vec![0usize; k]; k];
     let mut loss_sum = 0.0;
@@ -45,10 +49,17 @@ pub fn evaluate(engine: &mut dyn TrainEngine, dataset: &Dataset, normalize: Norm
         }
     }
     let n = dataset.len().max(1) as f64;
-    Ok(EvalResult { loss: loss_sum / n, accuracy: correct as f64 / n, samples: dataset.len(), confusion })
+    Ok(EvalResult {
+        loss: loss_sum / n,
+        accuracy: correct as f64 / n,
+        samples: dataset.len(),
+        confusion,
+    })
 }
 
 /// Index of the largest value (the first one on ties, as the loss's accuracy count does).
 pub fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }

@@ -12,6 +12,17 @@ pub enum ScheduleKind {
     Constant,
 }
 
+impl std::str::FromStr for ScheduleKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Self::Cosine),
+            "constant" => Ok(Self::Constant),
+            _ => Err(format!("schedule '{s}' is not one of: cosine, constant")),
+        }
+    }
+}
+
 /// Linear warmup from base/warmup to base over `warmup_steps`, then `kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {

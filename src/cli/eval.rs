@@ -1,0 +1,101 @@
+//! `vitk eval`: a checkpoint on the validation split of a data directory.
+
+use super::device::{self, Device};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vitk::data::{self, Normalize};
+use vitk::model::load_checkpoint;
+use vitk::train::{evaluate, AdamWConfig};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Data directory (CIFAR-10 binary or ImageFolder); its validation split is evaluated.
+    #[arg(long)]
+    data: PathBuf,
+    /// A checkpoint written by `vitk train` (model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Training records held out for validation when the data has no test/val split.
+    #[arg(long, default_value_t = 5000)]
+    val_split: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
+pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    device::set_threads(a.threads)?;
+    let (meta, params) = load_checkpoint(&a.checkpoint)?;
+    let cfg = &meta.config;
+    let splits = data::load(&a.data, cfg.image_size, a.val_split)?;
+    let val = &splits.val;
+    if val.is_empty() {
+        bail!(
+            "{}: no validation data (no test split and --val-split 0)",
+            a.data.display()
+        );
+    }
+    if val.num_classes() != cfg.num_classes || val.channels != cfg.in_chans {
+        bail!(
+            "{}: {} classes of {}-channel images, but {} was trained for {} classes of {} channels",
+            a.data.display(),
+            val.num_classes(),
+            val.channels,
+            a.checkpoint.display(),
+            cfg.num_classes,
+            cfg.in_chans
+        );
+    }
+    let norm = normalize_of(&meta.mean, &meta.std);
+    let mut engine = device::engine(
+        a.device,
+        cfg,
+        a.batch_size.max(1),
+        params,
+        AdamWConfig::default(),
+    )?;
+    let r = evaluate(engine.as_mut(), val, norm)?;
+    println!("data: {} ({})", a.data.display(), splits.val_source);
+    println!(
+        "samples: {}  accuracy: {:.4}  loss: {:.4}",
+        r.samples, r.accuracy, r.loss
+    );
+    println!("per-class accuracy:");
+    for (name, acc) in val.classes.iter().zip(r.per_class_accuracy()) {
+        match acc {
+            Some(a) => println!("  {name:<16} {a:.4}"),
+            None => println!("  {name:<16} (no samples)"),
+        }
+    }
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let width = r
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len())
+        .max(3);
+    for (k, row) in r.confusion.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|c| format!("{c:>width$}")).collect();
+        println!("  {k:>3} {}  {}", cells.join(" "), val.classes[k]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The checkpoint's normalisation (first three channels at most).
+pub fn normalize_of(mean: &[f32], std: &[f32]) -> Normalize {
+    let mut n = Normalize {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+    for (i, (&m, &s)) in mean.iter().zip(std).take(3).enumerate() {
+        n.mean[i] = m;
+        n.std[i] = s;
+    }
+    n
+}

@@ -1,0 +1,28 @@
+//! `vitk info`: presets, parameter counts, threads, devices.
+
+use anyhow::Result;
+use std::process::ExitCode;
+use vitk::model::{ModelConfig, ParamLayout, PRESETS};
+
+pub fn run() -> Result<ExitCode> {
+    println!("vitk {}", env!("CARGO_PKG_VERSION"));
+    println!("presets (32x32x3 input, patch 4, 10 classes, cls pooling):");
+    println!(
+        "  {:<8} {:>5} {:>3} {:>3} {:>5} {:>12}",
+        "name", "D", "L", "H", "M", "parameters"
+    );
+    for &(name, ..) in PRESETS {
+        let cfg = ModelConfig::preset(name)?;
+        let n = ParamLayout::new(&cfg).len;
+        println!(
+            "  {:<8} {:>5} {:>3} {:>3} {:>5} {:>12}",
+            name, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, n
+        );
+    }
+    println!(
+        "cpu: {} threads (rayon; set with --threads or RAYON_NUM_THREADS)",
+        rayon::current_num_threads()
+    );
+    println!("devices: cpu");
+    Ok(ExitCode::SUCCESS)
+}

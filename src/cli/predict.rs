@@ -1,0 +1,81 @@
+//! `vitk predict`: top-k classes of image files under a checkpoint.
+
+use super::device::{self, Device};
+use super::eval::normalize_of;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vitk::data::to_tensor;
+use vitk::model::load_checkpoint;
+use vitk::train::AdamWConfig;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A checkpoint written by `vitk train` (model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// How many classes to list per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP); resized to the model's input.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+pub fn run(a: PredictArgs) -> Result<ExitCode> {
+    let (meta, params) = load_checkpoint(&a.checkpoint)?;
+    let cfg = meta.config.clone();
+    if cfg.in_chans != 3 {
+        bail!(
+            "{}: predict reads RGB images; this model takes {} channels",
+            a.checkpoint.display(),
+            cfg.in_chans
+        );
+    }
+    let side = cfg.image_size;
+    let norm = normalize_of(&meta.mean, &meta.std);
+    let plane = side * side;
+    let mut batch = vec![0.0f32; a.images.len() * 3 * plane];
+    for (path, out) in a.images.iter().zip(batch.chunks_exact_mut(3 * plane)) {
+        let img = image::open(path)
+            .with_context(|| format!("{}: cannot read the image", path.display()))?;
+        let rgb = image::imageops::resize(
+            &img.to_rgb8(),
+            side as u32,
+            side as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut planes = vec![0u8; 3 * plane];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                planes[c * plane + i] = px[c];
+            }
+        }
+        to_tensor(&planes, out, 3, &norm)?;
+    }
+    let mut engine = device::engine(
+        a.device,
+        &cfg,
+        a.images.len(),
+        params,
+        AdamWConfig::default(),
+    )?;
+    let logits = engine.logits(&batch);
+    let k = cfg.num_classes;
+    for (path, row) in a.images.iter().zip(logits.chunks_exact(k)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&i, &j| exp[j].total_cmp(&exp[i]));
+        println!("{}:", path.display());
+        for &c in order.iter().take(a.top) {
+            let name = meta.classes.get(c).map_or("?", String::as_str);
+            println!("  {:.4}  {name}", exp[c] / sum);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
