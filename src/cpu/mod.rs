@@ -1,1 +1,20 @@
+//! The rayon CPU engine: forward/backward pairs per op family, generic over f32 and f64,
+//! and the whole-model engine built from them. Both a trainer and the numerical reference
+//! the GPU kernels are checked against.
 
+pub mod attention;
+mod carve;
+pub mod engine;
+mod float;
+pub mod gelu;
+pub mod layernorm;
+pub mod linear;
+pub mod loss;
+pub mod matmul;
+pub mod patch_embed;
+pub mod pooling;
+pub mod tokens;
+
+pub use engine::CpuEngine;
+pub use float::Float;
+pub use loss::LossStats;

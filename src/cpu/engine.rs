@@ -1,0 +1,561 @@
+//! The CPU engine: the whole ViT forward and backward over flat parameter, gradient and
+//! activation buffers, generic over f32 (training) and f64 (gradient checks).
+
+use super::attention::{attention_backward, attention_forward, AttnShape};
+use super::carve::{two_mut, Carve};
+use super::gelu::{gelu_backward, gelu_forward};
+use super::layernorm::{layernorm_backward, layernorm_forward};
+use super::linear::{linear_backward, linear_forward, linear_residual_forward};
+use super::loss::{cross_entropy, LossStats};
+use super::patch_embed::im2col;
+use super::pooling::{pool_backward, pool_forward};
+use super::tokens::{tokens_backward, tokens_forward};
+use super::Float;
+use crate::model::{ConfigError, ModelConfig, ParamLayout};
+
+/// Sizes of one batch through the model.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    t: usize,
+    n: usize,
+    d: usize,
+    m: usize,
+    h: usize,
+    k: usize,
+    cpp: usize,
+    depth: usize,
+}
+
+impl Dims {
+    fn new(cfg: &ModelConfig, batch: usize) -> Self {
+        Self {
+            b: batch,
+            t: cfg.num_tokens(),
+            n: cfg.num_patches(),
+            d: cfg.embed_dim,
+            m: cfg.mlp_dim,
+            h: cfg.num_heads,
+            k: cfg.num_classes,
+            cpp: cfg.patch_dim(),
+            depth: cfg.depth,
+        }
+    }
+    /// R = B·T rows of the residual stream.
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    fn embed_len(&self) -> usize {
+        self.b * self.n * (self.cpp + self.d)
+    }
+    fn block_len(&self) -> usize {
+        let (r, d) = (self.rows(), self.d);
+        r * d * 6 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + 2 * r * self.m
+    }
+    fn head_len(&self) -> usize {
+        let (b, d) = (self.b, self.d);
+        self.rows() * d + 2 * b * d + 2 * b + 2 * b * self.k
+    }
+    fn acts_len(&self) -> usize {
+        self.embed_len() + self.depth * self.block_len() + self.head_len()
+    }
+    fn scratch_len(&self) -> usize {
+        let r = self.rows();
+        r * self.d * 3
+            + r * 3 * self.d
+            + 2 * r * self.m
+            + 2 * self.b * self.d
+            + self.b * self.n * self.d
+    }
+    fn attn(&self) -> AttnShape {
+        AttnShape {
+            batch: self.b,
+            tokens: self.t,
+            heads: self.h,
+            head_dim: self.d / self.h,
+        }
+    }
+}
+
+/// Patch embedding activations.
+struct EmbedActs<S> {
+    patches: S,   // [B·N, C·P·P]
+    patch_out: S, // [B·N, D]
+}
+
+/// Activations of one block saved for backward.
+struct BlockActs<S> {
+    x: S,        // [R, D] block input (residual stream)
+    ln1: S,      // [R, D]
+    ln1_mean: S, // [R]
+    ln1_rstd: S, // [R]
+    qkv: S,      // [R, 3D]
+    probs: S,    // [B, H, T, T]
+    attn: S,     // [R, D] heads concatenated, input of proj
+    x_mid: S,    // [R, D] x + proj(attn)
+    ln2: S,      // [R, D]
+    ln2_mean: S, // [R]
+    ln2_rstd: S, // [R]
+    fc1: S,      // [R, M] pre-activation
+    gelu: S,     // [R, M]
+}
+
+/// Activations after the last block.
+struct HeadActs<S> {
+    x: S,       // [R, D] output of the last block
+    pooled: S,  // [B, D]
+    normed: S,  // [B, D] after norm (cls) or fc_norm (mean)
+    mean: S,    // [B]
+    rstd: S,    // [B]
+    logits: S,  // [B, K]
+    dlogits: S, // [B, K]
+}
+
+/// Gradient scratch for backward.
+struct Scratch<S> {
+    dx: S,      // [R, D] residual stream gradient
+    dln: S,     // [R, D] gradient at a LayerNorm output
+    dattn: S,   // [R, D]
+    dqkv: S,    // [R, 3D]
+    dgelu: S,   // [R, M]
+    dfc1: S,    // [R, M]
+    dpooled: S, // [B, D]
+    dnormed: S, // [B, D]
+    dpatch: S,  // [B·N, D]
+}
+
+impl<S: Carve> EmbedActs<S> {
+    fn carve(buf: &mut S, z: &Dims) -> Self {
+        let np = z.b * z.n;
+        Self {
+            patches: buf.take_front(np * z.cpp),
+            patch_out: buf.take_front(np * z.d),
+        }
+    }
+}
+
+impl<S: Carve> BlockActs<S> {
+    fn carve(buf: &mut S, z: &Dims) -> Self {
+        let (r, d) = (z.rows(), z.d);
+        Self {
+            x: buf.take_front(r * d),
+            ln1: buf.take_front(r * d),
+            ln1_mean: buf.take_front(r),
+            ln1_rstd: buf.take_front(r),
+            qkv: buf.take_front(r * 3 * d),
+            probs: buf.take_front(z.b * z.h * z.t * z.t),
+            attn: buf.take_front(r * d),
+            x_mid: buf.take_front(r * d),
+            ln2: buf.take_front(r * d),
+            ln2_mean: buf.take_front(r),
+            ln2_rstd: buf.take_front(r),
+            fc1: buf.take_front(r * z.m),
+            gelu: buf.take_front(r * z.m),
+        }
+    }
+}
+
+impl<S: Carve> HeadActs<S> {
+    fn carve(buf: &mut S, z: &Dims) -> Self {
+        let (b, d) = (z.b, z.d);
+        Self {
+            x: buf.take_front(z.rows() * d),
+            pooled: buf.take_front(b * d),
+            normed: buf.take_front(b * d),
+            mean: buf.take_front(b),
+            rstd: buf.take_front(b),
+            logits: buf.take_front(b * z.k),
+            dlogits: buf.take_front(b * z.k),
+        }
+    }
+}
+
+impl<S: Carve> Scratch<S> {
+    fn carve(buf: &mut S, z: &Dims) -> Self {
+        let (r, d) = (z.rows(), z.d);
+        Self {
+            dx: buf.take_front(r * d),
+            dln: buf.take_front(r * d),
+            dattn: buf.take_front(r * d),
+            dqkv: buf.take_front(r * 3 * d),
+            dgelu: buf.take_front(r * z.m),
+            dfc1: buf.take_front(r * z.m),
+            dpooled: buf.take_front(z.b * d),
+            dnormed: buf.take_front(z.b * d),
+            dpatch: buf.take_front(z.b * z.n * d),
+        }
+    }
+}
+
+/// All activations of one forward pass, as views.
+struct Acts<S> {
+    embed: EmbedActs<S>,
+    blocks: Vec<BlockActs<S>>,
+    head: HeadActs<S>,
+}
+
+impl<S: Carve> Acts<S> {
+    fn carve(mut buf: S, z: &Dims) -> Self {
+        let embed = EmbedActs::carve(&mut buf, z);
+        let blocks = (0..z.depth)
+            .map(|_| BlockActs::carve(&mut buf, z))
+            .collect();
+        let head = HeadActs::carve(&mut buf, z);
+        debug_assert_eq!(
+            buf.remaining(),
+            0,
+            "activation layout and Dims::acts_len disagree"
+        );
+        Self {
+            embed,
+            blocks,
+            head,
+        }
+    }
+}
+
+/// A ViT on the CPU: owns activation and scratch buffers sized for `max_batch` images;
+/// parameters and gradients are flat buffers laid out by [`ParamLayout`], owned by the caller.
+pub struct CpuEngine<F: Float> {
+    cfg: ModelConfig,
+    layout: ParamLayout,
+    max_batch: usize,
+    /// Batch size of the last forward pass (0 before the first).
+    batch: usize,
+    acts: Vec<F>,
+    scratch: Vec<F>,
+}
+
+impl<F: Float> CpuEngine<F> {
+    /// An engine for `cfg` that runs batches of up to `max_batch` images.
+    pub fn new(cfg: &ModelConfig, max_batch: usize) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        if max_batch == 0 {
+            return Err(ConfigError("batch size is 0, expected at least 1".into()));
+        }
+        let z = Dims::new(cfg, max_batch);
+        Ok(Self {
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg),
+            max_batch,
+            batch: 0,
+            acts: vec![F::zero(); z.acts_len()],
+            scratch: vec![F::zero(); z.scratch_len()],
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Forward pass of `images` [B, C, S, S] (normalised) with `params`; keeps the
+    /// activations for [`Self::backward`]. B = images.len() / (C·S·S) ≤ max_batch.
+    pub fn forward(&mut self, params: &[F], images: &[F]) {
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        assert_eq!(params.len(), lay.len, "forward: parameter buffer");
+        let image_len = cfg.in_chans * cfg.image_size * cfg.image_size;
+        assert_eq!(images.len() % image_len, 0, "forward: images");
+        let batch = images.len() / image_len;
+        assert!(
+            batch >= 1 && batch <= self.max_batch,
+            "forward: batch {batch} > {}",
+            self.max_batch
+        );
+        self.batch = batch;
+        let z = Dims::new(cfg, batch);
+        let (r, d, m) = (z.rows(), z.d, z.m);
+        let p = |range: &std::ops::Range<usize>| &params[range.clone()];
+
+        let mut a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
+        im2col(
+            &mut a.embed.patches,
+            images,
+            batch,
+            cfg.in_chans,
+            cfg.image_size,
+            cfg.patch_size,
+        );
+        let np = batch * z.n;
+        linear_forward(
+            &mut a.embed.patch_out,
+            &a.embed.patches,
+            p(&lay.patch_w),
+            Some(p(&lay.patch_b)),
+            np,
+            z.cpp,
+            d,
+        );
+        // The residual stream x_l lives at the start of block l's views (x_L in the head's).
+        let mut stream: Vec<&mut [F]> = Vec::with_capacity(z.depth + 1);
+        let mut blocks = Vec::with_capacity(z.depth);
+        for blk in a.blocks.iter_mut() {
+            stream.push(std::mem::take(&mut blk.x));
+            blocks.push(blk);
+        }
+        stream.push(std::mem::take(&mut a.head.x));
+        tokens_forward(
+            stream[0],
+            &a.embed.patch_out,
+            p(&lay.pos_embed),
+            lay.cls_token.as_ref().map(p),
+            d,
+        );
+        for (l, (blk, w)) in blocks.into_iter().zip(&lay.blocks).enumerate() {
+            let (cur, next) = stream.split_at_mut(l + 1);
+            let x: &[F] = cur[l];
+            let x_next: &mut [F] = next[0];
+            layernorm_forward(
+                &mut blk.ln1,
+                &mut blk.ln1_mean,
+                &mut blk.ln1_rstd,
+                x,
+                p(&w.norm1_w),
+                p(&w.norm1_b),
+                d,
+            );
+            linear_forward(
+                &mut blk.qkv,
+                &blk.ln1,
+                p(&w.qkv_w),
+                Some(p(&w.qkv_b)),
+                r,
+                d,
+                3 * d,
+            );
+            attention_forward(&mut blk.attn, &mut blk.probs, &blk.qkv, z.attn());
+            linear_residual_forward(
+                &mut blk.x_mid,
+                x,
+                &blk.attn,
+                p(&w.proj_w),
+                p(&w.proj_b),
+                r,
+                d,
+                d,
+            );
+            layernorm_forward(
+                &mut blk.ln2,
+                &mut blk.ln2_mean,
+                &mut blk.ln2_rstd,
+                &blk.x_mid,
+                p(&w.norm2_w),
+                p(&w.norm2_b),
+                d,
+            );
+            linear_forward(
+                &mut blk.fc1,
+                &blk.ln2,
+                p(&w.fc1_w),
+                Some(p(&w.fc1_b)),
+                r,
+                d,
+                m,
+            );
+            gelu_forward(&mut blk.gelu, &blk.fc1);
+            linear_residual_forward(
+                x_next,
+                &blk.x_mid,
+                &blk.gelu,
+                p(&w.fc2_w),
+                p(&w.fc2_b),
+                r,
+                m,
+                d,
+            );
+        }
+        let x_last: &[F] = stream[z.depth];
+        let h = &mut a.head;
+        pool_forward(&mut h.pooled, x_last, z.t, d, cfg.pool);
+        layernorm_forward(
+            &mut h.normed,
+            &mut h.mean,
+            &mut h.rstd,
+            &h.pooled,
+            p(&lay.head_norm_w),
+            p(&lay.head_norm_b),
+            d,
+        );
+        linear_forward(
+            &mut h.logits,
+            &h.normed,
+            p(&lay.head_w),
+            Some(p(&lay.head_b)),
+            batch,
+            d,
+            z.k,
+        );
+    }
+
+    /// Logits [B, K] of the last forward pass.
+    pub fn logits(&self) -> &[F] {
+        let z = Dims::new(&self.cfg, self.batch);
+        let a = Acts::carve(&self.acts[..z.acts_len()], &z);
+        a.head.logits
+    }
+
+    /// Loss of the last forward pass against `labels` [B]; also prepares the gradient of the
+    /// loss for [`Self::backward`].
+    pub fn loss(&mut self, labels: &[u32], smoothing: f64) -> LossStats {
+        let z = Dims::new(&self.cfg, self.batch);
+        assert_eq!(labels.len(), self.batch, "loss: labels");
+        let a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
+        cross_entropy(a.head.logits, labels, z.k, smoothing, Some(a.head.dlogits))
+    }
+
+    /// Backward pass of the last forward pass and [`Self::loss`]: adds the gradient of the
+    /// mean loss to `grads` (same layout as the parameters; zero it first for a fresh step).
+    pub fn backward(&mut self, params: &[F], grads: &mut [F]) {
+        let lay = &self.layout;
+        assert_eq!(params.len(), lay.len, "backward: parameter buffer");
+        assert_eq!(grads.len(), lay.len, "backward: gradient buffer");
+        assert!(self.batch > 0, "backward before forward");
+        let z = Dims::new(&self.cfg, self.batch);
+        let (r, d, m) = (z.rows(), z.d, z.m);
+        let p = |range: &std::ops::Range<usize>| &params[range.clone()];
+        let a = Acts::carve(&self.acts[..z.acts_len()], &z);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len()], &z);
+
+        let h = &a.head;
+        let (gw, gb) = two_mut(grads, lay.head_w.clone(), lay.head_b.clone());
+        linear_backward(
+            Some(&mut *s.dnormed),
+            false,
+            gw,
+            Some(gb),
+            h.dlogits,
+            h.normed,
+            p(&lay.head_w),
+            z.b,
+            d,
+            z.k,
+        );
+        s.dpooled.fill(F::zero());
+        let (gw, gb) = two_mut(grads, lay.head_norm_w.clone(), lay.head_norm_b.clone());
+        layernorm_backward(
+            s.dpooled,
+            gw,
+            gb,
+            s.dnormed,
+            h.pooled,
+            h.mean,
+            h.rstd,
+            p(&lay.head_norm_w),
+            d,
+        );
+        pool_backward(s.dx, s.dpooled, z.t, d, self.cfg.pool);
+
+        for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
+            // x_next = x_mid + fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next.
+            let (gw, gb) = two_mut(grads, w.fc2_w.clone(), w.fc2_b.clone());
+            linear_backward(
+                Some(&mut *s.dgelu),
+                false,
+                gw,
+                Some(gb),
+                s.dx,
+                blk.gelu,
+                p(&w.fc2_w),
+                r,
+                m,
+                d,
+            );
+            gelu_backward(s.dfc1, s.dgelu, blk.fc1);
+            let (gw, gb) = two_mut(grads, w.fc1_w.clone(), w.fc1_b.clone());
+            linear_backward(
+                Some(&mut *s.dln),
+                false,
+                gw,
+                Some(gb),
+                s.dfc1,
+                blk.ln2,
+                p(&w.fc1_w),
+                r,
+                d,
+                m,
+            );
+            let (gw, gb) = two_mut(grads, w.norm2_w.clone(), w.norm2_b.clone());
+            layernorm_backward(
+                s.dx,
+                gw,
+                gb,
+                s.dln,
+                blk.x_mid,
+                blk.ln2_mean,
+                blk.ln2_rstd,
+                p(&w.norm2_w),
+                d,
+            );
+            // x_mid = x + proj(attn(ln1(x))): dx now holds d x_mid.
+            let (gw, gb) = two_mut(grads, w.proj_w.clone(), w.proj_b.clone());
+            linear_backward(
+                Some(&mut *s.dattn),
+                false,
+                gw,
+                Some(gb),
+                s.dx,
+                blk.attn,
+                p(&w.proj_w),
+                r,
+                d,
+                d,
+            );
+            attention_backward(s.dqkv, s.dattn, blk.probs, blk.qkv, z.attn());
+            let (gw, gb) = two_mut(grads, w.qkv_w.clone(), w.qkv_b.clone());
+            linear_backward(
+                Some(&mut *s.dln),
+                false,
+                gw,
+                Some(gb),
+                s.dqkv,
+                blk.ln1,
+                p(&w.qkv_w),
+                r,
+                d,
+                3 * d,
+            );
+            let (gw, gb) = two_mut(grads, w.norm1_w.clone(), w.norm1_b.clone());
+            layernorm_backward(
+                s.dx,
+                gw,
+                gb,
+                s.dln,
+                blk.x,
+                blk.ln1_mean,
+                blk.ln1_rstd,
+                p(&w.norm1_w),
+                d,
+            );
+        }
+
+        match &lay.cls_token {
+            Some(cls) => {
+                let (gcls, gpos) = two_mut(grads, cls.clone(), lay.pos_embed.clone());
+                tokens_backward(s.dpatch, gpos, Some(gcls), s.dx, d);
+            }
+            None => tokens_backward(s.dpatch, &mut grads[lay.pos_embed.clone()], None, s.dx, d),
+        }
+        let (gw, gb) = two_mut(grads, lay.patch_w.clone(), lay.patch_b.clone());
+        let np = z.b * z.n;
+        linear_backward(
+            None,
+            false,
+            gw,
+            Some(gb),
+            s.dpatch,
+            a.embed.patches,
+            p(&lay.patch_w),
+            np,
+            z.cpp,
+            d,
+        );
+    }
+}

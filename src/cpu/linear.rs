@@ -1,0 +1,150 @@
+//! Linear layer y = x · Wᵀ + b with PyTorch's weight layout W [out, in].
+//!
+//! Used for the patch embedding (after im2col), the fused QKV product, the attention
+//! projection, both MLP layers and the head.
+
+use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::Float;
+use rayon::prelude::*;
+
+/// y [R, O] = x [R, I] · w [O, I]ᵀ + b [O].
+pub fn linear_forward<F: Float>(
+    y: &mut [F],
+    x: &[F],
+    w: &[F],
+    b: Option<&[F]>,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(y.len(), rows * out_dim, "linear_forward: y");
+    // The bias is written first and the product accumulated onto it: one pass over y.
+    if let Some(b) = b {
+        assert_eq!(b.len(), out_dim, "linear_forward: b");
+        y.par_chunks_mut(out_dim)
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    accumulate_product(y, x, w, b.is_some(), rows, in_dim, out_dim);
+}
+
+/// y [R, O] = residual [R, O] + x [R, I] · w [O, I]ᵀ + b [O]: a linear layer whose output
+/// joins the residual stream (attention projection, fc2), fused into one pass over y.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_residual_forward<F: Float>(
+    y: &mut [F],
+    residual: &[F],
+    x: &[F],
+    w: &[F],
+    b: &[F],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(y.len(), rows * out_dim, "linear_residual_forward: y");
+    assert_eq!(
+        residual.len(),
+        rows * out_dim,
+        "linear_residual_forward: residual"
+    );
+    assert_eq!(b.len(), out_dim, "linear_residual_forward: b");
+    y.par_chunks_mut(out_dim)
+        .zip(residual.par_chunks(out_dim))
+        .for_each(|(yr, rr)| {
+            for ((o, &r), &bias) in yr.iter_mut().zip(rr).zip(b) {
+                *o = r + bias;
+            }
+        });
+    accumulate_product(y, x, w, true, rows, in_dim, out_dim);
+}
+
+/// y (+)= x · wᵀ.
+fn accumulate_product<F: Float>(
+    y: &mut [F],
+    x: &[F],
+    w: &[F],
+    accumulate: bool,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(x.len(), rows * in_dim, "linear: x");
+    assert_eq!(w.len(), out_dim * in_dim, "linear: w");
+    matmul(
+        MatMut::rows(y, rows, out_dim),
+        MatRef::rows(x, rows, in_dim),
+        MatRef::rows(w, out_dim, in_dim).t(),
+        F::one(),
+        accumulate,
+        Par::Rayon,
+    );
+}
+
+/// Gradients of [`linear_forward`] given dy [R, O]:
+/// dx [R, I] = dy · w (overwritten, or added with `accumulate_dx`; skipped when `None`),
+/// dw [O, I] += dyᵀ · x, db [O] += Σ_r dy[r].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<F: Float>(
+    dx: Option<&mut [F]>,
+    accumulate_dx: bool,
+    dw: &mut [F],
+    db: Option<&mut [F]>,
+    dy: &[F],
+    x: &[F],
+    w: &[F],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(dy.len(), rows * out_dim, "linear_backward: dy");
+    assert_eq!(x.len(), rows * in_dim, "linear_backward: x");
+    assert_eq!(dw.len(), out_dim * in_dim, "linear_backward: dw");
+    if let Some(dx) = dx {
+        assert_eq!(dx.len(), rows * in_dim, "linear_backward: dx");
+        matmul(
+            MatMut::rows(dx, rows, in_dim),
+            MatRef::rows(dy, rows, out_dim),
+            MatRef::rows(w, out_dim, in_dim),
+            F::one(),
+            accumulate_dx,
+            Par::Rayon,
+        );
+    }
+    matmul(
+        MatMut::rows(dw, out_dim, in_dim),
+        MatRef::rows(dy, rows, out_dim).t(),
+        MatRef::rows(x, rows, in_dim),
+        F::one(),
+        true,
+        Par::Rayon,
+    );
+    if let Some(db) = db {
+        assert_eq!(db.len(), out_dim, "linear_backward: db");
+        column_sums_into(db, dy, out_dim);
+    }
+}
+
+/// Rows per partial sum in column reductions. Fixed (not derived from the thread count) so
+/// that results are bitwise identical whatever the number of threads.
+pub const REDUCE_ROWS: usize = 64;
+
+/// acc [C] += Σ_r m[r, :] for a row-major m [R, C], deterministic: partial sums over fixed
+/// blocks of rows, then added in block order.
+pub fn column_sums_into<F: Float>(acc: &mut [F], m: &[F], cols: usize) {
+    let partials: Vec<Vec<F>> = m
+        .par_chunks(REDUCE_ROWS * cols)
+        .map(|block| {
+            let mut p = vec![F::zero(); cols];
+            for row in block.chunks_exact(cols) {
+                for (s, &v) in p.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            p
+        })
+        .collect();
+    for p in partials {
+        for (a, v) in acc.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Model configuration and the named presets.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How the token sequence becomes one vector per image (timm's `global_pool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// A learnable class token is prepended; the head reads token 0 after `norm`.
+    Cls,
+    /// No class token; tokens are averaged, then `fc_norm` (timm `global_pool='avg'`).
+    Mean,
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pool::Cls => "cls",
+            Pool::Mean => "mean",
+        })
+    }
+}
+
+impl std::str::FromStr for Pool {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cls" | "token" => Ok(Pool::Cls),
+            "mean" | "avg" => Ok(Pool::Mean),
+            _ => Err(ConfigError(format!("pool '{s}' is not one of: cls, mean"))),
+        }
+    }
+}
+
+/// An invalid configuration, with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid model configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The shape of a ViT. Letters used in comments: S image_size, P patch_size, C in_chans,
+/// K num_classes, D embed_dim, L depth, H num_heads, M mlp_dim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub in_chans: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_dim: usize,
+    pub pool: Pool,
+}
+
+/// Named presets: (name, D, L, H, M); all use 32x32x3 input, patch 4, 10 classes, cls pooling.
+pub const PRESETS: &[(&str, usize, usize, usize, usize)] = &[
+    ("micro", 64, 4, 4, 128),
+    ("seed", 256, 6, 8, 1024),
+    ("lite", 256, 7, 4, 512),
+    ("tiny", 192, 9, 12, 384),
+    ("small", 384, 7, 12, 384),
+];
+
+impl ModelConfig {
+    /// The preset called `name`.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let &(_, embed_dim, depth, num_heads, mlp_dim) =
+            PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
+                let names: Vec<_> = PRESETS.iter().map(|p| p.0).collect();
+                ConfigError(format!(
+                    "unknown preset '{name}', expected one of: {}",
+                    names.join(", ")
+                ))
+            })?;
+        Ok(Self {
+            image_size: 32,
+            patch_size: 4,
+            in_chans: 3,
+            num_classes: 10,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_dim,
+            pool: Pool::Cls,
+        })
+    }
+
+    /// Checks that the shapes fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("in_chans", self.in_chans),
+            ("num_classes", self.num_classes),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("mlp_dim", self.mlp_dim),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError(format!(
+                    "{name} is 0, expected a positive value"
+                )));
+            }
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(ConfigError(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.embed_dim % self.num_heads != 0 {
+            return Err(ConfigError(format!(
+                "embed_dim {} is not a multiple of num_heads {}",
+                self.embed_dim, self.num_heads
+            )));
+        }
+        Ok(())
+    }
+
+    /// N = (S / P)².
+    pub fn num_patches(&self) -> usize {
+        let g = self.image_size / self.patch_size;
+        g * g
+    }
+
+    /// T = N + 1 with a class token, N without.
+    pub fn num_tokens(&self) -> usize {
+        self.num_patches() + usize::from(self.pool == Pool::Cls)
+    }
+
+    /// hd = D / H.
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// C · P · P, the length of one im2col patch vector.
+    pub fn patch_dim(&self) -> usize {
+        self.in_chans * self.patch_size * self.patch_size
+    }
+
+    /// A one-line description, e.g. for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "D{} L{} H{} M{} P{} S{} C{} K{} pool={}",
+            self.embed_dim,
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            self.patch_size,
+            self.image_size,
+            self.in_chans,
+            self.num_classes,
+            self.pool
+        )
+    }
+}

@@ -1,0 +1,121 @@
+//! AdamW with PyTorch's semantics (torch.optim.AdamW), over the flat parameter buffer.
+//!
+//! Per step t (1-based), for every parameter with gradient g:
+//!   p ← p · (1 − lr·wd)                      (decoupled decay; wd = 0 where the layout says no decay)
+//!   m ← m + (1 − β1)·(g − m)                 (PyTorch's lerp form)
+//!   v ← β2·v + (1 − β2)·g²
+//!   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+
+use crate::cpu::Float;
+use crate::model::ParamLayout;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Hyperparameters (PyTorch defaults except the weight decay, which is timm's usual 0.05).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+        }
+    }
+}
+
+/// Optimizer state: the two moments in the parameter layout, and the step count.
+#[derive(Clone, Debug)]
+pub struct AdamW<F: Float> {
+    pub cfg: AdamWConfig,
+    pub m: Vec<F>,
+    pub v: Vec<F>,
+    /// Steps taken so far.
+    pub step: u64,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl<F: Float> AdamW<F> {
+    pub fn new(cfg: AdamWConfig, num_params: usize) -> Self {
+        Self {
+            cfg,
+            m: vec![F::zero(); num_params],
+            v: vec![F::zero(); num_params],
+            step: 0,
+        }
+    }
+
+    /// One update of `params` with `grads` at learning rate `lr`.
+    pub fn update(&mut self, layout: &ParamLayout, params: &mut [F], grads: &[F], lr: f64) {
+        assert!(
+            params.len() == layout.len && grads.len() == layout.len,
+            "AdamW: buffer sizes"
+        );
+        self.step += 1;
+        let c = self.cfg;
+        let t = self.step as i32;
+        // Scalars as PyTorch computes them: in double precision, then used in F.
+        let step_size = F::of(lr / (1.0 - c.beta1.powi(t)));
+        let bc2_sqrt = F::of((1.0 - c.beta2.powi(t)).sqrt());
+        let (b1c, b2, b2c, eps) = (
+            F::of(1.0 - c.beta1),
+            F::of(c.beta2),
+            F::of(1.0 - c.beta2),
+            F::of(c.eps),
+        );
+        for e in &layout.entries {
+            let keep = F::of(1.0 - lr * if e.decay { c.weight_decay } else { 0.0 });
+            let r = e.range.clone();
+            params[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(grads[r.clone()].par_chunks(CHUNK))
+                .zip(
+                    self.m[r.clone()]
+                        .par_chunks_mut(CHUNK)
+                        .zip(self.v[r].par_chunks_mut(CHUNK)),
+                )
+                .for_each(|((p, g), (m, v))| {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        p[i] *= keep;
+                        m[i] += b1c * (gi - m[i]);
+                        v[i] = b2 * v[i] + b2c * gi * gi;
+                        let denom = v[i].sqrt() / bc2_sqrt + eps;
+                        p[i] -= step_size * m[i] / denom;
+                    }
+                });
+        }
+    }
+}
+
+/// The global L2 norm of a gradient buffer, accumulated in f64 over fixed chunks (the
+/// result does not depend on the thread count).
+pub fn global_norm<F: Float>(grads: &[F]) -> f64 {
+    let partials: Vec<f64> = grads
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| g.to_f64() * g.to_f64()).sum())
+        .collect();
+    partials.iter().sum::<f64>().sqrt()
+}
+
+/// torch.nn.utils.clip_grad_norm_: scales `grads` by min(1, max_norm / (norm + 1e-6)).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm<F: Float>(grads: &mut [F], max_norm: f64) -> f64 {
+    let norm = global_norm(grads);
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        let coef = F::of(coef);
+        grads
+            .par_chunks_mut(CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+    }
+    norm
+}

@@ -1,0 +1,232 @@
+//! AdamW, the LR schedule and whole training steps of the f32 engine.
+
+mod common;
+
+use common::{assert_close, rand_vec};
+use vitk::cpu::CpuEngine;
+use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::train::{clip_grad_norm, global_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+
+fn tiny(pool: Pool) -> ModelConfig {
+    ModelConfig {
+        image_size: 8,
+        patch_size: 4,
+        in_chans: 3,
+        num_classes: 5,
+        embed_dim: 16,
+        depth: 2,
+        num_heads: 2,
+        mlp_dim: 24,
+        pool,
+    }
+}
+
+/// A few hundred AdamW steps on one fixed batch drive the loss toward zero.
+#[test]
+fn adamw_overfits_a_fixed_batch() {
+    for pool in [Pool::Cls, Pool::Mean] {
+        let cfg = tiny(pool);
+        let layout = ParamLayout::new(&cfg);
+        let mut params = init_params(&cfg, &layout, 0);
+        let images: Vec<f32> = rand_vec(8 * 3 * 64, 1, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let labels = [0u32, 1, 2, 3, 4, 0, 1, 2];
+        let mut engine = CpuEngine::<f32>::new(&cfg, 8).expect("valid config");
+        let mut opt = AdamW::new(
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            layout.len,
+        );
+        let mut grads = vec![0.0f32; layout.len];
+        let mut first = None;
+        let mut last = 0.0;
+        for _ in 0..300 {
+            engine.forward(&params, &images);
+            let stats = engine.loss(&labels, 0.0);
+            first.get_or_insert(stats.loss);
+            last = stats.loss;
+            grads.fill(0.0);
+            engine.backward(&params, &mut grads);
+            opt.update(&layout, &mut params, &grads, 3e-3);
+        }
+        let first = first.expect("ran");
+        assert!(
+            first > 1.0,
+            "{pool}: initial loss {first} should be near ln 5"
+        );
+        assert!(
+            last < 0.01,
+            "{pool}: loss {first} -> {last} after 300 steps, expected < 0.01"
+        );
+    }
+}
+
+/// The f32 engine agrees with the f64 engine (same parameters and inputs).
+#[test]
+fn f32_engine_matches_f64_engine() {
+    let cfg = tiny(Pool::Cls);
+    let layout = ParamLayout::new(&cfg);
+    let p32 = init_params(&cfg, &layout, 3);
+    let p64: Vec<f64> = p32.iter().map(|&v| v as f64).collect();
+    let img64 = rand_vec(4 * 3 * 64, 2, 1.0);
+    let img32: Vec<f32> = img64.iter().map(|&v| v as f32).collect();
+    let labels = [0u32, 1, 2, 3];
+    let mut e32 = CpuEngine::<f32>::new(&cfg, 4).expect("valid config");
+    let mut e64 = CpuEngine::<f64>::new(&cfg, 4).expect("valid config");
+    e32.forward(&p32, &img32);
+    e64.forward(&p64, &img64);
+    let l32 = e32.loss(&labels, 0.1).loss;
+    let l64 = e64.loss(&labels, 0.1).loss;
+    assert!(
+        (l32 - l64).abs() / l64 < 1e-6,
+        "loss f32 {l32} vs f64 {l64}"
+    );
+    let (mut g32, mut g64) = (vec![0.0f32; layout.len], vec![0.0f64; layout.len]);
+    e32.backward(&p32, &mut g32);
+    e64.backward(&p64, &mut g64);
+    for e in &layout.entries {
+        let a: Vec<f64> = g32[e.range.clone()].iter().map(|&v| v as f64).collect();
+        assert_close(&e.name, &a, &g64[e.range.clone()], 1e-4);
+    }
+}
+
+/// One AdamW step against the formula written out by hand, with and without decay.
+#[test]
+fn adamw_matches_pytorch_formula() {
+    let cfg = tiny(Pool::Cls);
+    let layout = ParamLayout::new(&cfg);
+    let p0 = rand_vec(layout.len, 5, 1.0);
+    let g1 = rand_vec(layout.len, 6, 1.0);
+    let g2 = rand_vec(layout.len, 7, 1.0);
+    let c = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let lr = 0.01;
+    let mut opt = AdamW::<f64>::new(c, layout.len);
+    let mut p = p0.clone();
+    opt.update(&layout, &mut p, &g1, lr);
+    opt.update(&layout, &mut p, &g2, lr);
+    for e in &layout.entries {
+        let wd = if e.decay { c.weight_decay } else { 0.0 };
+        let want: Vec<f64> = e
+            .range
+            .clone()
+            .map(|i| {
+                let (mut x, mut m, mut v) = (p0[i], 0.0, 0.0);
+                for (t, g) in [(1, g1[i]), (2, g2[i])] {
+                    x *= 1.0 - lr * wd;
+                    m = c.beta1 * m + (1.0 - c.beta1) * g;
+                    v = c.beta2 * v + (1.0 - c.beta2) * g * g;
+                    let mhat = m / (1.0 - c.beta1.powi(t));
+                    let vhat = v / (1.0 - c.beta2.powi(t));
+                    x -= lr * mhat / (vhat.sqrt() + c.eps);
+                }
+                x
+            })
+            .collect();
+        assert_close(&e.name, &p[e.range.clone()], &want, 1e-12);
+    }
+}
+
+#[test]
+fn weight_decay_mask_follows_timm() {
+    let layout = ParamLayout::new(&tiny(Pool::Cls));
+    let decayed: Vec<&str> = layout
+        .entries
+        .iter()
+        .filter(|e| e.decay)
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        decayed,
+        [
+            "patch_embed.proj.weight",
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.mlp.fc1.weight",
+            "blocks.0.mlp.fc2.weight",
+            "blocks.1.attn.qkv.weight",
+            "blocks.1.attn.proj.weight",
+            "blocks.1.mlp.fc1.weight",
+            "blocks.1.mlp.fc2.weight",
+            "head.weight"
+        ]
+    );
+}
+
+#[test]
+fn gradient_clipping_scales_to_max_norm() {
+    let mut g = vec![3.0f64, 4.0];
+    let norm = clip_grad_norm(&mut g, 1.0);
+    assert_eq!(norm, 5.0);
+    assert!((global_norm(&g) - 1.0).abs() < 1e-6);
+    let mut small = vec![0.3f64, 0.4];
+    clip_grad_norm(&mut small, 1.0);
+    assert_eq!(small, [0.3, 0.4], "a norm below the maximum is left alone");
+}
+
+#[test]
+fn warmup_then_cosine() {
+    let s = LrSchedule {
+        kind: ScheduleKind::Cosine,
+        base_lr: 1.0,
+        min_lr: 0.1,
+        warmup_steps: 4,
+        total_steps: 14,
+    };
+    assert_eq!(s.lr_at(0), 0.25);
+    assert_eq!(s.lr_at(3), 1.0);
+    assert_eq!(s.lr_at(4), 1.0);
+    assert!(
+        (s.lr_at(9) - 0.55).abs() < 1e-12,
+        "half way: {}",
+        s.lr_at(9)
+    );
+    assert!((s.lr_at(14) - 0.1).abs() < 1e-12);
+    assert!((s.lr_at(100) - 0.1).abs() < 1e-12, "stays at the minimum");
+    let c = LrSchedule::constant(0.5);
+    assert_eq!(c.lr_at(0), 0.5);
+    assert_eq!(c.lr_at(1000), 0.5);
+}
+
+/// A training step gives bitwise the same gradients with 1 and with 2 threads (the
+/// reductions are chunked independently of the thread count), which resume relies on.
+#[test]
+fn gradients_do_not_depend_on_thread_count() {
+    let cfg = tiny(Pool::Mean);
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&cfg, &layout, 9);
+    let images: Vec<f32> = rand_vec(70 * 3 * 64, 3, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let labels: Vec<u32> = (0..70).map(|i| i % 5).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let mut engine = CpuEngine::<f32>::new(&cfg, 70).expect("valid config");
+            engine.forward(&params, &images);
+            let loss = engine.loss(&labels, 0.1).loss;
+            let mut grads = vec![0.0f32; layout.len];
+            engine.backward(&params, &mut grads);
+            (loss, grads)
+        })
+    };
+    let (l1, g1) = run(1);
+    let (l2, g2) = run(2);
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    assert!(
+        g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "gradients differ"
+    );
+}
