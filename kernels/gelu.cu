@@ -2,6 +2,8 @@
 //   forward   out = 0.5 x (1 + erf(x / sqrt(2)))
 //   backward  dx  = dout * (0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi))
 //             dx is OVERWRITTEN (the input of GELU is fc1's output, used nowhere else).
+// 1 + erf(x/sqrt2) is computed as erfc(-x/sqrt2): for x << 0 the sum cancels to a few
+// correct bits in fp32, erfc keeps full relative precision.
 // Launch: 1-D blocks of 256, grid ceil(n / 256) (capped; the loop is grid-stride).
 // Memory traffic: forward reads n and writes n floats; backward reads 2n, writes n.
 #include "common.cuh"
@@ -13,7 +15,7 @@ extern "C" __global__ void vitk_gelu_forward(float* out, const float* x, int n) 
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     const float v = x[i];
-    out[i] = 0.5f * v * (1.0f + erff(v * VITK_INV_SQRT2));
+    out[i] = 0.5f * v * erfcf(-v * VITK_INV_SQRT2);
   }
 }
 VITK_EXPORT(vitk_gelu_forward)
@@ -22,7 +24,7 @@ extern "C" __global__ void vitk_gelu_backward(float* dx, const float* dout, cons
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     const float v = x[i];
-    const float cdf = 0.5f * (1.0f + erff(v * VITK_INV_SQRT2));
+    const float cdf = 0.5f * erfcf(-v * VITK_INV_SQRT2);
     const float pdf = expf(-0.5f * v * v) * VITK_INV_SQRT_2PI;
     dx[i] = dout[i] * (cdf + v * pdf);
   }
