@@ -45,7 +45,7 @@ pub fn patch_embed_im2col(
     patch: usize,
 ) -> GpuResult<()> {
     const K: &str = "vitk_patch_embed_im2col";
-    if patch == 0 || side % patch != 0 {
+    if patch == 0 || !side.is_multiple_of(patch) {
         return Err(shape_err(
             K,
             format!("image side {side} is not a multiple of patch {patch}"),
@@ -83,7 +83,7 @@ pub fn layernorm_forward(
     dim: usize,
 ) -> GpuResult<()> {
     const K: &str = "vitk_layernorm_forward";
-    if dim == 0 || x.len() % dim != 0 {
+    if dim == 0 || !x.len().is_multiple_of(dim) {
         return Err(shape_err(
             K,
             format!("x has {} elements, not rows of {dim}", x.len()),
@@ -147,7 +147,7 @@ pub fn layernorm_backward(
     dim: usize,
 ) -> GpuResult<()> {
     const K: &str = "vitk_layernorm_backward";
-    if dim == 0 || x.len() % dim != 0 {
+    if dim == 0 || !x.len().is_multiple_of(dim) {
         return Err(shape_err(
             K,
             format!("x has {} elements, not rows of {dim}", x.len()),
@@ -280,7 +280,7 @@ pub fn test_block_sum(
     threads: u32,
 ) -> GpuResult<()> {
     const K: &str = "vitk_test_block_sum";
-    if n == 0 || input.len() % n != 0 {
+    if n == 0 || !input.len().is_multiple_of(n) {
         return Err(shape_err(
             K,
             format!("input has {} elements, not rows of {n}", input.len()),
