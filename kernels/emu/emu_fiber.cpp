@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(VITK_EMU_UCONTEXT)
 
 extern "C" void vitk_fiber_switch_asm(void** save_sp, void* load_sp);
 extern "C" void vitk_fiber_entry_asm();

@@ -1,18 +1,19 @@
 // Fibers for the emulator: one per CUDA thread of a block, switched cooperatively at
 // __syncthreads() and warp collectives. x86-64 uses a six-register hand-written switch
 // (nanoseconds, no syscalls: ucontext's swapcontext pays a sigprocmask syscall per switch,
-// which dominates kernels with many barriers); other targets fall back to ucontext.
+// which dominates kernels with many barriers); other targets fall back to ucontext
+// (forced with -DVITK_EMU_UCONTEXT, which the self-test script also exercises).
 #pragma once
 #include <cstddef>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(VITK_EMU_UCONTEXT)
 #include <ucontext.h>
 #endif
 
 namespace vitk_emu {
 
 struct Fiber {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(VITK_EMU_UCONTEXT)
   void* sp = nullptr;  // saved stack pointer while switched out
 #else
   ucontext_t uc;
