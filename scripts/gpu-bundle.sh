@@ -75,8 +75,8 @@ for exe in "$here"/tests/*; do
   (cd "$here" && "$exe" --nocapture) >"$log" 2>&1
   rc=$?
   # Sum the "test result:" lines (one per executable).
-  passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
-  failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+  passed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  failed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
   if [[ $rc -ne 0 && $failed -eq 0 ]]; then failed=1; fi  # crashed or could not start
   total_failed=$((total_failed + failed))
   rows+=("$(printf '%-32s %8s %8s %6s' "$name" "$passed" "$failed" "$rc")")
