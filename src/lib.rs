@@ -1,7 +1,9 @@
 //! vitk: a Vision Transformer training engine with hand-written forward and backward passes,
 //! a rayon CPU engine and CUDA kernels. See DESIGN.md for the architecture.
 
+pub mod atomic;
 pub mod cpu;
+pub mod data;
 pub mod gpu;
 pub mod model;
 pub mod train;

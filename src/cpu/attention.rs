@@ -62,7 +62,7 @@ pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     let max = row.iter().copied().fold(F::neg_infinity(), F::max);
     let mut sum = F::zero();
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = (*v - max).exp_neg();
         sum += *v;
     }
     let inv = F::one() / sum;

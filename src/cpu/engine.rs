@@ -50,7 +50,7 @@ impl Dims {
     }
     fn block_len(&self) -> usize {
         let (r, d) = (self.rows(), self.d);
-        r * d * 6 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + 2 * r * self.m
+        r * d * 6 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + r * self.m
     }
     fn head_len(&self) -> usize {
         let (b, d) = (self.b, self.d);
@@ -96,8 +96,7 @@ struct BlockActs<S> {
     ln2: S,      // [R, D]
     ln2_mean: S, // [R]
     ln2_rstd: S, // [R]
-    fc1: S,      // [R, M] pre-activation
-    gelu: S,     // [R, M]
+    fc1: S,      // [R, M] pre-activation; gelu(fc1) is recomputed in backward (saves R·M per block)
 }
 
 /// Activations after the last block.
@@ -111,14 +110,14 @@ struct HeadActs<S> {
     dlogits: S, // [B, K]
 }
 
-/// Gradient scratch for backward.
+/// Scratch buffers: the GELU output in forward, gradients in backward.
 struct Scratch<S> {
+    gelu: S,    // [R, M] gelu(fc1) of the current block (forward, and recomputed in backward)
     dx: S,      // [R, D] residual stream gradient
     dln: S,     // [R, D] gradient at a LayerNorm output
     dattn: S,   // [R, D]
     dqkv: S,    // [R, 3D]
     dgelu: S,   // [R, M]
-    dfc1: S,    // [R, M]
     dpooled: S, // [B, D]
     dnormed: S, // [B, D]
     dpatch: S,  // [B·N, D]
@@ -150,7 +149,6 @@ impl<S: Carve> BlockActs<S> {
             ln2_mean: buf.take_front(r),
             ln2_rstd: buf.take_front(r),
             fc1: buf.take_front(r * z.m),
-            gelu: buf.take_front(r * z.m),
         }
     }
 }
@@ -174,12 +172,12 @@ impl<S: Carve> Scratch<S> {
     fn carve(buf: &mut S, z: &Dims) -> Self {
         let (r, d) = (z.rows(), z.d);
         Self {
+            gelu: buf.take_front(r * z.m),
             dx: buf.take_front(r * d),
             dln: buf.take_front(r * d),
             dattn: buf.take_front(r * d),
             dqkv: buf.take_front(r * 3 * d),
             dgelu: buf.take_front(r * z.m),
-            dfc1: buf.take_front(r * z.m),
             dpooled: buf.take_front(z.b * d),
             dnormed: buf.take_front(z.b * d),
             dpatch: buf.take_front(z.b * z.n * d),
@@ -276,6 +274,7 @@ impl<F: Float> CpuEngine<F> {
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
 
         let mut a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len()], &z);
         im2col(
             &mut a.embed.patches,
             images,
@@ -360,11 +359,11 @@ impl<F: Float> CpuEngine<F> {
                 d,
                 m,
             );
-            gelu_forward(&mut blk.gelu, &blk.fc1);
+            gelu_forward(s.gelu, &blk.fc1);
             linear_residual_forward(
                 x_next,
                 &blk.x_mid,
-                &blk.gelu,
+                s.gelu,
                 p(&w.fc2_w),
                 p(&w.fc2_b),
                 r,
@@ -455,6 +454,7 @@ impl<F: Float> CpuEngine<F> {
 
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
             // x_next = x_mid + fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next.
+            gelu_forward(s.gelu, blk.fc1);
             let (gw, gb) = two_mut(grads, w.fc2_w.clone(), w.fc2_b.clone());
             linear_backward(
                 Some(&mut *s.dgelu),
@@ -462,20 +462,22 @@ impl<F: Float> CpuEngine<F> {
                 gw,
                 Some(gb),
                 s.dx,
-                blk.gelu,
+                s.gelu,
                 p(&w.fc2_w),
                 r,
                 m,
                 d,
             );
-            gelu_backward(s.dfc1, s.dgelu, blk.fc1);
+            // The GELU output is no longer needed: its buffer takes d fc1.
+            let dfc1 = &mut *s.gelu;
+            gelu_backward(dfc1, s.dgelu, blk.fc1);
             let (gw, gb) = two_mut(grads, w.fc1_w.clone(), w.fc1_b.clone());
             linear_backward(
                 Some(&mut *s.dln),
                 false,
                 gw,
                 Some(gb),
-                s.dfc1,
+                dfc1,
                 blk.ln2,
                 p(&w.fc1_w),
                 r,

@@ -1,5 +1,6 @@
 //! The float type the CPU engine is generic over: f32 trains, f64 checks gradients.
 
+use super::fastmath;
 use num_traits::{Float as NumFloat, NumAssign};
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -8,8 +9,10 @@ use std::iter::Sum;
 pub trait Float:
     NumFloat + NumAssign + Sum + Default + Debug + Send + Sync + Copy + 'static
 {
-    /// The error function, needed by exact GELU.
+    /// The error function, needed by exact GELU (vectorisable approximation in f32).
     fn erf(self) -> Self;
+    /// e^x for x ≤ 0 (softmax, GELU's density; vectorisable approximation in f32).
+    fn exp_neg(self) -> Self;
     /// Converts a constant; exact for f64, rounded for f32.
     fn of(x: f64) -> Self;
     /// Widens to f64 (for reductions that must not lose precision, and for reporting).
@@ -19,7 +22,11 @@ pub trait Float:
 impl Float for f32 {
     #[inline]
     fn erf(self) -> Self {
-        libm::erff(self)
+        fastmath::erf_f32(self)
+    }
+    #[inline]
+    fn exp_neg(self) -> Self {
+        fastmath::exp_neg_f32(self)
     }
     #[inline]
     fn of(x: f64) -> Self {
@@ -35,6 +42,10 @@ impl Float for f64 {
     #[inline]
     fn erf(self) -> Self {
         libm::erf(self)
+    }
+    #[inline]
+    fn exp_neg(self) -> Self {
+        self.exp()
     }
     #[inline]
     fn of(x: f64) -> Self {

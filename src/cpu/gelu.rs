@@ -35,7 +35,7 @@ pub fn gelu_backward<F: Float>(dx: &mut [F], dout: &[F], x: &[F]) {
         .for_each(|(dx, (dout, x))| {
             for ((d, &g), &v) in dx.iter_mut().zip(dout).zip(x) {
                 let cdf = half * (F::one() + (v * inv_sqrt2).erf());
-                let pdf = (-half * v * v).exp() * inv_sqrt_2pi;
+                let pdf = (-half * v * v).exp_neg() * inv_sqrt_2pi;
                 *d = g * (cdf + v * pdf);
             }
         });

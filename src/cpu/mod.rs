@@ -5,6 +5,7 @@
 pub mod attention;
 mod carve;
 pub mod engine;
+mod fastmath;
 mod float;
 pub mod gelu;
 pub mod layernorm;

@@ -1,9 +1,13 @@
-//! The model: configuration, parameter layout, initialisation. Knows no engine.
+//! The model: configuration, parameter layout, initialisation, checkpoints. Knows no engine.
 
+mod checkpoint;
 mod config;
 mod init;
 mod params;
 
+pub use checkpoint::{
+    load_checkpoint, load_weights, read_meta, save_checkpoint, CheckpointError, CheckpointMeta,
+};
 pub use config::{ConfigError, ModelConfig, Pool, PRESETS};
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};

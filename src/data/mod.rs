@@ -1,0 +1,218 @@
+//! The data layer: datasets in memory, their loaders from disk, augmentation and the
+//! batch loader that feeds training.
+//!
+//! Shapes use the crate's letters: B batch, C channels, S image side.
+//!
+//! - [`cifar`]: CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin, batches.meta.txt);
+//! - [`image_folder`]: torchvision's ImageFolder layout (one subfolder of images per class);
+//! - [`synthetic`]: a generated 10-class 32x32 set for quick end-to-end runs;
+//! - [`augment`]: random crop with zero padding, horizontal flip, normalisation;
+//! - [`loader`]: deterministic, prefetching batch loader and the evaluation iterator.
+
+pub mod augment;
+pub mod cifar;
+mod error;
+pub mod image_folder;
+pub mod loader;
+mod resize;
+pub mod rng;
+pub mod synthetic;
+
+use std::path::Path;
+
+pub use augment::{augment_into, to_tensor, Normalize};
+pub use error::{DataError, CIFAR_RECORD_BYTES};
+pub use loader::{eval_batches, Batch, BatchLoader, EvalBatches, LoaderConfig};
+
+/// A labelled image set held in memory as bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// Pixels, [n, C, S, S]: each image is C planes of S x S bytes (CHW, row-major).
+    pub images: Vec<u8>,
+    /// Labels, [n]; each is an index into `classes`.
+    pub labels: Vec<u16>,
+    /// Class names, [K]; `classes[k]` names label `k`.
+    pub classes: Vec<String>,
+    /// C: planes per image (3 for RGB).
+    pub channels: usize,
+    /// S: image side in pixels (images are square).
+    pub side: usize,
+}
+
+impl Dataset {
+    /// Checks that the parts agree (pixel count, label count, label range) and builds the set.
+    pub fn new(
+        images: Vec<u8>,
+        labels: Vec<u16>,
+        classes: Vec<String>,
+        channels: usize,
+        side: usize,
+    ) -> Result<Self, DataError> {
+        let ds = Dataset {
+            images,
+            labels,
+            classes,
+            channels,
+            side,
+        };
+        ds.validate("dataset")?;
+        Ok(ds)
+    }
+
+    /// An empty set with the given classes and image shape (e.g. "no validation data").
+    pub fn empty(classes: Vec<String>, channels: usize, side: usize) -> Self {
+        Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            classes,
+            channels,
+            side,
+        }
+    }
+
+    /// Number of images n.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes per image: C * S * S.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.side * self.side
+    }
+
+    /// Image `i` as [C, S, S] bytes. Panics if `i >= len()`, like slice indexing.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// K: number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Images per class, [K].
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// The images at `indices`, in that order, as a new set with the same classes.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let n = self.image_len();
+        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        Dataset {
+            images,
+            labels,
+            classes: self.classes.clone(),
+            channels: self.channels,
+            side: self.side,
+        }
+    }
+
+    /// Checks the invariants every consumer relies on; `what` names the set in errors.
+    pub fn validate(&self, what: &str) -> Result<(), DataError> {
+        if self.channels == 0 || self.side == 0 {
+            return Err(DataError::invalid(
+                what,
+                format!(
+                    "image shape {}x{}x{} has a zero dimension (expected C, S >= 1)",
+                    self.channels, self.side, self.side
+                ),
+            ));
+        }
+        let expected = self.labels.len() * self.image_len();
+        if self.images.len() != expected {
+            return Err(DataError::invalid(
+                what,
+                format!(
+                    "{} pixel bytes for {} labels of {}x{}x{} images (expected {expected})",
+                    self.images.len(),
+                    self.labels.len(),
+                    self.channels,
+                    self.side,
+                    self.side
+                ),
+            ));
+        }
+        if let Some((i, &l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= self.classes.len())
+        {
+            return Err(DataError::invalid(
+                what,
+                format!(
+                    "sample {i} has label {l}, expected a label below {} (the number of classes)",
+                    self.classes.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Training and validation sets, and where the validation set came from.
+#[derive(Clone, Debug)]
+pub struct Splits {
+    pub train: Dataset,
+    pub val: Dataset,
+    /// Where validation comes from, said plainly for logs and reports, e.g.
+    /// "test_batch.bin (10000 records)" or
+    /// "held out: last 5000 of 50000 training records (no test_batch.bin)".
+    pub val_source: String,
+}
+
+/// Loads a data directory, detecting its layout:
+/// - CIFAR-10 binary when any of data_batch_1.bin..data_batch_5.bin is present
+///   (see [`cifar::load_cifar_dir`]); images are resized to `side` when it is not 32;
+/// - otherwise an ImageFolder when the directory has subfolders
+///   (see [`image_folder::load_image_folder`]), images resized to `side`.
+///
+/// `val_split` is the number of training samples held out for validation when the
+/// directory has no validation split of its own (0: no validation).
+pub fn load(dir: &Path, side: usize, val_split: usize) -> Result<Splits, DataError> {
+    if side == 0 {
+        return Err(DataError::invalid(
+            dir.display().to_string(),
+            "image side 0 requested (expected a side >= 1)",
+        ));
+    }
+    if !dir.exists() {
+        return Err(DataError::MissingDir {
+            path: dir.to_path_buf(),
+        });
+    }
+    if !dir.is_dir() {
+        return Err(DataError::NotADir {
+            path: dir.to_path_buf(),
+        });
+    }
+    if cifar::is_cifar_dir(dir) {
+        let splits = cifar::load_cifar_dir(dir, val_split)?;
+        if side == cifar::SIDE {
+            return Ok(splits);
+        }
+        return Ok(Splits {
+            train: resize::resize_dataset(&splits.train, side),
+            val: resize::resize_dataset(&splits.val, side),
+            val_source: splits.val_source,
+        });
+    }
+    image_folder::load_image_folder(dir, side, val_split)
+}

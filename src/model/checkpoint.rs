@@ -1,0 +1,246 @@
+//! Model checkpoints as safetensors with timm's names and shapes, so that a vitk checkpoint
+//! loads in `timm.create_model(..., checkpoint_path=...)` and timm weights load in vitk.
+//!
+//! vitk writes its model config, class names and input normalisation into the safetensors
+//! metadata (`vitk.config`, `vitk.classes`, `vitk.normalize`); a file without them (one
+//! written by timm) loads with a config given by the caller.
+
+use super::{ModelConfig, ParamLayout};
+use crate::atomic::write_atomic;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What a checkpoint carries besides the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub config: ModelConfig,
+    /// Class names, [K].
+    pub classes: Vec<String>,
+    /// Per-channel input mean and std the model was trained with.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// A checkpoint that could not be read or written, naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: {problem}")]
+    Mismatch { path: PathBuf, problem: String },
+}
+
+fn mismatch(path: &Path, problem: impl Into<String>) -> CheckpointError {
+    CheckpointError::Mismatch {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// Saves `params` (laid out by `layout`) with timm names and the metadata, atomically.
+pub fn save_checkpoint(
+    path: &Path,
+    layout: &ParamLayout,
+    params: &[f32],
+    meta: &CheckpointMeta,
+) -> Result<(), CheckpointError> {
+    assert_eq!(
+        params.len(),
+        layout.len,
+        "save_checkpoint: parameter buffer"
+    );
+    let views = layout.entries.iter().map(|e| {
+        let bytes: &[u8] = bytemuck::cast_slice(&params[e.range.clone()]);
+        let view = TensorView::new(Dtype::F32, e.shape.clone(), bytes).expect("shape matches data");
+        (e.name.clone(), view)
+    });
+    let mut info = HashMap::new();
+    info.insert("format".to_string(), "pt".to_string());
+    // Serialising these plain structs cannot fail.
+    info.insert(
+        "vitk.config".to_string(),
+        serde_json::to_string(&meta.config).unwrap_or_default(),
+    );
+    info.insert(
+        "vitk.classes".to_string(),
+        serde_json::to_string(&meta.classes).unwrap_or_default(),
+    );
+    info.insert(
+        "vitk.normalize".to_string(),
+        serde_json::json!({"mean": meta.mean, "std": meta.std}).to_string(),
+    );
+    let bytes =
+        safetensors::serialize(views, Some(info)).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads the vitk metadata of a checkpoint (None for a file without it, such as timm's).
+pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>, CheckpointError> {
+    let bytes = read(path)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(path, e))?;
+    let Some(map) = header.metadata() else {
+        return Ok(None);
+    };
+    let Some(config) = map.get("vitk.config") else {
+        return Ok(None);
+    };
+    let bad = |what: &str, e: serde_json::Error| {
+        mismatch(path, format!("metadata {what} is not valid: {e}"))
+    };
+    let config: ModelConfig = serde_json::from_str(config).map_err(|e| bad("vitk.config", e))?;
+    let classes: Vec<String> = match map.get("vitk.classes") {
+        Some(c) => serde_json::from_str(c).map_err(|e| bad("vitk.classes", e))?,
+        None => (0..config.num_classes).map(|k| k.to_string()).collect(),
+    };
+    #[derive(Deserialize)]
+    struct Norm {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    }
+    let norm: Norm = match map.get("vitk.normalize") {
+        Some(n) => serde_json::from_str(n).map_err(|e| bad("vitk.normalize", e))?,
+        None => Norm {
+            mean: vec![0.0; config.in_chans],
+            std: vec![1.0; config.in_chans],
+        },
+    };
+    Ok(Some(CheckpointMeta {
+        config,
+        classes,
+        mean: norm.mean,
+        std: norm.std,
+    }))
+}
+
+/// Loads the weights of a checkpoint for a model of `cfg`: every tensor of the layout must
+/// be present with timm's shape (F32, F16 or BF16), and no other tensor may be present
+/// (timm's `load_state_dict(strict=True)`).
+pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, CheckpointError> {
+    let layout = ParamLayout::new(cfg);
+    let bytes = read(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let mut params = vec![0.0f32; layout.len];
+    let expected: HashSet<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
+    let mut extra: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !expected.contains(n))
+        .map(String::from)
+        .collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(mismatch(
+            path,
+            format!(
+                "holds tensors a {} model does not have: {} (a checkpoint of another configuration?)",
+                cfg.summary(),
+                extra.join(", ")
+            ),
+        ));
+    }
+    for e in &layout.entries {
+        let t = st.tensor(&e.name).map_err(|_| {
+            mismatch(
+                path,
+                format!(
+                    "tensor '{}' is missing (expected shape {:?} for {})",
+                    e.name,
+                    e.shape,
+                    cfg.summary()
+                ),
+            )
+        })?;
+        if t.shape() != e.shape.as_slice() {
+            return Err(mismatch(
+                path,
+                format!(
+                    "tensor '{}' has shape {:?}, expected {:?} for {} (a checkpoint of another configuration?)",
+                    e.name,
+                    t.shape(),
+                    e.shape,
+                    cfg.summary()
+                ),
+            ));
+        }
+        let dst = &mut params[e.range.clone()];
+        let data = t.data();
+        match t.dtype() {
+            Dtype::F32 => {
+                for (d, c) in dst.iter_mut().zip(data.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Dtype::F16 => {
+                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                    *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Dtype::BF16 => {
+                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                    *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            other => {
+                return Err(mismatch(
+                    path,
+                    format!(
+                        "tensor '{}' has dtype {other:?}, expected F32, F16 or BF16",
+                        e.name
+                    ),
+                ))
+            }
+        }
+    }
+    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+        let name = layout
+            .entries
+            .iter()
+            .find(|e| e.range.contains(&i))
+            .map(|e| e.name.as_str())
+            .unwrap_or("?");
+        return Err(mismatch(
+            path,
+            format!("tensor '{name}' holds a non-finite value"),
+        ));
+    }
+    Ok(params)
+}
+
+/// Loads a vitk checkpoint: its metadata and weights.
+pub fn load_checkpoint(path: &Path) -> Result<(CheckpointMeta, Vec<f32>), CheckpointError> {
+    let meta = read_meta(path)?.ok_or_else(|| {
+        mismatch(path, "has no vitk metadata (vitk.config); for timm weights use --init-from with a model config")
+    })?;
+    meta.config
+        .validate()
+        .map_err(|e| mismatch(path, e.to_string()))?;
+    let params = load_weights(path, &meta.config)?;
+    Ok((meta, params))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn corrupt(path: &Path, e: safetensors::SafeTensorError) -> CheckpointError {
+    CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
