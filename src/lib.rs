@@ -4,5 +4,6 @@
 pub mod atomic;
 pub mod cpu;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod train;

@@ -1,0 +1,31 @@
+// Patch embedding, first half: im2col. The conv with kernel = stride = P becomes a matmul of
+// these patch rows with the conv weight viewed as [D, C*P*P] (done by the linear kernels).
+//   images  [B, C, S, S]  ->  patches [B*N, C*P*P],  N = (S/P)^2,
+//   row b*N + py*(S/P) + px, column c*P*P + ky*P + kx  =  images[b, c, py*P+ky, px*P+kx].
+// No backward: the images need no gradient.
+// Launch: one thread per output element, 1-D blocks of 256, grid ceil(B*N*C*P*P / 256).
+// Memory traffic: each image element read once, each patch element written once (coalesced
+// writes; reads are coalesced within runs of P along kx).
+#include "common.cuh"
+
+extern "C" __global__ void vitk_patch_embed_im2col(float* patches, const float* images, int batch,
+                                                   int channels, int side, int patch) {
+  const int grid_side = side / patch;
+  const long long n_patches = (long long)grid_side * grid_side;
+  const long long cols = (long long)channels * patch * patch;
+  const long long total = batch * n_patches * cols;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const long long row = i / cols;
+  const int col = (int)(i - row * cols);
+  const int b = (int)(row / n_patches);
+  const int p = (int)(row - (long long)b * n_patches);
+  const int py = p / grid_side, px = p - py * grid_side;
+  const int c = col / (patch * patch);
+  const int k = col - c * patch * patch;
+  const int ky = k / patch, kx = k - ky * patch;
+  const long long src = (((long long)b * channels + c) * side + (py * patch + ky)) * side +
+                        (px * patch + kx);
+  patches[i] = images[src];
+}
+VITK_EXPORT(vitk_patch_embed_im2col)

@@ -1,0 +1,137 @@
+//! The emulator reports what a GPU would fail on, through the Rust runtime. These test the
+//! emulator itself, so they always run on it (the fault kernels exist only there).
+
+use std::sync::Arc;
+
+use vitk::gpu::emu::EmuRuntime;
+use vitk::gpu::{kernels, DeviceBuffer, GpuError, KernelArg, LaunchConfig, Runtime};
+
+fn emu() -> Arc<dyn Runtime> {
+    Arc::new(EmuRuntime::new())
+}
+
+fn cfg(grid: u32, block: u32, shared_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: (grid, 1, 1),
+        block: (block, 1, 1),
+        shared_bytes,
+    }
+}
+
+fn kernel_error(r: Result<(), GpuError>) -> String {
+    match r {
+        Err(GpuError::Kernel { message, .. }) => message,
+        other => panic!("expected a kernel error, got {other:?}"),
+    }
+}
+
+#[test]
+fn barrier_not_reached_by_all_threads_is_reported() {
+    let rt = emu();
+    let out = DeviceBuffer::<i32>::new(&rt, 64).unwrap();
+    let msg = kernel_error(rt.launch("vitk_emutest_barrier_exit", cfg(1, 64, 0), &[out.arg()]));
+    assert!(msg.contains("barrier not reached"), "{msg}");
+}
+
+#[test]
+fn out_of_bounds_write_is_reported_naming_the_kernel() {
+    let rt = emu();
+    let out = DeviceBuffer::<f32>::new(&rt, 100).unwrap();
+    let msg = kernel_error(rt.launch(
+        "vitk_emutest_write_past_end",
+        cfg(1, 128, 0),
+        &[out.arg(), KernelArg::I32(100)],
+    ));
+    assert!(
+        msg.contains("vitk_emutest_write_past_end") && msg.contains("after its end"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn launch_limits_are_reported() {
+    let rt = emu();
+    let out = DeviceBuffer::<f32>::new(&rt, 2048).unwrap();
+    let input = DeviceBuffer::<f32>::new(&rt, 2048).unwrap();
+    let msg = kernel_error(rt.launch(
+        "vitk_test_warp_sum",
+        cfg(1, 1025, 0),
+        &[out.arg(), input.arg()],
+    ));
+    assert!(msg.contains("1025"), "{msg}");
+    let msg = kernel_error(rt.launch(
+        "vitk_emutest_dynamic_shared",
+        cfg(1, 64, 228 * 1024),
+        &[out.arg(), input.arg()],
+    ));
+    assert!(msg.contains("shared"), "{msg}");
+}
+
+#[test]
+fn shuffle_with_an_exited_lane_is_reported() {
+    let rt = emu();
+    let out = DeviceBuffer::<f32>::new(&rt, 32).unwrap();
+    let msg = kernel_error(rt.launch("vitk_emutest_shfl_exited", cfg(1, 32, 0), &[out.arg()]));
+    assert!(msg.contains("exited"), "{msg}");
+}
+
+#[test]
+fn dynamic_shared_memory_works() {
+    let rt = emu();
+    let (blocks, threads) = (3usize, 96usize);
+    let data: Vec<f32> = (0..blocks * threads).map(|i| i as f32).collect();
+    let input = DeviceBuffer::from_slice(&rt, &data).unwrap();
+    let out = DeviceBuffer::<f32>::new(&rt, data.len()).unwrap();
+    rt.launch(
+        "vitk_emutest_dynamic_shared",
+        cfg(blocks as u32, threads as u32, (threads * 4) as u32),
+        &[out.arg(), input.arg()],
+    )
+    .unwrap();
+    let got = out.to_vec().unwrap();
+    for b in 0..blocks {
+        for t in 0..threads {
+            assert_eq!(got[b * threads + t], data[b * threads + threads - 1 - t]);
+        }
+    }
+}
+
+#[test]
+fn wrong_argument_count_and_unknown_kernels_are_errors() {
+    let rt = emu();
+    let out = DeviceBuffer::<f32>::new(&rt, 32).unwrap();
+    let msg = kernel_error(rt.launch("vitk_test_warp_sum", cfg(1, 32, 0), &[out.arg()]));
+    assert!(msg.contains("parameters"), "{msg}");
+    kernel_error(rt.launch("no_such_kernel", cfg(1, 32, 0), &[]));
+}
+
+#[test]
+fn shape_checks_reject_bad_buffers_before_launch() {
+    let rt = emu();
+    let x = DeviceBuffer::<f32>::new(&rt, 10).unwrap();
+    let mut out = DeviceBuffer::<f32>::new(&rt, 9).unwrap();
+    assert!(matches!(
+        kernels::gelu_forward(&*rt, &mut out, &x),
+        Err(GpuError::Shape { .. })
+    ));
+}
+
+#[test]
+fn every_kernel_file_is_registered() {
+    let names = EmuRuntime::kernel_names();
+    for k in [
+        "vitk_patch_embed_im2col",
+        "vitk_layernorm_forward",
+        "vitk_layernorm_backward",
+        "vitk_layernorm_backward_reduce",
+        "vitk_gelu_forward",
+        "vitk_gelu_backward",
+        "vitk_test_warp_sum",
+        "vitk_test_block_sum",
+    ] {
+        assert!(
+            names.iter().any(|n| n == k),
+            "{k} not registered: {names:?}"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Helpers for the GPU tests: which device runs them (`VITK_TEST_DEVICE`: emulator by default,
+//! `cuda` for a real GPU, never silently skipped), fresh seeds that are printed so a failure
+//! can be replayed (`VITK_TEST_SEED`), and per-tensor norm-wise comparisons.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use vitk::gpu::{DeviceKind, Runtime};
+
+/// The runtime selected by VITK_TEST_DEVICE. A requested device that cannot be opened fails
+/// the test with the reason: it is never replaced by another one.
+pub fn device() -> Arc<dyn Runtime> {
+    let want = std::env::var("VITK_TEST_DEVICE").unwrap_or_default();
+    let kind = DeviceKind::parse(&want).unwrap_or_else(|e| panic!("VITK_TEST_DEVICE: {e}"));
+    let rt = vitk::gpu::open(kind)
+        .unwrap_or_else(|e| panic!("VITK_TEST_DEVICE={want:?}: cannot open the device: {e}"));
+    println!("device: {}", rt.describe());
+    rt
+}
+
+/// A fresh random generator for one test, seeded from the clock unless VITK_TEST_SEED is set.
+pub fn rng(test: &str) -> StdRng {
+    let seed = match std::env::var("VITK_TEST_SEED") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("VITK_TEST_SEED={s:?} is not a u64")),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    };
+    println!("{test}: seed {seed} (replay with VITK_TEST_SEED={seed})");
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in [-scale, scale).
+pub fn uniform(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+pub fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// ‖gpu − cpu‖ / ‖cpu‖ (absolute when cpu is zero); NaN or infinity anywhere gives NaN.
+pub fn norm_rel_err(gpu: &[f32], cpu: &[f64]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len(), "lengths differ");
+    if gpu.iter().any(|v| !v.is_finite()) || cpu.iter().any(|v| !v.is_finite()) {
+        return f64::NAN;
+    }
+    let diff = gpu
+        .iter()
+        .zip(cpu)
+        .map(|(&g, &c)| (g as f64 - c).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = cpu.iter().map(|c| c * c).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        diff
+    } else {
+        diff / norm
+    }
+}
+
+/// Compares one named tensor against its tolerance; NaN never passes (`!(err <= tol)`).
+pub fn check(case: &str, name: &str, tol: f64, gpu: &[f32], cpu: &[f64]) {
+    let err = norm_rel_err(gpu, cpu);
+    println!("  {case} {name}: rel err {err:.3e} (tol {tol:.0e})");
+    assert!(
+        err <= tol,
+        "{case}: {name}: norm-wise relative error {err:e} > {tol:e}"
+    );
+}
+
+/// Looks up the tolerance stored beside a tensor name.
+pub fn tol(table: &[(&str, f64)], name: &str) -> f64 {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, t)| t)
+        .unwrap_or_else(|| panic!("no tolerance for {name}"))
+}
