@@ -123,7 +123,8 @@ fn train_step(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(BATCH as u64)); // images
-    for preset in ["seed"] {
+    {
+        let preset = "seed";
         let cfg = ModelConfig::preset(preset).expect("preset");
         let layout = ParamLayout::new(&cfg);
         let mut params = init_params(&cfg, &layout, 0);

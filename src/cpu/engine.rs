@@ -276,7 +276,7 @@ impl<F: Float> CpuEngine<F> {
         let mut a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
         let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len()], &z);
         im2col(
-            &mut a.embed.patches,
+            a.embed.patches,
             images,
             batch,
             cfg.in_chans,
@@ -285,8 +285,8 @@ impl<F: Float> CpuEngine<F> {
         );
         let np = batch * z.n;
         linear_forward(
-            &mut a.embed.patch_out,
-            &a.embed.patches,
+            a.embed.patch_out,
+            a.embed.patches,
             p(&lay.patch_w),
             Some(p(&lay.patch_b)),
             np,
@@ -303,7 +303,7 @@ impl<F: Float> CpuEngine<F> {
         stream.push(std::mem::take(&mut a.head.x));
         tokens_forward(
             stream[0],
-            &a.embed.patch_out,
+            a.embed.patch_out,
             p(&lay.pos_embed),
             lay.cls_token.as_ref().map(p),
             d,
@@ -313,79 +313,53 @@ impl<F: Float> CpuEngine<F> {
             let x: &[F] = cur[l];
             let x_next: &mut [F] = next[0];
             layernorm_forward(
-                &mut blk.ln1,
-                &mut blk.ln1_mean,
-                &mut blk.ln1_rstd,
+                blk.ln1,
+                blk.ln1_mean,
+                blk.ln1_rstd,
                 x,
                 p(&w.norm1_w),
                 p(&w.norm1_b),
                 d,
             );
             linear_forward(
-                &mut blk.qkv,
-                &blk.ln1,
+                blk.qkv,
+                blk.ln1,
                 p(&w.qkv_w),
                 Some(p(&w.qkv_b)),
                 r,
                 d,
                 3 * d,
             );
-            attention_forward(&mut blk.attn, &mut blk.probs, &blk.qkv, z.attn());
-            linear_residual_forward(
-                &mut blk.x_mid,
-                x,
-                &blk.attn,
-                p(&w.proj_w),
-                p(&w.proj_b),
-                r,
-                d,
-                d,
-            );
+            attention_forward(blk.attn, blk.probs, blk.qkv, z.attn());
+            linear_residual_forward(blk.x_mid, x, blk.attn, p(&w.proj_w), p(&w.proj_b), r, d, d);
             layernorm_forward(
-                &mut blk.ln2,
-                &mut blk.ln2_mean,
-                &mut blk.ln2_rstd,
-                &blk.x_mid,
+                blk.ln2,
+                blk.ln2_mean,
+                blk.ln2_rstd,
+                blk.x_mid,
                 p(&w.norm2_w),
                 p(&w.norm2_b),
                 d,
             );
-            linear_forward(
-                &mut blk.fc1,
-                &blk.ln2,
-                p(&w.fc1_w),
-                Some(p(&w.fc1_b)),
-                r,
-                d,
-                m,
-            );
-            gelu_forward(s.gelu, &blk.fc1);
-            linear_residual_forward(
-                x_next,
-                &blk.x_mid,
-                s.gelu,
-                p(&w.fc2_w),
-                p(&w.fc2_b),
-                r,
-                m,
-                d,
-            );
+            linear_forward(blk.fc1, blk.ln2, p(&w.fc1_w), Some(p(&w.fc1_b)), r, d, m);
+            gelu_forward(s.gelu, blk.fc1);
+            linear_residual_forward(x_next, blk.x_mid, s.gelu, p(&w.fc2_w), p(&w.fc2_b), r, m, d);
         }
         let x_last: &[F] = stream[z.depth];
         let h = &mut a.head;
-        pool_forward(&mut h.pooled, x_last, z.t, d, cfg.pool);
+        pool_forward(h.pooled, x_last, z.t, d, cfg.pool);
         layernorm_forward(
-            &mut h.normed,
-            &mut h.mean,
-            &mut h.rstd,
-            &h.pooled,
+            h.normed,
+            h.mean,
+            h.rstd,
+            h.pooled,
             p(&lay.head_norm_w),
             p(&lay.head_norm_b),
             d,
         );
         linear_forward(
-            &mut h.logits,
-            &h.normed,
+            h.logits,
+            h.normed,
             p(&lay.head_w),
             Some(p(&lay.head_b)),
             batch,

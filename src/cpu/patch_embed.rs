@@ -18,7 +18,7 @@ pub fn im2col<F: Float>(
     patch: usize,
 ) {
     assert!(
-        patch > 0 && side % patch == 0,
+        patch > 0 && side.is_multiple_of(patch),
         "im2col: side {side} not a multiple of patch {patch}"
     );
     let grid = side / patch;

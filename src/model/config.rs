@@ -105,13 +105,13 @@ impl ModelConfig {
                 )));
             }
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ConfigError(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             )));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ConfigError(format!(
                 "embed_dim {} is not a multiple of num_heads {}",
                 self.embed_dim, self.num_heads

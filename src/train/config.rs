@@ -73,15 +73,15 @@ impl TrainConfig {
                 ),
             ),
             (
-                !(self.adamw.weight_decay >= 0.0),
+                self.adamw.weight_decay.is_nan() || self.adamw.weight_decay < 0.0,
                 format!("--weight-decay {} is negative", self.adamw.weight_decay),
             ),
             (
-                self.clip_grad.is_some_and(|c| !(c > 0.0)),
+                self.clip_grad.is_some_and(|c| c.is_nan() || c <= 0.0),
                 format!("--clip-grad {:?} must be positive", self.clip_grad),
             ),
             (
-                self.std.iter().any(|s| !(*s > 0.0)),
+                self.std.iter().any(|s| s.is_nan() || *s <= 0.0),
                 format!("normalisation std {:?} must be positive", self.std),
             ),
         ];

@@ -256,7 +256,7 @@ impl Progress {
             }
             None => {
                 let every = (per_epoch / 5).max(1);
-                if pos.step % every == 0 || pos.step == self.total {
+                if pos.step.is_multiple_of(every) || pos.step == self.total {
                     eprintln!("step {}/{} {msg}", pos.step, self.total);
                 }
             }
