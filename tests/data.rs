@@ -60,7 +60,7 @@ fn cifar_round_trip_with_test_batch() {
     );
     assert_eq!(sizes.iter().sum::<u64>(), 253 * RECORD);
 
-    let back = load_cifar_dir(dir.path(), 10).unwrap();
+    let back = load_cifar_dir(dir.path(), Some(10)).unwrap();
     assert_eq!(back.train, s.train); // pixels, labels, classes, shape
     assert_eq!(back.val, s.val);
     assert_eq!(back.train.classes, synthetic::CLASSES.to_vec());
@@ -74,12 +74,12 @@ fn cifar_round_trip_with_test_batch() {
 #[test]
 fn cifar_holds_out_last_records_without_test_batch() {
     let (dir, ds) = cifar_dir(120);
-    let s = load_cifar_dir(dir.path(), 30).unwrap();
+    let s = load_cifar_dir(dir.path(), Some(30)).unwrap();
     assert_eq!(s.train, ds.select(&(0..90).collect::<Vec<_>>()));
     assert_eq!(s.val, ds.select(&(90..120).collect::<Vec<_>>()));
     assert!(s.val_source.contains("last 30 of 120"), "{}", s.val_source);
 
-    let none = load_cifar_dir(dir.path(), 0).unwrap();
+    let none = load_cifar_dir(dir.path(), Some(0)).unwrap();
     assert_eq!(none.train.len(), 120);
     assert!(none.val.is_empty());
     assert!(none.val_source.starts_with("none"), "{}", none.val_source);
@@ -90,7 +90,7 @@ fn cifar_default_class_names_and_missing_batches() {
     let (dir, ds) = cifar_dir(50);
     fs::remove_file(dir.path().join("batches.meta.txt")).unwrap();
     fs::remove_file(dir.path().join("data_batch_2.bin")).unwrap(); // records 10..20
-    let s = load_cifar_dir(dir.path(), 5).unwrap();
+    let s = load_cifar_dir(dir.path(), Some(5)).unwrap();
     assert_eq!(s.train.classes, CIFAR10_CLASSES.to_vec());
     assert_eq!(s.train.len() + s.val.len(), 40);
     assert_eq!(s.train.image(10), ds.image(20)); // batch 3 follows batch 1
@@ -99,12 +99,15 @@ fn cifar_default_class_names_and_missing_batches() {
 #[test]
 fn load_detects_cifar_and_resizes() {
     let (dir, _) = cifar_dir(30);
-    let s = load(dir.path(), 16, 6).unwrap();
+    let s = load(dir.path(), 16, Some(6)).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (24, 6));
     assert_eq!((s.train.channels, s.train.side), (3, 16));
     assert_eq!(s.train.images.len(), 24 * 3 * 16 * 16);
-    let same = load(dir.path(), 32, 6).unwrap();
-    assert_eq!(same.train, load_cifar_dir(dir.path(), 6).unwrap().train);
+    let same = load(dir.path(), 32, Some(6)).unwrap();
+    assert_eq!(
+        same.train,
+        load_cifar_dir(dir.path(), Some(6)).unwrap().train
+    );
 }
 
 #[test]
@@ -113,7 +116,7 @@ fn cifar_truncated_file_names_file_and_size() {
     let f = dir.path().join("data_batch_3.bin");
     let bytes = fs::read(&f).unwrap();
     fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), 5));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
     assert!(matches!(e, DataError::CifarSize { .. }), "{e:?}");
     let size = 10 * RECORD - 100;
     assert!(msg.contains("data_batch_3.bin"), "{msg}");
@@ -128,7 +131,7 @@ fn cifar_oversized_and_empty_files() {
     let mut bytes = fs::read(&f).unwrap();
     bytes.extend_from_slice(&[0; 7]);
     fs::write(&f, &bytes).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), 5));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
     assert!(matches!(e, DataError::CifarSize { size, .. } if size == 10 * RECORD + 7));
     assert!(
         msg.contains("data_batch_1.bin") && msg.contains("7 bytes left over"),
@@ -136,7 +139,7 @@ fn cifar_oversized_and_empty_files() {
     );
 
     fs::write(&f, b"").unwrap();
-    let (e, msg) = err_text(load(dir.path(), 32, 5));
+    let (e, msg) = err_text(load(dir.path(), 32, Some(5)));
     assert!(matches!(e, DataError::CifarEmpty { .. }), "{e:?}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
 }
@@ -145,28 +148,28 @@ fn cifar_oversized_and_empty_files() {
 fn missing_dir_and_dir_without_data() {
     let dir = tmp();
     let missing = dir.path().join("nope");
-    let (e, msg) = err_text(load(&missing, 32, 0));
+    let (e, msg) = err_text(load(&missing, 32, Some(0)));
     assert!(matches!(e, DataError::MissingDir { .. }), "{e:?}");
     assert!(
         msg.contains("nope") && msg.contains("data_batch_1.bin"),
         "{msg}"
     );
     assert!(matches!(
-        load_cifar_dir(&missing, 0),
+        load_cifar_dir(&missing, Some(0)),
         Err(DataError::MissingDir { .. })
     ));
 
-    let (e, _) = err_text(load(dir.path(), 32, 0));
+    let (e, _) = err_text(load(dir.path(), 32, Some(0)));
     assert!(matches!(e, DataError::EmptyDir { .. }), "{e:?}");
 
     fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-    let (e, msg) = err_text(load(dir.path(), 32, 0));
+    let (e, msg) = err_text(load(dir.path(), 32, Some(0)));
     assert!(matches!(e, DataError::UnknownLayout { .. }), "{e:?}");
     assert!(
         msg.contains("notes.txt") && msg.contains("class subfolders"),
         "{msg}"
     );
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), 0));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(0)));
     assert!(matches!(e, DataError::NoCifarFiles { .. }), "{e:?}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
 }
@@ -178,7 +181,7 @@ fn cifar_label_out_of_range() {
     let mut bytes = fs::read(&f).unwrap();
     bytes[3 * RECORD as usize] = 10; // label of record 3
     fs::write(&f, &bytes).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), 5));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
     assert!(
         matches!(
             e,
@@ -201,7 +204,7 @@ fn cifar_label_out_of_range() {
     fs::write(&f, &bytes).unwrap();
     fs::write(dir.path().join("batches.meta.txt"), "a\nb\n\n").unwrap();
     assert!(matches!(
-        load_cifar_dir(dir.path(), 5),
+        load_cifar_dir(dir.path(), Some(5)),
         Err(DataError::LabelOutOfRange { classes: 2, .. })
     ));
 }
@@ -210,14 +213,14 @@ fn cifar_label_out_of_range() {
 fn cifar_val_split_too_large() {
     let (dir, _) = cifar_dir(40);
     for v in [40, 41, 1000] {
-        let (e, msg) = err_text(load_cifar_dir(dir.path(), v));
+        let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(v)));
         assert!(
             matches!(e, DataError::ValSplitTooLarge { len: 40, .. }),
             "{e:?}"
         );
         assert!(msg.contains(&format!("val_split {v}")), "{msg}");
     }
-    assert_eq!(load_cifar_dir(dir.path(), 39).unwrap().train.len(), 1);
+    assert_eq!(load_cifar_dir(dir.path(), Some(39)).unwrap().train.len(), 1);
 }
 
 #[test]
@@ -249,7 +252,7 @@ fn write_refuses_to_overwrite_unless_asked() {
             "data_batch_3.bin"
         ]
     );
-    let back = load_cifar_dir(dir.path(), 0).unwrap();
+    let back = load_cifar_dir(dir.path(), Some(0)).unwrap();
     assert_eq!(back.train, other);
 }
 
@@ -312,7 +315,7 @@ fn image_folder_happy_path() {
     )
     .unwrap();
 
-    let s = load_image_folder(d, 12, 0).unwrap();
+    let s = load_image_folder(d, 12, Some(0)).unwrap();
     let t = &s.train;
     assert_eq!(t.classes, ["bird", "cat", "dog"]);
     assert_eq!(t.labels, [0, 0, 1, 2, 2]); // bird/g.png, bird/j.jpg, cat/x.PNG, dog/a, dog/b
@@ -326,7 +329,7 @@ fn image_folder_happy_path() {
     assert!(s.val.is_empty());
 
     // load() detects the layout the same way.
-    assert_eq!(load(d, 12, 0).unwrap().train, s.train);
+    assert_eq!(load(d, 12, Some(0)).unwrap().train, s.train);
 }
 
 #[test]
@@ -338,7 +341,7 @@ fn image_folder_holds_out_evenly_and_uses_val_folder() {
             solid_png(&dir.path().join(format!("{c}/{i:02}.png")), 4, 4, [v, i, 0]);
         }
     }
-    let s = load_image_folder(dir.path(), 4, 4).unwrap();
+    let s = load_image_folder(dir.path(), 4, Some(4)).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (16, 4));
     assert_eq!(s.val.class_counts(), [2, 2]);
     assert!(
@@ -351,7 +354,7 @@ fn image_folder_holds_out_evenly_and_uses_val_folder() {
     for v in 0..4 {
         assert!((0..16).all(|t| key(&s.train, t) != key(&s.val, v)));
     }
-    let (e, _) = err_text(load_image_folder(dir.path(), 4, 20));
+    let (e, _) = err_text(load_image_folder(dir.path(), 4, Some(20)));
     assert!(
         matches!(e, DataError::ValSplitTooLarge { len: 20, .. }),
         "{e:?}"
@@ -362,13 +365,13 @@ fn image_folder_holds_out_evenly_and_uses_val_folder() {
     solid_png(&split.path().join("train/b/1.png"), 4, 4, [2, 2, 2]);
     solid_png(&split.path().join("train/b/2.png"), 4, 4, [3, 3, 3]);
     solid_png(&split.path().join("val/b/1.png"), 4, 4, [4, 4, 4]);
-    let s = load(split.path(), 4, 1).unwrap();
+    let s = load(split.path(), 4, Some(1)).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (3, 1));
     assert_eq!(s.val.labels, [1]); // val/b maps to train's label of b
     assert!(s.val_source.starts_with("val/"), "{}", s.val_source);
 
     solid_png(&split.path().join("val/zebra/1.png"), 4, 4, [4, 4, 4]);
-    let (e, msg) = err_text(load(split.path(), 4, 1));
+    let (e, msg) = err_text(load(split.path(), 4, Some(1)));
     assert!(matches!(e, DataError::UnknownValClass { .. }), "{e:?}");
     assert!(msg.contains("zebra"), "{msg}");
 }
@@ -376,13 +379,13 @@ fn image_folder_holds_out_evenly_and_uses_val_folder() {
 #[test]
 fn image_folder_bad_input() {
     let dir = tmp();
-    let (e, _) = err_text(load_image_folder(dir.path(), 8, 0));
+    let (e, _) = err_text(load_image_folder(dir.path(), 8, Some(0)));
     assert!(matches!(e, DataError::EmptyDir { .. }), "{e:?}");
 
     solid_png(&dir.path().join("good/1.png"), 4, 4, [1, 2, 3]);
     fs::create_dir_all(dir.path().join("empty")).unwrap();
     fs::write(dir.path().join("empty/notes.txt"), "no images here").unwrap();
-    let (e, msg) = err_text(load_image_folder(dir.path(), 8, 0));
+    let (e, msg) = err_text(load_image_folder(dir.path(), 8, Some(0)));
     assert!(matches!(e, DataError::NoImages { .. }), "{e:?}");
     assert!(msg.contains("empty") && msg.contains(".png"), "{msg}");
 
@@ -392,12 +395,12 @@ fn image_folder_bad_input() {
         b"\x89PNG\r\n\x1a\n garbage",
     )
     .unwrap();
-    let (e, msg) = err_text(load_image_folder(dir.path(), 8, 0));
+    let (e, msg) = err_text(load_image_folder(dir.path(), 8, Some(0)));
     assert!(matches!(e, DataError::BadImage { .. }), "{e:?}");
     assert!(msg.contains("broken.png"), "{msg}");
 
     fs::write(dir.path().join("good/broken.png"), b"").unwrap();
-    let (_, msg) = err_text(load(dir.path(), 8, 0));
+    let (_, msg) = err_text(load(dir.path(), 8, Some(0)));
     assert!(msg.contains("broken.png"), "{msg}");
 }
 

@@ -17,9 +17,10 @@ pub struct EvalArgs {
     /// A checkpoint written by `vitk train` (model.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Training records held out for validation when the data has no test/val split.
-    #[arg(long, default_value_t = 5000)]
-    val_split: usize,
+    /// Training records held out for validation when the data has no test/val split
+    /// (use the value the model was trained with) [default: 10% of the records, at most 5000].
+    #[arg(long)]
+    val_split: Option<usize>,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     #[arg(long)]

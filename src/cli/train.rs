@@ -31,7 +31,8 @@ pub struct TrainArgs {
     /// class). Without it, the built-in synthetic set.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training records held out for validation when the data has no test/val split [default: 5000].
+    /// Training records held out for validation when the data has no test/val split
+    /// [default: 10% of the training records, at most 5000].
     #[arg(long)]
     val_split: Option<usize>,
     /// Model preset: micro, seed, lite, tiny, small [default: micro].
@@ -150,7 +151,7 @@ impl TrainArgs {
         let data = match &self.data {
             Some(path) => DataSource::Dir {
                 path: path.clone(),
-                val_split: self.val_split.unwrap_or(5000),
+                val_split: self.val_split,
             },
             None => DataSource::Synthetic {
                 train: SYNTH_TRAIN,
@@ -273,7 +274,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         None => {
             let side = a.image_size.unwrap_or(32);
             let splits = match &a.data {
-                Some(path) => data::load(path, side, a.val_split.unwrap_or(5000))?,
+                Some(path) => data::load(path, side, a.val_split)?,
                 None => synthetic::generate_splits(
                     SYNTH_TRAIN,
                     a.val_split.unwrap_or(SYNTH_VAL),

@@ -132,8 +132,8 @@ fn append(a: &mut Dataset, b: Dataset) {
 /// official files are already shuffled). `val_split = 0` without `test_batch.bin` gives
 /// an empty validation set. Errors name the file for a size that is not a positive
 /// multiple of 3073 bytes, a label not below the number of class names, or
-/// `val_split >= number of training records`.
-pub fn load_cifar_dir(dir: &Path, val_split: usize) -> Result<Splits, DataError> {
+/// `val_split >= number of training records`. `None` holds out [`super::default_val_split`].
+pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, DataError> {
     if !dir.is_dir() {
         return Err(if dir.exists() {
             DataError::NotADir { path: dir.into() }
@@ -164,6 +164,7 @@ pub fn load_cifar_dir(dir: &Path, val_split: usize) -> Result<Splits, DataError>
         });
     }
     let n = train.len();
+    let val_split = val_split.unwrap_or_else(|| super::default_val_split(n));
     if val_split == 0 {
         return Ok(Splits {
             train,

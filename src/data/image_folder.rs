@@ -185,7 +185,11 @@ fn held_out_positions(n: usize, v: usize) -> Vec<usize> {
 }
 
 /// Loads an ImageFolder directory (see the module documentation for the rules).
-pub fn load_image_folder(dir: &Path, side: usize, val_split: usize) -> Result<Splits, DataError> {
+pub fn load_image_folder(
+    dir: &Path,
+    side: usize,
+    val_split: Option<usize>,
+) -> Result<Splits, DataError> {
     if side == 0 {
         return Err(DataError::invalid(
             dir.display().to_string(),
@@ -238,6 +242,7 @@ pub fn load_image_folder(dir: &Path, side: usize, val_split: usize) -> Result<Sp
     }
 
     let n = train_files.len();
+    let val_split = val_split.unwrap_or_else(|| super::default_val_split(n));
     if val_split == 0 {
         let train = decode_all(&train_files, &classes, side)?;
         return Ok(Splits {

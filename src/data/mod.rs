@@ -185,8 +185,8 @@ pub struct Splits {
 ///   (see [`image_folder::load_image_folder`]), images resized to `side`.
 ///
 /// `val_split` is the number of training samples held out for validation when the
-/// directory has no validation split of its own (0: no validation).
-pub fn load(dir: &Path, side: usize, val_split: usize) -> Result<Splits, DataError> {
+/// directory has no validation split of its own (`None`: [`default_val_split`]; 0: none).
+pub fn load(dir: &Path, side: usize, val_split: Option<usize>) -> Result<Splits, DataError> {
     if side == 0 {
         return Err(DataError::invalid(
             dir.display().to_string(),
@@ -215,4 +215,10 @@ pub fn load(dir: &Path, side: usize, val_split: usize) -> Result<Splits, DataErr
         });
     }
     image_folder::load_image_folder(dir, side, val_split)
+}
+
+/// Validation records held out when none is asked for: 10% of the training records, at
+/// most 5000 (the usual 45,000 / 5,000 split of CIFAR-10's training set).
+pub fn default_val_split(train_records: usize) -> usize {
+    (train_records / 10).min(5000)
 }

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 #[serde(rename_all = "lowercase")]
 pub enum DataSource {
     /// A CIFAR-10 binary directory or an ImageFolder.
-    Dir { path: PathBuf, val_split: usize },
+    /// `val_split`: records held out when the data has no validation split (None: the default).
+    Dir {
+        path: PathBuf,
+        val_split: Option<usize>,
+    },
     /// The generated set (data::synthetic), deterministic in `seed`.
     Synthetic { train: usize, val: usize, seed: u64 },
 }

@@ -163,6 +163,14 @@ pub fn train(
         if epoch_done || stopping {
             if !val.is_empty() && (epoch_done || !interrupted) {
                 let r = evaluate(engine, &val, normalize).context("validation data")?;
+                if !r.loss.is_finite() {
+                    bail!(
+                        "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. The last saved checkpoint in {} (step {saved_at}) is kept. Try a lower --lr or --clip-grad.",
+                        r.loss,
+                        pos.step,
+                        run.path.display()
+                    );
+                }
                 progress.println(&format!(
                     "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4}",
                     pos.step, r.loss, r.accuracy

@@ -1,0 +1,409 @@
+//! End-to-end tests of the `vitk` binary: resume reproduces an uninterrupted run bitwise,
+//! Ctrl-C saves a resumable state, and bad input fails cleanly without writing anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vitk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitk"))
+        .args(args)
+        .output()
+        .expect("run vitk")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs vitk expecting success; returns stdout + stderr.
+fn ok(args: &[&str]) -> String {
+    let o = vitk(args);
+    assert!(o.status.success(), "vitk {args:?} failed:\n{}", text(&o));
+    text(&o)
+}
+
+/// Runs vitk expecting a clean failure (non-zero exit, no panic) whose message contains
+/// every string of `needles`.
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let o = vitk(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "vitk {args:?} should fail:\n{t}");
+    assert!(!t.contains("panicked"), "vitk {args:?} panicked:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "vitk {args:?}: message lacks {n:?}:\n{t}");
+    }
+    t
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A small synthetic CIFAR-layout data set: 300 training, 60 validation images.
+fn synth(dir: &Path) -> PathBuf {
+    let d = dir.join("data");
+    ok(&[
+        "synth",
+        "--out",
+        s(&d),
+        "--train",
+        "300",
+        "--val",
+        "60",
+        "--seed",
+        "3",
+    ]);
+    d
+}
+
+/// A tiny model trained for `epochs` epochs of 6 steps (batch 50).
+fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--embed-dim",
+        "16",
+        "--depth",
+        "2",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "24",
+        "--batch-size",
+        "50",
+        "--epochs",
+        epochs,
+        "--threads",
+        "2",
+        "--seed",
+        "5",
+    ]
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Two safetensors files hold the same tensors, bit for bit, and the same metadata (the
+/// header's key order may differ between processes).
+fn assert_same_tensors(a: &Path, b: &Path) {
+    use safetensors::SafeTensors;
+    let (ba, bb) = (read(a), read(b));
+    let (ta, tb) = (
+        SafeTensors::deserialize(&ba).expect("a"),
+        SafeTensors::deserialize(&bb).expect("b"),
+    );
+    let mut names = ta.names();
+    names.sort();
+    let mut names_b = tb.names();
+    names_b.sort();
+    assert_eq!(
+        names,
+        names_b,
+        "tensor names of {} and {}",
+        a.display(),
+        b.display()
+    );
+    for n in names {
+        let (x, y) = (ta.tensor(n).expect("tensor"), tb.tensor(n).expect("tensor"));
+        assert!(
+            x.shape() == y.shape() && x.data() == y.data(),
+            "{n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+    let meta = |bytes: &[u8]| {
+        SafeTensors::read_metadata(bytes)
+            .expect("header")
+            .1
+            .metadata()
+            .clone()
+    };
+    assert_eq!(meta(&ba), meta(&bb), "metadata");
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run_bitwise() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&train_args(s(&data), s(&a), "3"));
+    // Stop mid-epoch (step 8 of 18), then continue.
+    let mut first = train_args(s(&data), s(&b), "3");
+    first.extend(["--steps", "8"]);
+    ok(&first);
+    let out = ok(&["train", "--resume", s(&b), "--threads", "2"]);
+    assert!(
+        out.contains("resuming") && out.contains("at step 8"),
+        "{out}"
+    );
+    assert_same_tensors(&a.join("model.safetensors"), &b.join("model.safetensors"));
+    assert_same_tensors(&a.join("state.safetensors"), &b.join("state.safetensors"));
+    // The resumed log holds each step once, with the same losses as the uninterrupted run.
+    let steps = |p: &Path| -> Vec<String> {
+        String::from_utf8(read(&p.join("metrics.jsonl")))
+            .expect("utf-8")
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .map(|l| {
+                l.split("\"img_per_s\"")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(steps(&a), steps(&b));
+    assert_eq!(steps(&a).len(), 18);
+    for f in ["config.json", "curves.png"] {
+        assert!(b.join(f).is_file(), "{f} missing");
+    }
+}
+
+#[test]
+fn resume_refuses_flags_that_would_change_the_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run), "1");
+    args.extend(["--steps", "2"]);
+    ok(&args);
+    fails(
+        &["train", "--resume", s(&run), "--lr", "0.1"],
+        &["--lr", "cannot be combined with --resume"],
+    );
+    fails(
+        &["train", "--resume", s(&tmp.path().join("nope"))],
+        &["nope", "config.json"],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_state_that_resumes_to_the_uninterrupted_result() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // Long enough (100 epochs) that the interrupt lands mid-run.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitk"))
+        .args(train_args(s(&data), s(&b), "100"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn vitk");
+    let log = b.join("metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "exit code after Ctrl-C");
+    let state = ok(&["train", "--resume", s(&b), "--steps", "0"]);
+    let step: u64 = state
+        .split("at step ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume step in: {state}"));
+    assert!(step >= 10 && step < 600, "interrupted at step {step}");
+    // Continue 5 steps past the interruption; an uninterrupted run to the same step agrees.
+    let target = (step + 5).to_string();
+    ok(&["train", "--resume", s(&b), "--steps", &target]);
+    let mut uninterrupted = train_args(s(&data), s(&a), "100");
+    uninterrupted.extend(["--steps", &target]);
+    ok(&uninterrupted);
+    assert_same_tensors(&a.join("model.safetensors"), &b.join("model.safetensors"));
+}
+
+#[test]
+fn default_run_directory_is_never_overwritten() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    std::fs::write(run.join("model.safetensors"), b"precious").expect("write");
+    fails(
+        &train_args(s(&data), s(&run), "1"),
+        &["already exists", s(&run)],
+    );
+    assert_eq!(read(&run.join("model.safetensors")), b"precious");
+}
+
+#[test]
+fn bad_data_fails_cleanly_and_writes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("missing");
+    fails(
+        &train_args(s(&missing), s(&out), "1"),
+        &[s(&missing), "no such directory"],
+    );
+
+    // Truncated training file: named, with its size.
+    let bad = tmp.path().join("truncated");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let rec = read(&data.join("data_batch_1.bin"));
+    std::fs::write(bad.join("data_batch_1.bin"), &rec[..3073 * 4 + 100]).expect("write");
+    fails(
+        &train_args(s(&bad), s(&out), "1"),
+        &["data_batch_1.bin", "not a multiple of the 3073-byte"],
+    );
+
+    // A label byte outside the 10 classes.
+    let bad = tmp.path().join("label");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let mut r = rec[..3073 * 4].to_vec();
+    r[3073 * 2] = 17;
+    std::fs::write(bad.join("data_batch_1.bin"), r).expect("write");
+    fails(
+        &train_args(s(&bad), s(&out), "1"),
+        &["data_batch_1.bin", "label 17"],
+    );
+
+    // An empty folder and a folder of unreadable images.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    fails(&train_args(s(&empty), s(&out), "1"), &[s(&empty), "empty"]);
+    let folder = tmp.path().join("folder");
+    std::fs::create_dir_all(folder.join("cat")).expect("mkdir");
+    std::fs::write(folder.join("cat").join("broken.png"), b"not a png").expect("write");
+    fails(&train_args(s(&folder), s(&out), "1"), &["broken.png"]);
+
+    assert!(
+        !out.exists(),
+        "a failed run must not create its run directory"
+    );
+}
+
+#[test]
+fn checkpoints_of_another_config_or_corrupted_are_rejected() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run), "1");
+    args.extend(["--steps", "1"]);
+    ok(&args);
+    let ckpt = run.join("model.safetensors");
+
+    // Another width: the tensor and both shapes are named.
+    let mut other = vec![
+        "train",
+        "--data",
+        s(&data),
+        "--embed-dim",
+        "32",
+        "--depth",
+        "2",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "24",
+        "--steps",
+        "1",
+        "--init-from",
+        s(&ckpt),
+    ];
+    let out2 = tmp.path().join("other");
+    other.extend(["--out", s(&out2)]);
+    fails(
+        &other,
+        &["model.safetensors", "cls_token", "[1, 1, 16]", "[1, 1, 32]"],
+    );
+    assert!(!out2.exists());
+
+    // Evaluation and prediction with a good checkpoint work...
+    let e = ok(&["eval", "--data", s(&data), "--checkpoint", s(&ckpt)]);
+    assert!(
+        e.contains("accuracy") && e.contains("confusion matrix"),
+        "{e}"
+    );
+    // ...and with a truncated one fail, naming the file.
+    let bytes = read(&ckpt);
+    let broken = tmp.path().join("broken.safetensors");
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).expect("write");
+    fails(
+        &["eval", "--data", s(&data), "--checkpoint", s(&broken)],
+        &["broken.safetensors"],
+    );
+    fails(
+        &["predict", "--checkpoint", s(&broken), s(&ckpt)],
+        &["broken.safetensors"],
+    );
+    let not_image = tmp.path().join("notes.png");
+    std::fs::write(&not_image, b"text").expect("write");
+    fails(
+        &["predict", "--checkpoint", s(&ckpt), s(&not_image)],
+        &["notes.png"],
+    );
+}
+
+#[test]
+fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    // One step per epoch (batch 300 of 300 images); the first update (lr 1e38) ruins the
+    // parameters, which the evaluation after that step sees.
+    let mut args = train_args(s(&data), s(&run), "3");
+    let at = args.iter().position(|a| *a == "50").expect("batch size");
+    args[at] = "300";
+    args.extend(["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"]);
+    let t = fails(&args, &["NaN", "step 1", "kept"]);
+    assert!(
+        !run.join("model.safetensors").exists(),
+        "diverged weights must not be saved:\n{t}"
+    );
+}
+
+#[test]
+fn predict_lists_top_classes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run), "1");
+    args.extend(["--steps", "2"]);
+    ok(&args);
+    let img = tmp.path().join("x.png");
+    image::RgbImage::from_fn(40, 24, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 10) as u8, 128])
+    })
+    .save(&img)
+    .expect("png");
+    let out = ok(&[
+        "predict",
+        "--checkpoint",
+        s(&run.join("model.safetensors")),
+        "--top",
+        "3",
+        s(&img),
+    ]);
+    let probs: Vec<f64> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(probs.len(), 3, "{out}");
+    assert!(
+        probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().all(|p| (0.0..=1.0).contains(p)),
+        "{out}"
+    );
+}
