@@ -223,7 +223,7 @@ fn ctrl_c_saves_a_state_that_resumes_to_the_uninterrupted_result() {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume step in: {state}"));
-    assert!(step >= 10 && step < 600, "interrupted at step {step}");
+    assert!((10..600).contains(&step), "interrupted at step {step}");
     // Continue 5 steps past the interruption; an uninterrupted run to the same step agrees.
     let target = (step + 5).to_string();
     ok(&["train", "--resume", s(&b), "--steps", &target]);
