@@ -5,7 +5,6 @@
 //! which is exactly the [C, S, S] layout of [`Dataset`], so records are copied as they are.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Dataset, Splits, CIFAR_RECORD_BYTES};
@@ -236,24 +235,9 @@ fn records(ds: &Dataset, range: std::ops::Range<usize>) -> Vec<u8> {
     out
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
-/// then renamed over the target, so a reader never sees a half-written data file.
+/// Writes one data file atomically (see [`crate::atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        DataError::io(path, e)
-    })
+    crate::atomic::write_atomic(path, bytes).map_err(|e| DataError::io(path, e))
 }
 
 /// Writes `train` (and `val` as `test_batch.bin` when given) in the CIFAR-10 binary

@@ -1,12 +1,13 @@
-//! A small counter-derived random generator (SplitMix64).
+//! Keyed random streams for the loader and the synthetic set.
 //!
-//! The loader and the synthetic set need random streams that are a pure function of
-//! a key such as (seed, epoch, position): resuming a run must reproduce it bitwise,
-//! whatever thread computes which sample. `rand`'s `StdRng` is documented as not
-//! reproducible across `rand` versions, so the streams that end up in checkpoints and
-//! data sets come from this fixed algorithm instead.
+//! The loader and the synthetic set need random streams that are a pure function of a key
+//! such as (seed, tag, epoch, position): resuming a run must reproduce it bitwise, whatever
+//! thread computes which sample. Each stream is a ChaCha8 generator (`rand_chacha`, whose
+//! output the crate documents as portable and reproducible) seeded with the key words.
 
-use rand::RngCore;
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Stream tags: one per use, so that e.g. the permutation of epoch 3 and the
 /// augmentation of sample 3 never share a stream.
@@ -16,59 +17,40 @@ pub(crate) const TAG_SYNTH_TRAIN: u64 = 0x7379_6e74; // "synt"
 pub(crate) const TAG_SYNTH_VAL: u64 = 0x7379_6e76; // "synv"
 pub(crate) const TAG_SYNTH_ORDER: u64 = 0x7379_6e6f; // "syno"
 
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The SplitMix64 output function: a bijective 64-bit mixer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// SplitMix64 generator (Steele, Lea, Flood 2014): 64 bits of state, passes BigCrush,
-/// and any 64-bit state is a valid seed, which is what keyed streams need.
+/// A random stream determined by a key of up to four 64-bit words.
 #[derive(Clone, Debug)]
-pub struct Rng64 {
-    state: u64,
-}
+pub struct Rng64(ChaCha8Rng);
 
 impl Rng64 {
     /// A generator whose whole stream is a function of `seed` only.
     pub fn new(seed: u64) -> Self {
-        Rng64 { state: mix(seed) }
+        Self::from_key(&[seed])
     }
 
-    /// A generator keyed by several integers, e.g. `[seed, tag, epoch, position]`.
-    /// Each key word is folded through the mixer, so nearby keys give unrelated streams.
+    /// A generator keyed by up to four integers, e.g. `[seed, tag, epoch, position]`: the
+    /// words are the 256-bit ChaCha key, so distinct keys give independent streams.
     pub fn from_key(key: &[u64]) -> Self {
-        let mut h: u64 = 0x6A09_E667_F3BC_C908; // any fixed odd start
-        for &k in key {
-            h = mix(h.wrapping_add(GOLDEN) ^ k);
+        assert!(key.len() <= 4, "Rng64::from_key: at most 4 key words");
+        let mut seed = [0u8; 32];
+        for (slot, k) in seed.chunks_exact_mut(8).zip(key) {
+            slot.copy_from_slice(&k.to_le_bytes());
         }
-        Rng64 { state: h }
+        Rng64(ChaCha8Rng::from_seed(seed))
     }
 
-    /// Uniform integer in `0..n` (`n > 0`), unbiased (Lemire's multiply-and-reject).
+    /// Uniform integer in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        debug_assert!(n > 0);
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = (self.next_u64() as u128) * (n as u128);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
+        self.0.random_range(0..n)
     }
 
     /// Uniform integer in `lo..=hi`.
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        debug_assert!(lo <= hi);
-        lo + self.below((hi - lo) as u64 + 1) as i64
+        self.0.random_range(lo..=hi)
     }
 
-    /// Uniform float in `[0, 1)` with 24 bits of precision.
+    /// Uniform float in `[0, 1)`.
     pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+        self.0.random::<f32>()
     }
 
     /// Uniform float in `[lo, hi)`.
@@ -78,7 +60,7 @@ impl Rng64 {
 
     /// Fair coin.
     pub fn coin(&mut self) -> bool {
-        self.next_u64() >> 63 == 1
+        self.0.random_bool(0.5)
     }
 
     /// Approximately normal N(0, 1): sum of four uniforms, rescaled (Irwin-Hall).
@@ -88,31 +70,21 @@ impl Rng64 {
         (s - 2.0) * 3.0f32.sqrt()
     }
 
-    /// Fisher-Yates shuffle.
+    /// Uniform random permutation in place.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
+        items.shuffle(&mut self.0);
     }
 }
 
 impl RngCore for Rng64 {
     fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
+        self.0.next_u32()
     }
-
-    /// Next 64 random bits.
     fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GOLDEN);
-        mix(self.state)
+        self.0.next_u64()
     }
-
     fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        self.0.fill_bytes(dst)
     }
 }
 
