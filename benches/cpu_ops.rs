@@ -10,9 +10,12 @@ use vitk::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use vitk::cpu::gelu::{gelu_backward, gelu_forward};
 use vitk::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use vitk::cpu::linear::{linear_backward, linear_forward};
+use vitk::cpu::loss::cross_entropy;
 use vitk::cpu::patch_embed::im2col;
+use vitk::cpu::pooling::{pool_backward, pool_forward};
+use vitk::cpu::tokens::{tokens_backward, tokens_forward};
 use vitk::cpu::CpuEngine;
-use vitk::model::{init_params, ModelConfig, ParamLayout};
+use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
 use vitk::train::{AdamW, AdamWConfig};
 
 const BATCH: usize = 128;
@@ -113,6 +116,44 @@ fn ops(c: &mut Criterion) {
     g.throughput(Throughput::Elements((8 * BATCH * t * t * d) as u64));
     g.bench_function("attention_backward", |b| {
         b.iter(|| attention_backward(&mut dqkv, &out, &probs, &qkv, s))
+    });
+
+    let patch_out = filled(BATCH * cfg.num_patches() * d, 11);
+    let pos = filled(t * d, 12);
+    let cls = filled(d, 13);
+    let mut x = vec![0.0; r * d];
+    g.throughput(Throughput::Bytes((r * d * 8) as u64));
+    g.bench_function("tokens_forward", |b| {
+        b.iter(|| tokens_forward(&mut x, &patch_out, &pos, Some(&cls), d))
+    });
+    let (mut dpatch, mut dpos, mut dcls) =
+        (vec![0.0; patch_out.len()], vec![0.0; t * d], vec![0.0; d]);
+    g.bench_function("tokens_backward", |b| {
+        b.iter(|| tokens_backward(&mut dpatch, &mut dpos, Some(&mut dcls), &x, d))
+    });
+    let mut pooled = vec![0.0; BATCH * d];
+    g.bench_function("mean_pool_forward", |b| {
+        b.iter(|| pool_forward(&mut pooled, &x, t, d, Pool::Mean))
+    });
+    g.bench_function("mean_pool_backward", |b| {
+        b.iter(|| pool_backward(&mut x, &pooled, t, d, Pool::Mean))
+    });
+
+    let logits = filled(BATCH * 10, 14);
+    let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
+    let mut dlogits = vec![0.0; BATCH * 10];
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("cross_entropy", |b| {
+        b.iter(|| cross_entropy(&logits, &labels, 10, 0.1, Some(&mut dlogits)))
+    });
+
+    let layout = ParamLayout::new(&cfg);
+    let mut params = init_params(&cfg, &layout, 0);
+    let grads = filled(layout.len, 15);
+    let mut opt = AdamW::new(AdamWConfig::default(), layout.len);
+    g.throughput(Throughput::Bytes((layout.len * 4 * 7) as u64)); // p, m, v read+write, g read
+    g.bench_function("adamw_update", |b| {
+        b.iter(|| opt.update(&layout, &mut params, &grads, 1e-3))
     });
     g.finish();
 }
