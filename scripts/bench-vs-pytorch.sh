@@ -4,7 +4,7 @@
 #
 #   scripts/bench-vs-pytorch.sh [bench_pytorch.py options]    e.g. --steps 8 --reps 2
 #
-# Python: $PYTHON if set, else /work/pyref/bin/python if present, else python3 on PATH.
+# Python: $PYTHON if set, else python3 on PATH.
 # Peak RSS comes from GNU time (/usr/bin/time -v), installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

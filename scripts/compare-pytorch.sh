@@ -4,7 +4,7 @@
 #
 #   scripts/compare-pytorch.sh [compare_pytorch.py options]    e.g. --cases micro-cls --steps 20
 #
-# Python: $PYTHON if set, else /work/pyref/bin/python if present, else python3 on PATH.
+# Python: $PYTHON if set, else python3 on PATH.
 # It needs torch, timm, safetensors and numpy. vitk is built first (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."

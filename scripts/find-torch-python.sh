@@ -2,8 +2,6 @@
 # (torch, timm, safetensors, numpy), or exits with a message saying what is missing.
 if [[ -n "${PYTHON:-}" ]]; then
     PY="$PYTHON"
-elif [[ -x /work/pyref/bin/python ]]; then
-    PY=/work/pyref/bin/python
 else
     PY=python3
 fi
