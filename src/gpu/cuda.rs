@@ -39,6 +39,25 @@ fn driver<T>(op: &str, r: Result<T, result::DriverError>) -> GpuResult<T> {
 }
 
 impl CudaRuntime {
+    /// Names of the CUDA devices ("NVIDIA H200 (sm_90)"), or why there are none; opens no
+    /// context.
+    pub fn device_names() -> GpuResult<Vec<String>> {
+        // SAFETY: only probes for the shared library; touching the driver without it panics.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(GpuError::Unavailable(
+                "libcuda (the NVIDIA driver) is not installed".into(),
+            ));
+        }
+        driver("cuInit", result::init())?;
+        let count = driver("cuDeviceGetCount", result::device::get_count())?;
+        (0..count.max(0))
+            .map(|i| {
+                let device = driver("cuDeviceGet", result::device::get(i))?;
+                driver("cuDeviceGetName", result::device::get_name(device))
+            })
+            .collect()
+    }
+
     /// Opens device `ordinal` and loads the kernels.
     pub fn new(ordinal: usize) -> GpuResult<Self> {
         // SAFETY: only probes for the shared library; touching the driver without it panics.
