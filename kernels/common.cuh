@@ -46,3 +46,9 @@ inline T* vitk_dynamic_shared() {
 #endif
 
 #define VITK_FULL_MASK 0xffffffffu
+// `#pragma unroll` for the device compilers only (the host compiler warns on it).
+#if VITK_EMU
+#define VITK_UNROLL
+#else
+#define VITK_UNROLL _Pragma("unroll")
+#endif

@@ -3,8 +3,13 @@
 #   bin/         release binaries (kernels compiled by the pinned nvcc: sm_80 + sm_90 cubins
 #                and compute_80 PTX, embedded)
 #   tests/       the test executables (`cargo test --release --no-run`), named by target
+#   benches/     the kernel bench executable (benches/kernels.rs)
+#   data/        CIFAR-10 training batches (built by /work/shared/data/make-cifar10-bin.sh or
+#                $VITK_CIFAR_BIN, xz-compressed, as many batches as keep the bundle < 64 MiB)
 #   run.sh       `bash .gpu-bundle/run.sh LOG_DIR`: runs every test executable with
-#                VITK_TEST_DEVICE=cuda, one log per executable in LOG_DIR, then a summary table
+#                VITK_TEST_DEVICE=cuda, the kernel benches and a 1-epoch
+#                `vitk train --device cuda --model seed` on the CIFAR-10 batches, one log each
+#                in LOG_DIR, then a summary table
 # Usage: scripts/gpu-bundle.sh [BUNDLE_DIR]   (default .gpu-bundle)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,8 +26,12 @@ json="$(mktemp)"
 trap 'rm -f "$json"' EXIT
 cargo test --release --no-run --message-format=json >"$json"
 
+bench_json="$(mktemp)"
+trap 'rm -f "$json" "$bench_json"' EXIT
+cargo bench --bench kernels --no-run --message-format=json >"$bench_json"
+
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/tests"
+mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/benches" "$bundle/data"
 for exe in target/release/vitk; do
   [[ -x "$exe" ]] && cp "$exe" "$bundle/bin/"
 done
@@ -50,6 +59,36 @@ for line in open(src):
     shutil.copy2(msg["executable"], os.path.join(dst, name))
     print(f"  tests/{name}", file=sys.stderr)
 PY
+
+python3 - "$bench_json" "$bundle/benches" <<'PY'
+import json, shutil, sys, os
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "kernels":
+        shutil.copy2(msg["executable"], os.path.join(sys.argv[2], "kernels"))
+PY
+
+# CIFAR-10 batches: as many as fit under the 64 MiB bundle limit (compressed).
+cifar="${VITK_CIFAR_BIN:-}"
+if [[ -z "$cifar" ]]; then
+  cifar="$(mktemp -d)"
+  bash /work/shared/data/make-cifar10-bin.sh "$cifar" >&2
+fi
+limit=$((64 * 1024 * 1024))
+for i in 1 2 3 4 5; do
+  f="$cifar/data_batch_$i.bin"
+  [[ -f "$f" ]] || break
+  xz -T0 -6 -c "$f" >"$bundle/data/data_batch_$i.bin.xz"
+  if (( $(du -sb "$bundle" | cut -f1) > limit - 4 * 1024 * 1024 )); then
+    rm "$bundle/data/data_batch_$i.bin.xz"
+    break
+  fi
+done
+[[ -f "$cifar/batches.meta.txt" ]] && cp "$cifar/batches.meta.txt" "$bundle/data/"
+echo "bundle size: $(du -sh "$bundle" | cut -f1) ($(ls "$bundle/data" | grep -c xz) CIFAR-10 batches)" >&2
 
 cat >"$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -81,6 +120,24 @@ for exe in "$here"/tests/*; do
   total_failed=$((total_failed + failed))
   rows+=("$(printf '%-32s %8s %8s %6s' "$name" "$passed" "$failed" "$rc")")
 done
+# Kernel benches (CUDA events; prints its own table).
+echo "running kernel benches" >&2
+"$here/benches/kernels" --bench >"$logs/bench-kernels.log" 2>&1
+rc=$?
+rows+=("$(printf '%-32s %8s %8s %6s' "bench kernels" "-" "-" "$rc")")
+
+# One epoch of the seed model on the bundled CIFAR-10 batches.
+data="$(mktemp -d)"
+for f in "$here"/data/*.xz; do xz -dc "$f" >"$data/$(basename "${f%.xz}")"; done
+cp "$here"/data/batches.meta.txt "$data/" 2>/dev/null || true
+echo "running 1-epoch vitk train --device cuda --model seed" >&2
+"$here/bin/vitk" train --device cuda --model seed --data "$data" --epochs 1 --val-split 1000 \
+  --out "$logs/train-run" >"$logs/train-seed.log" 2>&1
+rc=$?
+rows+=("$(printf '%-32s %8s %8s %6s' "train seed 1 epoch (cuda)" "-" "-" "$rc")")
+[[ $rc -eq 0 ]] || total_failed=$((total_failed + 1))
+rm -rf "$data"
+
 {
   printf '\n%-32s %8s %8s %6s\n' "test binary" passed failed exit
   printf '%s\n' "${rows[@]}"

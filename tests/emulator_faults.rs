@@ -109,9 +109,9 @@ fn wrong_argument_count_and_unknown_kernels_are_errors() {
 fn shape_checks_reject_bad_buffers_before_launch() {
     let rt = emu();
     let x = DeviceBuffer::<f32>::new(&rt, 10).unwrap();
-    let mut out = DeviceBuffer::<f32>::new(&rt, 9).unwrap();
+    let out = DeviceBuffer::<f32>::new(&rt, 9).unwrap();
     assert!(matches!(
-        kernels::gelu_forward(&*rt, &mut out, &x),
+        kernels::gelu_forward(&*rt, out.view(), x.view()),
         Err(GpuError::Shape { .. })
     ));
 }

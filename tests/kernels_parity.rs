@@ -5,8 +5,12 @@
 mod gpu_common;
 
 use gpu_common::{check, device, rng, tol, uniform, widen};
+use std::sync::Arc;
 use vitk::cpu;
-use vitk::gpu::{kernels, DeviceBuffer};
+use vitk::gpu::kernels::{AttnDims, LinearEpilogue};
+use vitk::gpu::{kernels, DView, DeviceBuffer, Runtime};
+use vitk::model::{ModelConfig, ParamLayout, Pool};
+use vitk::train::{AdamW, AdamWConfig};
 
 /// Norm-wise relative error allowed per tensor (f32 kernels vs the f64 CPU op).
 const TOLERANCES: &[(&str, f64)] = &[
@@ -21,6 +25,29 @@ const TOLERANCES: &[(&str, f64)] = &[
     ("gelu.dx", 1e-5),
     ("reduce.warp_sum", 1e-5),
     ("reduce.block_sum", 1e-5),
+    ("matmul.y", 1e-5),
+    ("matmul.y_residual", 1e-5),
+    ("matmul.y_gelu", 1e-5),
+    ("matmul.pre_gelu", 1e-5),
+    ("matmul.qkv", 1e-5),
+    ("matmul.dx", 1e-5),
+    ("matmul.dw", 1e-5),
+    ("matmul.db", 1e-5),
+    ("attention.out", 1e-5),
+    ("attention.probs", 1e-5),
+    ("attention.dqkv", 1e-5),
+    ("cross_entropy.loss", 1e-5),
+    ("cross_entropy.dlogits", 1e-5),
+    ("adamw.params", 1e-5),
+    ("adamw.m", 1e-5),
+    ("adamw.v", 1e-5),
+    ("clip.norm", 1e-5),
+    ("tokens.x", 1e-5),
+    ("tokens.dpatch", 1e-5),
+    ("tokens.dpos", 1e-5),
+    ("tokens.dcls", 1e-5),
+    ("pool.pooled", 1e-5),
+    ("pool.dx", 1e-5),
 ];
 
 const NAN: u8 = 0xFF;
@@ -40,7 +67,7 @@ fn patch_embed_im2col_matches_cpu() {
         let d_images = DeviceBuffer::from_slice(&rt, &images).unwrap();
         let mut d_patches = DeviceBuffer::<f32>::new(&rt, want.len()).unwrap();
         d_patches.fill_bytes(NAN).unwrap();
-        kernels::patch_embed_im2col(&*rt, &mut d_patches, &d_images, b, c, s, p).unwrap();
+        kernels::patch_embed_im2col(&*rt, d_patches.view(), d_images.view(), b, c, s, p).unwrap();
         rt.synchronize().unwrap();
         let name = "patch_embed.patches";
         check(
@@ -111,12 +138,12 @@ fn layernorm_forward_and_backward_match_cpu() {
         }
         kernels::layernorm_forward(
             &*rt,
-            &mut d_out,
-            &mut d_mean,
-            &mut d_rstd,
-            &d_x,
-            &d_w,
-            &d_b,
+            d_out.view(),
+            d_mean.view(),
+            d_rstd.view(),
+            d_x.view(),
+            d_w.view(),
+            d_b.view(),
             dim,
         )
         .unwrap();
@@ -136,24 +163,24 @@ fn layernorm_forward_and_backward_match_cpu() {
         }
 
         let d_dout = DeviceBuffer::from_slice(&rt, &dout).unwrap();
-        let mut d_dx = DeviceBuffer::from_slice(&rt, &dx0).unwrap();
-        let mut d_dw = DeviceBuffer::from_slice(&rt, &dw0).unwrap();
-        let mut d_db = DeviceBuffer::from_slice(&rt, &db0).unwrap();
+        let d_dx = DeviceBuffer::from_slice(&rt, &dx0).unwrap();
+        let d_dw = DeviceBuffer::from_slice(&rt, &dw0).unwrap();
+        let d_db = DeviceBuffer::from_slice(&rt, &db0).unwrap();
         let mut scratch =
             DeviceBuffer::<f32>::new(&rt, kernels::layernorm_backward_scratch_len(rows, dim))
                 .unwrap();
         scratch.fill_bytes(NAN).unwrap();
         kernels::layernorm_backward(
             &*rt,
-            &mut d_dx,
-            &mut d_dw,
-            &mut d_db,
-            &mut scratch,
-            &d_dout,
-            &d_x,
-            &d_mean,
-            &d_rstd,
-            &d_w,
+            d_dx.view(),
+            d_dw.view(),
+            d_db.view(),
+            scratch.view(),
+            d_dout.view(),
+            d_x.view(),
+            d_mean.view(),
+            d_rstd.view(),
+            d_w.view(),
             dim,
         )
         .unwrap();
@@ -193,8 +220,8 @@ fn gelu_forward_and_backward_match_cpu() {
         let mut d_dx = DeviceBuffer::<f32>::new(&rt, n).unwrap();
         d_out.fill_bytes(NAN).unwrap();
         d_dx.fill_bytes(NAN).unwrap();
-        kernels::gelu_forward(&*rt, &mut d_out, &d_x).unwrap();
-        kernels::gelu_backward(&*rt, &mut d_dx, &d_dout, &d_x).unwrap();
+        kernels::gelu_forward(&*rt, d_out.view(), d_x.view()).unwrap();
+        kernels::gelu_backward(&*rt, d_dx.view(), d_dout.view(), d_x.view()).unwrap();
         rt.synchronize().unwrap();
         check(
             &case,
@@ -222,7 +249,7 @@ fn warp_and_block_sums_are_correct() {
     let d_in = DeviceBuffer::from_slice(&rt, &input).unwrap();
     let mut d_out = DeviceBuffer::<f32>::new(&rt, 32).unwrap();
     d_out.fill_bytes(NAN).unwrap();
-    kernels::test_warp_sum(&*rt, &mut d_out, &d_in).unwrap();
+    kernels::test_warp_sum(&*rt, d_out.view(), d_in.view()).unwrap();
     rt.synchronize().unwrap();
     check(
         "32 lanes",
@@ -249,7 +276,7 @@ fn warp_and_block_sums_are_correct() {
         let d_in = DeviceBuffer::from_slice(&rt, &input).unwrap();
         let mut d_out = DeviceBuffer::<f32>::new(&rt, rows).unwrap();
         d_out.fill_bytes(NAN).unwrap();
-        kernels::test_block_sum(&*rt, &mut d_out, &d_in, n, threads).unwrap();
+        kernels::test_block_sum(&*rt, d_out.view(), d_in.view(), n, threads).unwrap();
         rt.synchronize().unwrap();
         let name = "reduce.block_sum";
         check(
@@ -259,5 +286,468 @@ fn warp_and_block_sums_are_correct() {
             &d_out.to_vec().unwrap(),
             &want,
         );
+    }
+}
+
+/// Uploads `data` into a fresh buffer.
+fn up(rt: &Arc<dyn Runtime>, data: &[f32]) -> DeviceBuffer<f32> {
+    DeviceBuffer::from_slice(rt, data).unwrap()
+}
+
+/// A fresh buffer of `n` NaNs.
+fn nans(rt: &Arc<dyn Runtime>, n: usize) -> DeviceBuffer<f32> {
+    let mut b = DeviceBuffer::<f32>::new(rt, n).unwrap();
+    b.fill_bytes(NAN).unwrap();
+    b
+}
+
+fn get(rt: &Arc<dyn Runtime>, v: DView) -> Vec<f32> {
+    rt.synchronize().unwrap();
+    v.to_vec(&**rt).unwrap()
+}
+
+fn cmp(rt: &Arc<dyn Runtime>, case: &str, name: &str, gpu: DView, cpu: &[f64]) {
+    check(case, name, tol(TOLERANCES, name), &get(rt, gpu), cpu);
+}
+
+#[test]
+fn matmul_linear_forward_backward_match_cpu() {
+    let rt = device();
+    let mut rng = rng("matmul");
+    // (rows, in, out): none a multiple of the 64 x 64 x 16 tiles, some smaller than a tile
+    for (r, i, o) in [
+        (1, 1, 1),
+        (3, 5, 7),
+        (67, 45, 70),
+        (130, 17, 65),
+        (9, 100, 3),
+    ] {
+        let case = format!("R={r} I={i} O={o}");
+        let x = uniform(&mut rng, r * i, 1.0);
+        let w = uniform(&mut rng, o * i, 0.5);
+        let b = uniform(&mut rng, o, 0.5);
+        let res = uniform(&mut rng, r * o, 1.0);
+        let dy = uniform(&mut rng, r * o, 1.0);
+        let dw0 = uniform(&mut rng, o * i, 1.0);
+        let db0 = uniform(&mut rng, o, 1.0);
+        let (x64, w64, b64) = (widen(&x), widen(&w), widen(&b));
+        let mut y = vec![0.0; r * o];
+        cpu::linear::linear_forward(&mut y, &x64, &w64, Some(&b64), r, i, o);
+        let mut yr = vec![0.0; r * o];
+        cpu::linear::linear_residual_forward(&mut yr, &widen(&res), &x64, &w64, &b64, r, i, o);
+        let mut yg = vec![0.0; r * o];
+        cpu::gelu::gelu_forward(&mut yg, &y);
+        let (mut dx, mut dw, mut db) = (vec![0.0; r * i], widen(&dw0), widen(&db0));
+        cpu::linear::linear_backward(
+            Some(&mut dx),
+            false,
+            &mut dw,
+            Some(&mut db),
+            &widen(&dy),
+            &x64,
+            &w64,
+            r,
+            i,
+            o,
+        );
+
+        let (dx_, dw_, db_, res_, dy_) = (
+            up(&rt, &x),
+            up(&rt, &w),
+            up(&rt, &b),
+            up(&rt, &res),
+            up(&rt, &dy),
+        );
+        let (gy, gyr, gyg, gpre) = (
+            nans(&rt, r * o),
+            nans(&rt, r * o),
+            nans(&rt, r * o),
+            nans(&rt, r * o),
+        );
+        let rtd = &*rt;
+        kernels::linear_forward(
+            rtd,
+            gy.view(),
+            dx_.view(),
+            dw_.view(),
+            db_.view(),
+            LinearEpilogue::Bias,
+            r,
+            i,
+            o,
+        )
+        .unwrap();
+        kernels::linear_forward(
+            rtd,
+            gyr.view(),
+            dx_.view(),
+            dw_.view(),
+            db_.view(),
+            LinearEpilogue::Residual(res_.view()),
+            r,
+            i,
+            o,
+        )
+        .unwrap();
+        kernels::linear_forward(
+            rtd,
+            gyg.view(),
+            dx_.view(),
+            dw_.view(),
+            db_.view(),
+            LinearEpilogue::Gelu { pre: gpre.view() },
+            r,
+            i,
+            o,
+        )
+        .unwrap();
+        cmp(&rt, &case, "matmul.y", gy.view(), &y);
+        cmp(&rt, &case, "matmul.y_residual", gyr.view(), &yr);
+        cmp(&rt, &case, "matmul.y_gelu", gyg.view(), &yg);
+        cmp(&rt, &case, "matmul.pre_gelu", gpre.view(), &y);
+
+        let gdx = nans(&rt, r * i);
+        let (gdw, gdb) = (up(&rt, &dw0), up(&rt, &db0));
+        let scratch = nans(&rt, kernels::colsum_scratch_len(r, o));
+        kernels::linear_backward_dx(rtd, gdx.view(), dy_.view(), dw_.view(), r, i, o).unwrap();
+        kernels::linear_backward_dw(rtd, gdw.view(), dy_.view(), dx_.view(), r, i, o).unwrap();
+        kernels::column_sums_into(rtd, gdb.view(), scratch.view(), dy_.view(), r, o).unwrap();
+        cmp(&rt, &case, "matmul.dx", gdx.view(), &dx);
+        cmp(&rt, &case, "matmul.dw", gdw.view(), &dw);
+        cmp(&rt, &case, "matmul.db", gdb.view(), &db);
+    }
+    // Many rows: the column sums use several chunks.
+    let (r, o) = (9000, 3);
+    let dy = uniform(&mut rng, r * o, 1.0);
+    let mut db = vec![0.0; o];
+    cpu::linear::column_sums_into(&mut db, &widen(&dy), o);
+    let gdb = up(&rt, &[0.0; 3]);
+    let scratch = nans(&rt, kernels::colsum_scratch_len(r, o));
+    kernels::column_sums_into(&*rt, gdb.view(), scratch.view(), up(&rt, &dy).view(), r, o).unwrap();
+    cmp(&rt, "R=9000 O=3", "matmul.db", gdb.view(), &db);
+}
+
+/// Token-major qkv [B, T, 3D] -> head-major [3, B, H, T, hd].
+fn head_major(qkv: &[f32], b: usize, t: usize, h: usize, hd: usize) -> Vec<f32> {
+    let d = h * hd;
+    let mut out = vec![0.0; qkv.len()];
+    for s in 0..3 {
+        for bi in 0..b {
+            for hi in 0..h {
+                for ti in 0..t {
+                    for e in 0..hd {
+                        out[(((s * b + bi) * h + hi) * t + ti) * hd + e] =
+                            qkv[(bi * t + ti) * 3 * d + s * d + hi * hd + e];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn qkv_matmul_writes_head_major() {
+    let rt = device();
+    let mut rng = rng("qkv");
+    for (b, t, h, hd) in [(2, 5, 2, 3), (3, 17, 3, 7), (1, 70, 1, 5)] {
+        let case = format!("B={b} T={t} H={h} hd={hd}");
+        let d = h * hd;
+        let x = uniform(&mut rng, b * t * d, 1.0);
+        let w = uniform(&mut rng, 3 * d * d, 0.5);
+        let bias = uniform(&mut rng, 3 * d, 0.5);
+        let mut y = vec![0.0; b * t * 3 * d];
+        cpu::linear::linear_forward(
+            &mut y,
+            &widen(&x),
+            &widen(&w),
+            Some(&widen(&bias)),
+            b * t,
+            d,
+            3 * d,
+        );
+        let y32: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+        let want = widen(&head_major(&y32, b, t, h, hd));
+        let out = nans(&rt, want.len());
+        kernels::qkv_forward(
+            &*rt,
+            out.view(),
+            up(&rt, &x).view(),
+            up(&rt, &w).view(),
+            up(&rt, &bias).view(),
+            b,
+            t,
+            h,
+            d,
+        )
+        .unwrap();
+        cmp(&rt, &case, "matmul.qkv", out.view(), &want);
+    }
+}
+
+#[test]
+fn attention_forward_and_backward_match_cpu() {
+    let rt = device();
+    let mut rng = rng("attention");
+    // (B, T, H, hd, stage): odd T and hd, T above a warp, and the global-memory path
+    for (b, t, h, hd, stage) in [
+        (1, 1, 1, 1, true),
+        (2, 5, 2, 3, true),
+        (2, 37, 3, 7, true),
+        (1, 65, 2, 33, true),
+        (2, 37, 3, 7, false),
+        (1, 90, 1, 40, true), // 4 * 90 * 41 * 4 bytes > 48 KiB: backward falls back
+    ] {
+        let case = format!("B={b} T={t} H={h} hd={hd} stage={stage}");
+        let d = h * hd;
+        let qkv = uniform(&mut rng, b * t * 3 * d, 1.5);
+        let dout = uniform(&mut rng, b * t * d, 1.0);
+        let s = cpu::attention::AttnShape {
+            batch: b,
+            tokens: t,
+            heads: h,
+            head_dim: hd,
+        };
+        let (mut out, mut probs) = (vec![0.0; b * t * d], vec![0.0; b * h * t * t]);
+        let qkv64 = widen(&qkv);
+        cpu::attention::attention_forward(&mut out, &mut probs, &qkv64, s);
+        let mut dqkv = vec![0.0; b * t * 3 * d];
+        cpu::attention::attention_backward(&mut dqkv, &widen(&dout), &probs, &qkv64, s);
+
+        let hm = up(&rt, &head_major(&qkv, b, t, h, hd));
+        let n = b * t * d;
+        let (q, k, v) = (
+            hm.view().slice(0, n),
+            hm.view().slice(n, n),
+            hm.view().slice(2 * n, n),
+        );
+        let dims = AttnDims {
+            batch: b,
+            heads: h,
+            tokens: t,
+            head_dim: hd,
+        };
+        let (g_out, g_probs) = (nans(&rt, n), nans(&rt, b * h * t * t));
+        kernels::attention_forward(&*rt, g_out.view(), g_probs.view(), q, k, v, dims, stage)
+            .unwrap();
+        cmp(&rt, &case, "attention.out", g_out.view(), &out);
+        cmp(&rt, &case, "attention.probs", g_probs.view(), &probs);
+        let (g_dqkv, g_ds) = (nans(&rt, 3 * n), nans(&rt, b * h * t * t));
+        kernels::attention_backward(
+            &*rt,
+            g_dqkv.view(),
+            g_ds.view(),
+            up(&rt, &dout).view(),
+            g_probs.view(),
+            q,
+            k,
+            v,
+            dims,
+            stage,
+        )
+        .unwrap();
+        cmp(&rt, &case, "attention.dqkv", g_dqkv.view(), &dqkv);
+    }
+}
+
+#[test]
+fn cross_entropy_matches_cpu() {
+    let rt = device();
+    let mut rng = rng("cross_entropy");
+    for (b, k, eps) in [
+        (1, 1, 0.0),
+        (3, 10, 0.1),
+        (37, 5, 0.0),
+        (9, 1000, 0.2),
+        (300, 33, 0.1),
+    ] {
+        let case = format!("B={b} K={k} eps={eps}");
+        let logits = uniform(&mut rng, b * k, 4.0);
+        let labels: Vec<u32> = (0..b).map(|i| ((i * 7 + 3) % k) as u32).collect();
+        let mut dl = vec![0.0; b * k];
+        let st = cpu::loss::cross_entropy(&widen(&logits), &labels, k, eps, Some(&mut dl));
+        let stats = nans(&rt, 4);
+        let g_dl = nans(&rt, b * k);
+        let g_labels = DeviceBuffer::from_slice(&rt, &labels).unwrap();
+        kernels::cross_entropy(
+            &*rt,
+            stats.view(),
+            g_dl.view(),
+            up(&rt, &logits).view(),
+            &g_labels,
+            b,
+            k,
+            eps as f32,
+        )
+        .unwrap();
+        let s = get(&rt, stats.view());
+        check(
+            &case,
+            "cross_entropy.loss",
+            tol(TOLERANCES, "cross_entropy.loss"),
+            &s[..1],
+            &[st.loss],
+        );
+        assert_eq!(s[1] as usize, st.correct, "{case}: correct count");
+        cmp(&rt, &case, "cross_entropy.dlogits", g_dl.view(), &dl);
+    }
+}
+
+fn tiny_config(pool: Pool) -> ModelConfig {
+    ModelConfig {
+        image_size: 8,
+        patch_size: 4,
+        in_chans: 3,
+        num_classes: 5,
+        embed_dim: 12,
+        depth: 2,
+        num_heads: 2,
+        mlp_dim: 20,
+        pool,
+    }
+}
+
+#[test]
+fn adamw_and_clipping_match_cpu() {
+    let rt = device();
+    let mut rng = rng("adamw");
+    let layout = ParamLayout::new(&tiny_config(Pool::Cls));
+    let n = layout.len;
+    let cfg = AdamWConfig::default();
+    for (clip, steps) in [(None, 3u64), (Some(0.5), 2), (Some(1e6), 1)] {
+        let case = format!("n={n} clip={clip:?} steps={steps}");
+        let p0 = uniform(&mut rng, n, 1.0);
+        let mut cpu_opt = AdamW::<f64>::new(cfg, n);
+        let mut p = widen(&p0);
+        let (gp, gm, gv) = (up(&rt, &p0), up(&rt, &vec![0.0; n]), up(&rt, &vec![0.0; n]));
+        let mask: Vec<u8> = {
+            let mut m = vec![0u8; n];
+            for e in &layout.entries {
+                if e.decay {
+                    m[e.range.clone()].fill(1);
+                }
+            }
+            m
+        };
+        let decay = DeviceBuffer::from_slice(&rt, &mask).unwrap();
+        let stats = nans(&rt, 4);
+        let partial = DeviceBuffer::<f64>::new(&rt, kernels::NORM_BLOCKS).unwrap();
+        for t in 1..=steps {
+            let g = uniform(&mut rng, n, 0.3);
+            let mut g64 = widen(&g);
+            let lr = 1e-2 / t as f64;
+            let gg = up(&rt, &g);
+            if let Some(max) = clip {
+                let norm = vitk::train::clip_grad_norm(&mut g64, max);
+                kernels::grad_norm_clip(&*rt, stats.view(), &partial, gg.view(), max).unwrap();
+                let s = get(&rt, stats.view());
+                check(
+                    &case,
+                    "clip.norm",
+                    tol(TOLERANCES, "clip.norm"),
+                    &s[2..3],
+                    &[norm],
+                );
+            }
+            cpu_opt.update(&layout, &mut p, &g64, lr);
+            kernels::adamw(
+                &*rt,
+                gp.view(),
+                gm.view(),
+                gv.view(),
+                gg.view(),
+                &decay,
+                clip.map(|_| stats.view()),
+                kernels::AdamWStep::new(&cfg, t, lr),
+            )
+            .unwrap();
+        }
+        cmp(&rt, &case, "adamw.params", gp.view(), &p);
+        cmp(&rt, &case, "adamw.m", gm.view(), &cpu_opt.m);
+        cmp(&rt, &case, "adamw.v", gv.view(), &cpu_opt.v);
+    }
+}
+
+#[test]
+fn tokens_and_pooling_match_cpu() {
+    let rt = device();
+    let mut rng = rng("tokens");
+    for (b, n, d, cls) in [
+        (1, 1, 1, true),
+        (3, 7, 13, true),
+        (2, 9, 33, false),
+        (5, 64, 37, true),
+    ] {
+        let case = format!("B={b} N={n} D={d} cls={cls}");
+        let t = n + usize::from(cls);
+        let patch = uniform(&mut rng, b * n * d, 1.0);
+        let pos = uniform(&mut rng, t * d, 1.0);
+        let c = uniform(&mut rng, d, 1.0);
+        let dx = uniform(&mut rng, b * t * d, 1.0);
+        let dpos0 = uniform(&mut rng, t * d, 1.0);
+        let dcls0 = uniform(&mut rng, d, 1.0);
+        let c64 = widen(&c);
+        let mut x = vec![0.0; b * t * d];
+        cpu::tokens::tokens_forward(
+            &mut x,
+            &widen(&patch),
+            &widen(&pos),
+            cls.then_some(&c64[..]),
+            d,
+        );
+        let (mut dpatch, mut dpos, mut dcls) = (vec![0.0; b * n * d], widen(&dpos0), widen(&dcls0));
+        cpu::tokens::tokens_backward(
+            &mut dpatch,
+            &mut dpos,
+            cls.then_some(&mut dcls[..]),
+            &widen(&dx),
+            d,
+        );
+
+        let gc = up(&rt, &c);
+        let gx = nans(&rt, b * t * d);
+        kernels::tokens_forward(
+            &*rt,
+            gx.view(),
+            up(&rt, &patch).view(),
+            up(&rt, &pos).view(),
+            cls.then(|| gc.view()),
+            b,
+            d,
+        )
+        .unwrap();
+        cmp(&rt, &case, "tokens.x", gx.view(), &x);
+        let (gdp, gdpos, gdcls) = (nans(&rt, b * n * d), up(&rt, &dpos0), up(&rt, &dcls0));
+        let gdx = up(&rt, &dx);
+        kernels::tokens_backward(
+            &*rt,
+            gdp.view(),
+            gdpos.view(),
+            cls.then(|| gdcls.view()),
+            gdx.view(),
+            b,
+            d,
+        )
+        .unwrap();
+        cmp(&rt, &case, "tokens.dpatch", gdp.view(), &dpatch);
+        cmp(&rt, &case, "tokens.dpos", gdpos.view(), &dpos);
+        if cls {
+            cmp(&rt, &case, "tokens.dcls", gdcls.view(), &dcls);
+        }
+
+        for pool in [Pool::Cls, Pool::Mean] {
+            let case = format!("{case} pool={pool}");
+            let dp = uniform(&mut rng, b * d, 1.0);
+            let mut pooled = vec![0.0; b * d];
+            cpu::pooling::pool_forward(&mut pooled, &widen(&dx), t, d, pool);
+            let mut pdx = vec![0.0; b * t * d];
+            cpu::pooling::pool_backward(&mut pdx, &widen(&dp), t, d, pool);
+            let (gp, gpdx) = (nans(&rt, b * d), nans(&rt, b * t * d));
+            let mean = pool == Pool::Mean;
+            kernels::pool_forward(&*rt, gp.view(), gdx.view(), b, t, d, mean).unwrap();
+            kernels::pool_backward(&*rt, gpdx.view(), up(&rt, &dp).view(), b, t, d, mean).unwrap();
+            cmp(&rt, &case, "pool.pooled", gp.view(), &pooled);
+            cmp(&rt, &case, "pool.dx", gpdx.view(), &pdx);
+        }
     }
 }

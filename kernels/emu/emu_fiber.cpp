@@ -46,18 +46,18 @@ vitk_fiber_entry_asm:
 namespace vitk_emu {
 
 void fiber_init(Fiber* f, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
-  // The first switch-in pops six registers and returns into vitk_fiber_entry_asm with
-  // rsp 16-byte aligned, as the SysV ABI wants right before its `call`.
+  // The first switch-in pops six registers and returns into vitk_fiber_entry_asm (popping
+  // the return address too) with rsp == top, 16-byte aligned, as the SysV ABI wants right
+  // before its `call` (the callee then sees rsp = 8 mod 16 and may use aligned SSE spills).
   auto top = (reinterpret_cast<std::uintptr_t>(stack) + size) & ~std::uintptr_t(15);
-  auto* sp = reinterpret_cast<void**>(top - 64);
+  auto* sp = reinterpret_cast<void**>(top - 56);
   sp[0] = nullptr;                                             // r15
   sp[1] = nullptr;                                             // r14
   sp[2] = reinterpret_cast<void*>(fn);                         // r13
   sp[3] = arg;                                                 // r12
   sp[4] = nullptr;                                             // rbx
   sp[5] = nullptr;                                             // rbp
-  sp[6] = reinterpret_cast<void*>(&vitk_fiber_entry_asm);      // return address
-  sp[7] = nullptr;                                             // padding to top - 8
+  sp[6] = reinterpret_cast<void*>(&vitk_fiber_entry_asm);      // return address, at top - 8
   f->sp = sp;
 }
 

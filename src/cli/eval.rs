@@ -25,7 +25,8 @@ pub struct EvalArgs {
     batch_size: usize,
     #[arg(long)]
     threads: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
+    #[arg(long, default_value = "auto")]
     device: Device,
 }
 

@@ -23,6 +23,16 @@ pub fn run() -> Result<ExitCode> {
         "cpu: {} threads (rayon; set with --threads or RAYON_NUM_THREADS)",
         rayon::current_num_threads()
     );
-    println!("devices: cpu");
+    println!("kernels: {}", vitk::gpu::embedded::KERNEL_BUILD);
+    println!("devices: cpu, emu (the CUDA emulator)");
+    match vitk::gpu::cuda::CudaRuntime::device_names() {
+        Ok(names) if names.is_empty() => println!("cuda: no devices"),
+        Ok(names) => {
+            for (i, n) in names.iter().enumerate() {
+                println!("cuda:{i}: {n}");
+            }
+        }
+        Err(e) => println!("cuda: none ({e})"),
+    }
     Ok(ExitCode::SUCCESS)
 }

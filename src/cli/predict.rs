@@ -18,7 +18,8 @@ pub struct PredictArgs {
     /// How many classes to list per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
+    #[arg(long, default_value = "auto")]
     device: Device,
     /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP); resized to the model's input.
     #[arg(required = true)]

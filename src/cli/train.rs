@@ -117,7 +117,8 @@ pub struct TrainArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Device [default: auto].
-    #[arg(long, value_enum)]
+    /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
+    #[arg(long)]
     device: Option<Device>,
     /// Continue the run in this directory from its last saved state.
     #[arg(long)]

@@ -39,6 +39,69 @@ fn driver<T>(op: &str, r: Result<T, result::DriverError>) -> GpuResult<T> {
 }
 
 impl CudaRuntime {
+    /// Names of the CUDA devices ("NVIDIA H200 (sm_90)"), or why there are none; opens no
+    /// context.
+    pub fn device_names() -> GpuResult<Vec<String>> {
+        // SAFETY: only probes for the shared library; touching the driver without it panics.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(GpuError::Unavailable(
+                "libcuda (the NVIDIA driver) is not installed".into(),
+            ));
+        }
+        driver("cuInit", result::init())?;
+        let count = driver("cuDeviceGetCount", result::device::get_count())?;
+        (0..count.max(0))
+            .map(|i| {
+                let device = driver("cuDeviceGet", result::device::get(i))?;
+                driver("cuDeviceGetName", result::device::get_name(device))
+            })
+            .collect()
+    }
+
+    /// Milliseconds per call of `f` (which enqueues device work on the default stream),
+    /// measured with CUDA events around `iters` calls after `warmup` untimed ones.
+    pub fn time_ms(
+        &self,
+        warmup: usize,
+        iters: usize,
+        f: &mut dyn FnMut() -> GpuResult<()>,
+    ) -> GpuResult<f64> {
+        self.current()?;
+        for _ in 0..warmup {
+            f()?;
+        }
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = driver("cuEventCreate", result::event::create(flags))?;
+        let end = driver("cuEventCreate", result::event::create(flags))?;
+        let mut run = || -> GpuResult<f64> {
+            // SAFETY: both events were just created in the current context; null is the
+            // default stream, on which every launch of this runtime goes.
+            unsafe {
+                driver(
+                    "cuEventRecord",
+                    result::event::record(start, std::ptr::null_mut()),
+                )?;
+                for _ in 0..iters {
+                    f()?;
+                }
+                driver(
+                    "cuEventRecord",
+                    result::event::record(end, std::ptr::null_mut()),
+                )?;
+                driver("cuEventSynchronize", result::event::synchronize(end))?;
+                let ms = driver("cuEventElapsedTime", result::event::elapsed(start, end))?;
+                Ok(ms as f64 / iters.max(1) as f64)
+            }
+        };
+        let out = run();
+        // SAFETY: created above, no longer used.
+        unsafe {
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+        }
+        out
+    }
+
     /// Opens device `ordinal` and loads the kernels.
     pub fn new(ordinal: usize) -> GpuResult<Self> {
         // SAFETY: only probes for the shared library; touching the driver without it panics.

@@ -170,5 +170,6 @@ pub(crate) fn arg_ptr(a: &mut KernelArg) -> *mut c_void {
         KernelArg::U32(v) => (v as *mut u32).cast(),
         KernelArg::I64(v) => (v as *mut i64).cast(),
         KernelArg::F32(v) => (v as *mut f32).cast(),
+        KernelArg::F64(v) => (v as *mut f64).cast(),
     }
 }

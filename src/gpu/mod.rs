@@ -4,14 +4,16 @@
 pub mod cuda;
 pub mod embedded;
 pub mod emu;
+pub mod engine;
 pub mod error;
 pub mod kernels;
 pub mod runtime;
 
 use std::sync::Arc;
 
+pub use engine::GpuTrainer;
 pub use error::{GpuError, GpuResult};
-pub use runtime::{DeviceBuffer, DevicePtr, KernelArg, LaunchConfig, Runtime};
+pub use runtime::{Carver, DView, DeviceBuffer, DevicePtr, KernelArg, LaunchConfig, Runtime};
 
 /// Which runtime to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,7 @@ pub enum KernelArg {
     U32(u32),
     I64(i64),
     F32(f32),
+    F64(f64),
 }
 
 /// Grid and block shape plus dynamic shared memory of one launch.
@@ -56,6 +57,103 @@ pub trait Runtime: Send + Sync {
     /// then surface at the next `synchronize` (debug builds synchronize after every launch).
     fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> GpuResult<()>;
     fn synchronize(&self) -> GpuResult<()>;
+}
+
+/// A window of f32 elements inside one device allocation: what the typed launchers take, so
+/// that the engine can pass named views of its few big allocations. Copyable and unchecked
+/// against the allocation's lifetime: the owner of the allocation (a [`DeviceBuffer`]) must
+/// outlive the views it hands out (the engine keeps both together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DView {
+    ptr: DevicePtr,
+    len: usize,
+}
+
+impl DView {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements [offset, offset + len) of this view. Panics when out of range: views are
+    /// carved by the engine from sizes it computed, so a bad range is a bug, not an input.
+    pub fn slice(&self, offset: usize, len: usize) -> DView {
+        assert!(
+            offset + len <= self.len,
+            "view [{offset}, {}) outside a view of {}",
+            offset + len,
+            self.len
+        );
+        DView {
+            ptr: DevicePtr(self.ptr.0 + (offset * 4) as u64),
+            len,
+        }
+    }
+
+    /// This view as a kernel parameter.
+    pub fn arg(&self) -> KernelArg {
+        KernelArg::Ptr(self.ptr)
+    }
+
+    /// Copies the view to the host.
+    pub fn download(&self, rt: &dyn Runtime, out: &mut [f32]) -> GpuResult<()> {
+        if out.len() != self.len {
+            return Err(GpuError::Memory {
+                op: "download".into(),
+                message: format!("host slice has {} elements, view {}", out.len(), self.len),
+            });
+        }
+        rt.download_bytes(bytemuck::cast_slice_mut(out), self.ptr)
+    }
+
+    pub fn to_vec(&self, rt: &dyn Runtime) -> GpuResult<Vec<f32>> {
+        let mut v = vec![0.0; self.len];
+        self.download(rt, &mut v)?;
+        Ok(v)
+    }
+
+    /// Copies `data` into the view.
+    pub fn upload(&self, rt: &dyn Runtime, data: &[f32]) -> GpuResult<()> {
+        if data.len() != self.len {
+            return Err(GpuError::Memory {
+                op: "upload".into(),
+                message: format!("host slice has {} elements, view {}", data.len(), self.len),
+            });
+        }
+        rt.upload_bytes(self.ptr, bytemuck::cast_slice(data))
+    }
+
+    /// Sets every byte of the view (0: zeros, 0xFF: NaN).
+    pub fn fill_bytes(&self, rt: &dyn Runtime, byte: u8) -> GpuResult<()> {
+        rt.memset_bytes(self.ptr, byte, self.len * 4)
+    }
+}
+
+/// Carves consecutive named views out of one allocation.
+pub struct Carver {
+    whole: DView,
+    next: usize,
+}
+
+impl Carver {
+    pub fn new(whole: DView) -> Self {
+        Carver { whole, next: 0 }
+    }
+
+    /// The next `len` elements.
+    pub fn take(&mut self, len: usize) -> DView {
+        let v = self.whole.slice(self.next, len);
+        self.next += len;
+        v
+    }
+
+    /// Elements carved so far.
+    pub fn used(&self) -> usize {
+        self.next
+    }
 }
 
 /// A typed device allocation of `len` elements, freed on drop.
@@ -126,6 +224,17 @@ impl<T: Pod> DeviceBuffer<T> {
         KernelArg::Ptr(self.ptr)
     }
 
+    /// The whole buffer as an f32 view (f32 buffers only: views count f32 elements).
+    pub fn view(&self) -> DView
+    where
+        T: IsF32,
+    {
+        DView {
+            ptr: self.ptr,
+            len: self.len,
+        }
+    }
+
     fn check_len(&self, op: &str, n: usize) -> GpuResult<()> {
         if n == self.len {
             Ok(())
@@ -137,6 +246,10 @@ impl<T: Pod> DeviceBuffer<T> {
         }
     }
 }
+
+/// Marker for the element type views are made of.
+pub trait IsF32 {}
+impl IsF32 for f32 {}
 
 impl<T: Pod> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {

@@ -1,0 +1,81 @@
+// Fused softmax cross-entropy with label smoothing eps (as src/cpu/loss.rs, PyTorch's
+// CrossEntropyLoss(label_smoothing=eps)), loss and gradient in one kernel:
+//   per row b of logits [B, K] with label y: log_z = max + log(sum exp(l - max)),
+//     loss_b  = (1 - eps)(log_z - l[y]) + eps (log_z - mean_k l[k])
+//     dlogits[b, k] = (exp(l[k] - log_z) - (1 - eps) [k == y] - eps / K) / B   (overwritten)
+//   stats[0] = mean_b loss_b, stats[1] = number of rows whose first arg-max is y.
+// Deterministic: warp w owns rows w, w + 8, ... and adds their losses in row order; the 8
+// warp totals are then added in warp order by thread 0.
+// Launch: one block of 256 threads (8 warps), one warp per row, lanes stride over K.
+// Memory traffic: reads logits twice (the second pass from L1), writes dlogits once.
+#include "reduce.cuh"
+
+namespace vitk_loss_detail {
+// Max over a warp, and the lowest lane index holding it (first arg-max).
+__device__ __forceinline__ void warp_argmax(float& v, int& idx) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(VITK_FULL_MASK, v, o);
+    const int oi = __shfl_xor_sync(VITK_FULL_MASK, idx, o);
+    if (ov > v || (ov == v && oi < idx)) {
+      v = ov;
+      idx = oi;
+    }
+  }
+}
+}  // namespace vitk_loss_detail
+
+extern "C" __global__ void vitk_cross_entropy(float* stats, float* dlogits, const float* logits,
+                                              const unsigned* labels, int batch, int classes,
+                                              float smoothing) {
+  VITK_SHARED(float, warp_loss, 32);
+  VITK_SHARED(int, warp_correct, 32);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const float inv_k = 1.0f / classes, inv_b = 1.0f / batch;
+  float loss = 0.0f;
+  int correct = 0;
+  for (int r = warp; r < batch; r += nwarps) {
+    const float* row = logits + (long long)r * classes;
+    const int y = (int)labels[r];
+    float mx = -3.402823466e38f, sum_l = 0.0f;
+    int arg = 0x7fffffff;
+    for (int c = lane; c < classes; c += 32) {
+      const float l = row[c];
+      if (l > mx) {
+        mx = l;
+        arg = c;
+      }
+      sum_l += l;
+    }
+    vitk_loss_detail::warp_argmax(mx, arg);
+    sum_l = vitk_warp_sum(sum_l);
+    float se = 0.0f;
+    for (int c = lane; c < classes; c += 32) se += expf(row[c] - mx);
+    se = vitk_warp_sum(se);
+    const float log_z = mx + logf(se);
+    float* drow = dlogits + (long long)r * classes;
+    for (int c = lane; c < classes; c += 32) {
+      const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing * inv_k;
+      drow[c] = (expf(row[c] - log_z) - target) * inv_b;
+    }
+    const float nll = log_z - row[y];
+    const float mean_nll = log_z - sum_l * inv_k;
+    loss += (1.0f - smoothing) * nll + smoothing * mean_nll;
+    correct += arg == y;
+  }
+  if (lane == 0) {
+    warp_loss[warp] = loss;
+    warp_correct[warp] = correct;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    int right = 0;
+    for (int w = 0; w < nwarps; w++) {
+      total += warp_loss[w];
+      right += warp_correct[w];
+    }
+    stats[0] = total * inv_b;
+    stats[1] = (float)right;
+  }
+}
+VITK_EXPORT(vitk_cross_entropy)

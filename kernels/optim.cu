@@ -1,0 +1,77 @@
+// Optimizer kernels over the flat parameter buffer (n scalars, layout of src/model/params.rs).
+//   vitk_sumsq_partial: partial[blk] = sum of g^2 over a fixed grid-stride share (in double);
+//   vitk_clip_coef:     one thread adds the partials in block order: norm = sqrt(sum),
+//                       stats[2] = norm, stats[3] = coef = min(1, max_norm / (norm + 1e-6))
+//                       (torch.nn.utils.clip_grad_norm_; deterministic two-pass reduction);
+//   vitk_adamw:         torch.optim.AdamW on every scalar, gradient g = grad * coef (coef read
+//                       on device from stats[3]; 1 without clipping), decay[i] = 0/1 the mask:
+//                         p *= (decay ? keep : 1)         keep = 1 - lr*wd
+//                         m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
+//                         p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+//                       with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) computed
+//                       in double on the host, exactly as src/train/adamw.rs.
+// Launch: sumsq: VITK_NORM_BLOCKS blocks of 256 (grid-stride); clip: 1 thread; adamw: 1-D
+//         blocks of 256, grid-stride.
+// Memory traffic: norm reads n floats; adamw reads p, g, m, v and the mask (17 bytes per
+//         scalar) and writes p, m, v (12 bytes).
+#include "common.cuh"
+
+namespace vitk_optim_detail {
+__device__ __forceinline__ double warp_sum_d(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(VITK_FULL_MASK, v, o);
+  return v;
+}
+}  // namespace vitk_optim_detail
+
+extern "C" __global__ void vitk_sumsq_partial(double* partial, const float* g, long long n) {
+  VITK_SHARED(double, warp_part, 32);
+  double s = 0.0;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    const double x = g[i];
+    s += x * x;
+  }
+  s = vitk_optim_detail::warp_sum_d(s);  // blockDim is a multiple of 32
+  if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += warp_part[w];
+    partial[blockIdx.x] = t;
+  }
+}
+VITK_EXPORT(vitk_sumsq_partial)
+
+extern "C" __global__ void vitk_clip_coef(float* stats, const double* partial, int blocks,
+                                          double max_norm) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double s = 0.0;
+  for (int i = 0; i < blocks; i++) s += partial[i];
+  const double norm = sqrt(s);
+  const double coef = max_norm / (norm + 1e-6);
+  stats[2] = (float)norm;
+  stats[3] = coef < 1.0 ? (float)coef : 1.0f;
+}
+VITK_EXPORT(vitk_clip_coef)
+
+extern "C" __global__ void vitk_adamw(float* p, float* m, float* v, const float* g,
+                                      const unsigned char* decay, const float* stats,
+                                      long long n, float keep, float step_size, float bc2_sqrt,
+                                      float b1c, float b2, float b2c, float eps) {
+  const float coef = stats ? stats[3] : 1.0f;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    const float gi = stats ? g[i] * coef : g[i];
+    float pi = p[i];
+    if (decay[i]) pi *= keep;
+    float mi = m[i];
+    mi += b1c * (gi - mi);
+    const float vi = b2 * v[i] + b2c * gi * gi;
+    const float denom = sqrtf(vi) / bc2_sqrt + eps;
+    pi -= step_size * mi / denom;
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+VITK_EXPORT(vitk_adamw)

@@ -1,0 +1,199 @@
+//! The device engine's whole training step against the CPU engine (in f64, from the same f32
+//! parameters and images) for both pool modes: loss, logits, every parameter gradient and
+//! every parameter after clipping + AdamW, per named tensor. Then `vitk train --device emu`
+//! on the synthetic set learns as the CPU run does. Device: the emulator, or
+//! VITK_TEST_DEVICE=cuda.
+
+mod gpu_common;
+
+use gpu_common::{check, device, rng, uniform, widen};
+use vitk::cpu::CpuEngine;
+use vitk::gpu::GpuTrainer;
+use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::train::{clip_grad_norm, AdamW, AdamWConfig};
+
+/// Norm-wise relative error allowed, by tensor family (f32 device engine vs f64 CPU engine).
+const TOLERANCES: &[(&str, f64)] = &[
+    ("loss", 1e-5),
+    ("logits", 1e-5),
+    ("grad_norm", 1e-5),
+    ("grad", 1e-4),  // every `grad.<timm name>`
+    ("param", 1e-5), // every `param.<timm name>` after AdamW
+];
+
+fn tol(name: &str) -> f64 {
+    let family = name.split('.').next().unwrap_or(name);
+    gpu_common::tol(TOLERANCES, family)
+}
+
+fn tiny(pool: Pool) -> ModelConfig {
+    ModelConfig {
+        image_size: 12,
+        patch_size: 4,
+        in_chans: 3,
+        num_classes: 7,
+        embed_dim: 18,
+        depth: 2,
+        num_heads: 3,
+        mlp_dim: 22,
+        pool,
+    }
+}
+
+fn step_matches_cpu(pool: Pool) {
+    let rt = device();
+    let mut rng = rng(&format!("engine step {pool}"));
+    let cfg = tiny(pool);
+    let layout = ParamLayout::new(&cfg);
+    let batch = 3;
+    let params = init_params(&cfg, &layout, 7);
+    // perturb so that zero-initialised tensors (biases, cls) get non-trivial values
+    let params: Vec<f32> = params
+        .iter()
+        .zip(uniform(&mut rng, layout.len, 0.05))
+        .map(|(p, n)| p + n)
+        .collect();
+    let images = uniform(&mut rng, batch * 3 * 12 * 12, 1.5);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| (i * 3 + 1) % 7).collect();
+    let (lr, smoothing, clip) = (3e-3, 0.1, Some(0.5));
+    let adamw = AdamWConfig::default();
+
+    let mut cpu = CpuEngine::<f64>::new(&cfg, batch).unwrap();
+    let mut p64 = widen(&params);
+    cpu.forward(&p64, &widen(&images));
+    let logits = cpu.logits().to_vec();
+    let stats = cpu.loss(&labels, smoothing);
+    let mut g64 = vec![0.0; layout.len];
+    cpu.backward(&p64, &mut g64);
+    let grads = g64.clone();
+    let norm = clip_grad_norm(&mut g64, clip.unwrap());
+
+    let mut gpu = GpuTrainer::new(rt, &cfg, batch, &params, adamw).unwrap();
+    gpu.try_forward(&images).unwrap();
+    let case = format!("pool={pool}");
+    check(
+        &case,
+        "logits",
+        tol("logits"),
+        &gpu.try_logits().unwrap(),
+        &logits,
+    );
+    gpu.try_loss(&labels, smoothing).unwrap();
+    gpu.try_backward().unwrap();
+    let g_grads = gpu.try_grads().unwrap();
+    gpu.try_update(lr, clip).unwrap();
+    let s = gpu.read_stats().unwrap();
+    check(&case, "loss", tol("loss"), &s[..1], &[stats.loss]);
+    assert_eq!(s[1] as usize, stats.correct, "correct count");
+    check(&case, "grad_norm", tol("grad_norm"), &s[2..3], &[norm]);
+    let g_params = gpu.try_params().unwrap();
+    // The reference update applies clipping and AdamW (f64) to the device's gradients, which
+    // were just checked against the CPU's: Adam divides each gradient by its own magnitude,
+    // so a gradient that is zero analytically (the key bias: softmax ignores a shift of all
+    // scores) turns rounding noise into updates of order lr·|g|/eps, whatever the engine.
+    let mut g_dev = widen(&g_grads);
+    clip_grad_norm(&mut g_dev, clip.unwrap());
+    let mut opt = AdamW::<f64>::new(adamw, layout.len);
+    opt.update(&layout, &mut p64, &g_dev, lr);
+    for e in &layout.entries {
+        let r = e.range.clone();
+        let name = format!("grad.{}", e.name);
+        check(
+            &case,
+            &name,
+            tol(&name),
+            &g_grads[r.clone()],
+            &grads[r.clone()],
+        );
+        let name = format!("param.{}", e.name);
+        check(&case, &name, tol(&name), &g_params[r.clone()], &p64[r]);
+    }
+}
+
+#[test]
+fn training_step_matches_cpu_cls_pool() {
+    step_matches_cpu(Pool::Cls);
+}
+
+#[test]
+fn training_step_matches_cpu_mean_pool() {
+    step_matches_cpu(Pool::Mean);
+}
+
+/// Runs a short `vitk train` on the synthetic set and returns the per-step losses.
+fn train_losses(device: &str, dir: &std::path::Path) -> Vec<f64> {
+    let run = dir.join(device);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitk"))
+        .args(["train", "--device", device, "--model", "micro"])
+        .args([
+            "--embed-dim",
+            "16",
+            "--depth",
+            "1",
+            "--num-heads",
+            "2",
+            "--mlp-dim",
+            "24",
+        ])
+        .args([
+            "--patch-size",
+            "8",
+            "--batch-size",
+            "16",
+            "--steps",
+            "12",
+            "--lr",
+            "3e-3",
+        ])
+        .args([
+            "--warmup-epochs",
+            "0",
+            "--schedule",
+            "constant",
+            "--val-split",
+            "16",
+        ])
+        .args(["--no-augment", "--threads", "2", "--out"])
+        .arg(&run)
+        .output()
+        .expect("run vitk");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "vitk train --device {device} failed:\n{text}"
+    );
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().expect("loss"))
+        .collect()
+}
+
+#[test]
+fn cli_train_on_the_emulator_learns_as_the_cpu_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpu = train_losses("cpu", dir.path());
+    let emu = train_losses("emu", dir.path());
+    println!("cpu losses: {cpu:.4?}\nemu losses: {emu:.4?}");
+    assert_eq!(cpu.len(), 12);
+    assert_eq!(emu.len(), 12);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (c0, c1) = (mean(&cpu[..3]), mean(&cpu[9..]));
+    let (e0, e1) = (mean(&emu[..3]), mean(&emu[9..]));
+    assert!(
+        c1 < c0 && e1 < e0,
+        "loss must decrease: cpu {c0} -> {c1}, emu {e0} -> {e1}"
+    );
+    // Same seed, data and initialisation: the runs differ by rounding only.
+    for (i, (c, e)) in cpu.iter().zip(&emu).enumerate() {
+        assert!(
+            (c - e).abs() <= 1e-2 * c.abs(),
+            "step {i}: cpu loss {c}, emu {e}"
+        );
+    }
+}
