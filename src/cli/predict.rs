@@ -64,7 +64,7 @@ pub fn run(a: PredictArgs) -> Result<ExitCode> {
         params,
         AdamWConfig::default(),
     )?;
-    let logits = engine.logits(&batch);
+    let logits = engine.logits(&batch)?;
     let k = cfg.num_classes;
     for (path, row) in a.images.iter().zip(logits.chunks_exact(k)) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

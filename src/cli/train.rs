@@ -308,8 +308,8 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     )?;
     let start = match &state {
         Some((opt, pos)) => {
-            let p = engine.params();
-            engine.load(&p, Some(opt));
+            let p = engine.params()?;
+            engine.load(&p, Some(opt))?;
             *pos
         }
         None => LoopPosition {

@@ -726,10 +726,6 @@ impl GpuTrainer {
 
 /// The `TrainEngine` trait has no error channel: a device failure inside a step (a kernel
 /// fault, a lost device) stops the program with the device's message.
-fn or_die<T>(what: &str, r: GpuResult<T>) -> T {
-    r.unwrap_or_else(|e| panic!("device engine: {what}: {e}"))
-}
-
 impl TrainEngine for GpuTrainer {
     fn describe(&self) -> String {
         self.rt.describe()
@@ -746,27 +742,29 @@ impl TrainEngine for GpuTrainer {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> StepOutput {
-        or_die(
-            "train step",
-            self.try_train_step(images, labels, lr, smoothing, clip),
-        )
+    ) -> anyhow::Result<StepOutput> {
+        self.try_train_step(images, labels, lr, smoothing, clip)
+            .map_err(|e| anyhow::anyhow!("device engine: train step: {e}"))
     }
 
-    fn logits(&mut self, images: &[f32]) -> Vec<f32> {
-        or_die("forward", self.try_forward(images));
-        or_die("logits", self.try_logits())
+    fn logits(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {
+        self.try_forward(images)
+            .and_then(|()| self.try_logits())
+            .map_err(|e| anyhow::anyhow!("device engine: forward: {e}"))
     }
 
-    fn params(&self) -> Vec<f32> {
-        or_die("download parameters", self.try_params())
+    fn params(&self) -> anyhow::Result<Vec<f32>> {
+        self.try_params()
+            .map_err(|e| anyhow::anyhow!("device engine: download parameters: {e}"))
     }
 
-    fn optimizer_state(&self) -> OptimizerState {
-        or_die("download optimizer state", self.try_optimizer_state())
+    fn optimizer_state(&self) -> anyhow::Result<OptimizerState> {
+        self.try_optimizer_state()
+            .map_err(|e| anyhow::anyhow!("device engine: download optimizer state: {e}"))
     }
 
-    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) {
-        or_die("upload parameters", self.try_load(params, opt))
+    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> anyhow::Result<()> {
+        self.try_load(params, opt)
+            .map_err(|e| anyhow::anyhow!("device engine: upload parameters: {e}"))
     }
 }

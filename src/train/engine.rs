@@ -4,6 +4,7 @@
 use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::CpuEngine;
 use crate::model::{ConfigError, ModelConfig, ParamLayout};
+use anyhow::Result;
 
 /// Result of one optimizer step.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +26,8 @@ pub struct OptimizerState {
     pub step: u64,
 }
 
-/// A model with its parameters and optimizer on some device.
+/// A model with its parameters and optimizer on some device. Device failures (a lost
+/// GPU, out of memory) come back as errors that name the operation.
 pub trait TrainEngine {
     /// "cpu (2 threads)", "cuda:0 (NVIDIA H200)", ...
     fn describe(&self) -> String;
@@ -40,14 +42,14 @@ pub trait TrainEngine {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> StepOutput;
+    ) -> Result<StepOutput>;
     /// Logits [B, K] of images [B, C, S, S] (no state kept for backward is needed).
-    fn logits(&mut self, images: &[f32]) -> Vec<f32>;
+    fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>>;
     /// The parameters, flat in the [`ParamLayout`] order.
-    fn params(&self) -> Vec<f32>;
-    fn optimizer_state(&self) -> OptimizerState;
-    /// Replaces the parameters and optimizer state (resume, --init-from).
-    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>);
+    fn params(&self) -> Result<Vec<f32>>;
+    fn optimizer_state(&self) -> Result<OptimizerState>;
+    /// Replaces the parameters and optimizer state (resume).
+    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()>;
 }
 
 /// The rayon CPU engine with its parameters, gradients and AdamW state in f32.
@@ -102,7 +104,7 @@ impl TrainEngine for CpuTrainer {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> StepOutput {
+    ) -> Result<StepOutput> {
         self.engine.forward(&self.params, images);
         let stats = self.engine.loss(labels, smoothing);
         self.grads.fill(0.0);
@@ -110,37 +112,47 @@ impl TrainEngine for CpuTrainer {
         let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads, max));
         self.opt
             .update(&self.layout, &mut self.params, &self.grads, lr);
-        StepOutput {
+        Ok(StepOutput {
             loss: stats.loss,
             correct: stats.correct,
             grad_norm,
-        }
+        })
     }
 
-    fn logits(&mut self, images: &[f32]) -> Vec<f32> {
+    fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         self.engine.forward(&self.params, images);
-        self.engine.logits().to_vec()
+        Ok(self.engine.logits().to_vec())
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.params.clone()
+    fn params(&self) -> Result<Vec<f32>> {
+        Ok(self.params.clone())
     }
 
-    fn optimizer_state(&self) -> OptimizerState {
-        OptimizerState {
+    fn optimizer_state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
             m: self.opt.m.clone(),
             v: self.opt.v.clone(),
             step: self.opt.step,
-        }
+        })
     }
 
-    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) {
-        assert_eq!(params.len(), self.layout.len, "load: parameter buffer");
+    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()> {
+        anyhow::ensure!(
+            params.len() == self.layout.len,
+            "{} parameters given, the model has {}",
+            params.len(),
+            self.layout.len
+        );
         self.params.copy_from_slice(params);
         if let Some(o) = opt {
+            anyhow::ensure!(
+                o.m.len() == self.layout.len && o.v.len() == self.layout.len,
+                "optimizer state size"
+            );
             self.opt.m.copy_from_slice(&o.m);
             self.opt.v.copy_from_slice(&o.v);
             self.opt.step = o.step;
         }
+        Ok(())
     }
 }

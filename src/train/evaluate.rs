@@ -2,7 +2,7 @@
 
 use super::engine::TrainEngine;
 use crate::cpu::loss::cross_entropy;
-use crate::data::{eval_batches, DataError, Dataset, Normalize};
+use crate::data::{eval_batches, Dataset, Normalize};
 use serde::Serialize;
 
 /// Metrics of one pass over a dataset (loss without label smoothing).
@@ -34,13 +34,13 @@ pub fn evaluate(
     engine: &mut dyn TrainEngine,
     dataset: &Dataset,
     normalize: Normalize,
-) -> Result<EvalResult, DataError> {
+) -> anyhow::Result<EvalResult> {
     let k = dataset.num_classes();
     let mut confusion = vec![vec![0usize; k]; k];
     let mut loss_sum = 0.0;
     let mut correct = 0;
     for batch in eval_batches(dataset, engine.max_batch(), normalize)? {
-        let logits = engine.logits(&batch.images);
+        let logits = engine.logits(&batch.images)?;
         let stats = cross_entropy(&logits, &batch.labels, k, 0.0, None);
         loss_sum += stats.loss * batch.len() as f64;
         correct += stats.correct;

@@ -123,7 +123,7 @@ pub fn train(
             lr,
             cfg.label_smoothing,
             cfg.clip_grad,
-        );
+        )?;
         let secs = t0.elapsed().as_secs_f64();
         if !out.loss.is_finite() {
             bail!(
@@ -162,7 +162,7 @@ pub fn train(
         let stopping = pos.step >= stop_at || interrupted;
         if epoch_done || stopping {
             if !val.is_empty() && (epoch_done || !interrupted) {
-                let r = evaluate(engine, &val, normalize).context("validation data")?;
+                let r = evaluate(engine, &val, normalize).context("validation")?;
                 if !r.loss.is_finite() {
                     bail!(
                         "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. The last saved checkpoint in {} (step {saved_at}) is kept. Try a lower --lr or --clip-grad.",
@@ -217,10 +217,10 @@ fn save(
     pos: LoopPosition,
     log: &MetricsLog,
 ) -> Result<()> {
-    let params = engine.params();
+    let params = engine.params()?;
     let layout = crate::model::ParamLayout::new(&meta.config);
     save_checkpoint(&run.model_path(), &layout, &params, meta)?;
-    run.save_state(&params, &engine.optimizer_state(), pos)
+    run.save_state(&params, &engine.optimizer_state()?, pos)
         .map_err(anyhow::Error::msg)?;
     // The curves are a convenience: failing to draw them must not stop training.
     if let Err(e) = draw_curves(&log.records, &run.curves_path()) {
