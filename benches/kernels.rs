@@ -2,10 +2,14 @@
 //! every kernel timed with CUDA events after warm-up, reported as GB/s (memory-bound kernels)
 //! or GFLOP/s (matmuls, attention), then a whole training step of the device engine.
 //!     cargo bench --bench kernels
-//! Without a CUDA device it says why and exits cleanly. (criterion drives the CPU benches;
-//! GPU timings need device events, so this harness prints its own table.)
+//! Without a CUDA device it says why and exits cleanly. Criterion drives the measurement;
+//! each sample is timed with CUDA events (`iter_custom`), not host clocks. Throughput is in
+//! bytes for memory-bound kernels and in elements = floating-point operations for the
+//! matmuls and attention (criterion's "Gelem/s" reads as GFLOP/s).
 
+use criterion::{Criterion, Throughput};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vitk::gpu::cuda::CudaRuntime;
 use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue};
@@ -21,23 +25,24 @@ fn buf(rt: &Arc<dyn Runtime>, n: usize, v: f32) -> DeviceBuffer<f32> {
 
 struct Bench<'a> {
     cuda: &'a CudaRuntime,
+    c: Criterion,
 }
 
 impl Bench<'_> {
-    /// Times `f`; `bytes` moved and `flops` done per call give the rates.
-    fn run(&self, name: &str, bytes: f64, flops: f64, f: &mut dyn FnMut() -> GpuResult<()>) {
-        match self.cuda.time_ms(5, 20, f) {
-            Ok(ms) => {
-                let s = ms * 1e-3;
-                let rate = if flops > 0.0 {
-                    format!("{:9.1} GFLOP/s", flops / s / 1e9)
-                } else {
-                    format!("{:9.1} GB/s   ", bytes / s / 1e9)
-                };
-                println!("{name:<40} {ms:9.4} ms {rate}");
-            }
-            Err(e) => println!("{name:<40} failed: {e}"),
-        }
+    /// Benches `f` (which enqueues device work); `bytes` moved or `flops` done per call give
+    /// the throughput.
+    fn run(&mut self, name: &str, bytes: f64, flops: f64, f: &mut dyn FnMut() -> GpuResult<()>) {
+        let cuda = self.cuda;
+        let mut g = self.c.benchmark_group("kernels");
+        g.throughput(if flops > 0.0 { Throughput::Elements(flops as u64) } else { Throughput::Bytes(bytes as u64) });
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                // A device failure in a bench is a bug or a broken GPU: stop with its message.
+                let ms = cuda.time_ms(1, iters as usize, f).unwrap_or_else(|e| panic!("{name}: {e}"));
+                Duration::from_secs_f64(ms * 1e-3 * iters as f64)
+            })
+        });
+        g.finish();
     }
 }
 
@@ -65,7 +70,12 @@ fn main() {
     );
     let cpp = cfg.patch_dim();
     let rows = B * t;
-    let bench = Bench { cuda: &cuda };
+    let c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    let mut bench = Bench { cuda: &cuda, c };
     let f4 = 4.0f64;
 
     let images = buf(&rt, B * 3 * 32 * 32, 0.1);
@@ -297,15 +307,18 @@ fn main() {
                 e.try_train_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
                     .map(|_| ())
             };
-            match cuda.time_ms(2, 5, &mut step) {
-                Ok(ms) => println!(
-                    "{:<40} {ms:9.4} ms {:9.0} img/s",
-                    "train step (seed, batch 128)",
-                    B as f64 / (ms * 1e-3)
-                ),
-                Err(e) => println!("train step failed: {e}"),
-            }
+            // Throughput in elements = images.
+            let mut g = bench.c.benchmark_group("train_step");
+            g.throughput(Throughput::Elements(B as u64));
+            g.bench_function("seed, batch 128", |b| {
+                b.iter_custom(|iters| {
+                    let ms = cuda.time_ms(1, iters as usize, &mut step).unwrap_or_else(|e| panic!("train step: {e}"));
+                    Duration::from_secs_f64(ms * 1e-3 * iters as f64)
+                })
+            });
+            g.finish();
         }
         Err(e) => println!("train step: cannot build the engine: {e}"),
     }
+    bench.c.final_summary();
 }

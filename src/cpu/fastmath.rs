@@ -11,16 +11,21 @@ pub fn exp_neg_f32(x: f32) -> f32 {
     // ln 2 split in two so that k·LN2_HI is exact for the k used here.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5·2²³: adding it rounds to an integer that lands in the low mantissa bits, so k is
+    // read from the bits without a float-to-int conversion (which would not vectorise).
+    const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
-    let k = (x * LOG2E).round();
+    let t = x * LOG2E + SHIFT;
+    let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // 2^k: k + 127 in the exponent field (k ∈ [−126, 0]).
+    let k_int = t.to_bits().wrapping_sub(SHIFT.to_bits());
+    let two_k = f32::from_bits(k_int.wrapping_add(127) << 23);
     p * two_k
 }
 

@@ -69,14 +69,28 @@ fn accumulate_product<F: Float>(
 ) {
     assert_eq!(x.len(), rows * in_dim, "linear: x");
     assert_eq!(w.len(), out_dim * in_dim, "linear: w");
-    matmul(
-        MatMut::rows(y, rows, out_dim),
-        MatRef::rows(x, rows, in_dim),
-        MatRef::rows(w, out_dim, in_dim).t(),
-        F::one(),
-        accumulate,
-        Par::Rayon,
-    );
+    let wt = MatRef::rows(w, out_dim, in_dim).t();
+    row_blocks(y, x, out_dim, in_dim, |yb, xb, r| {
+        matmul(MatMut::rows(yb, r, out_dim), MatRef::rows(xb, r, in_dim), wt, F::one(), accumulate, Par::Serial)
+    });
+}
+
+/// Rows of one block in [`row_blocks`].
+const ROW_BLOCK: usize = 512;
+
+/// Runs `f(dst block, src block, rows)` over matching blocks of rows of dst [R, dst_cols]
+/// and src [R, src_cols] in parallel. Products with many rows (R = B·T) and a modest
+/// weight run fastest as independent single-threaded products over row blocks.
+fn row_blocks<F: Float>(
+    dst: &mut [F],
+    src: &[F],
+    dst_cols: usize,
+    src_cols: usize,
+    f: impl Fn(&mut [F], &[F], usize) + Sync + Send,
+) {
+    dst.par_chunks_mut(ROW_BLOCK * dst_cols)
+        .zip(src.par_chunks(ROW_BLOCK * src_cols))
+        .for_each(|(d, s)| f(d, s, d.len() / dst_cols));
 }
 
 /// Gradients of [`linear_forward`] given dy [R, O]:
@@ -100,28 +114,52 @@ pub fn linear_backward<F: Float>(
     assert_eq!(dw.len(), out_dim * in_dim, "linear_backward: dw");
     if let Some(dx) = dx {
         assert_eq!(dx.len(), rows * in_dim, "linear_backward: dx");
-        matmul(
-            MatMut::rows(dx, rows, in_dim),
-            MatRef::rows(dy, rows, out_dim),
-            MatRef::rows(w, out_dim, in_dim),
-            F::one(),
-            accumulate_dx,
-            Par::Rayon,
-        );
+        let w = MatRef::rows(w, out_dim, in_dim);
+        row_blocks(dx, dy, in_dim, out_dim, |dxb, dyb, r| {
+            matmul(MatMut::rows(dxb, r, in_dim), MatRef::rows(dyb, r, out_dim), w, F::one(), accumulate_dx, Par::Serial)
+        });
     }
-    matmul(
-        MatMut::rows(dw, out_dim, in_dim),
-        MatRef::rows(dy, rows, out_dim).t(),
-        MatRef::rows(x, rows, in_dim),
-        F::one(),
-        true,
-        Par::Rayon,
-    );
+    weight_grad_into(dw, dy, x, rows, in_dim, out_dim);
     if let Some(db) = db {
         assert_eq!(db.len(), out_dim, "linear_backward: db");
         column_sums_into(db, dy, out_dim);
     }
 }
+
+/// Rows of one partial product in [`weight_grad_into`]: fixed, so the summation order (and
+/// the bits of the result) does not depend on the thread count.
+const WEIGHT_GRAD_ROWS: usize = 1024;
+
+/// dw [O, I] += dy [R, O]ᵀ · x [R, I]. The reduction over R is long (B·T rows) and the
+/// output small, so the rows are split into fixed blocks whose products run serially on
+/// separate threads and are then added in block order.
+fn weight_grad_into<F: Float>(dw: &mut [F], dy: &[F], x: &[F], rows: usize, in_dim: usize, out_dim: usize) {
+    if rows <= WEIGHT_GRAD_ROWS {
+        let lhs = MatRef::rows(dy, rows, out_dim).t();
+        matmul(MatMut::rows(dw, out_dim, in_dim), lhs, MatRef::rows(x, rows, in_dim), F::one(), true, Par::Rayon);
+        return;
+    }
+    let partials: Vec<Vec<F>> = dy
+        .par_chunks(WEIGHT_GRAD_ROWS * out_dim)
+        .zip(x.par_chunks(WEIGHT_GRAD_ROWS * in_dim))
+        .map(|(dyb, xb)| {
+            let r = dyb.len() / out_dim;
+            let mut p = vec![F::zero(); out_dim * in_dim];
+            let lhs = MatRef::rows(dyb, r, out_dim).t();
+            matmul(MatMut::rows(&mut p, out_dim, in_dim), lhs, MatRef::rows(xb, r, in_dim), F::one(), false, Par::Serial);
+            p
+        })
+        .collect();
+    for p in partials {
+        dw.par_chunks_mut(CHUNK_ADD).zip(p.par_chunks(CHUNK_ADD)).for_each(|(d, p)| {
+            for (a, &b) in d.iter_mut().zip(p) {
+                *a += b;
+            }
+        });
+    }
+}
+
+const CHUNK_ADD: usize = 1 << 14;
 
 /// Rows per partial sum in column reductions. Fixed (not derived from the thread count) so
 /// that results are bitwise identical whatever the number of threads.
