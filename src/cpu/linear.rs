@@ -119,43 +119,61 @@ pub fn linear_backward<F: Float>(
             matmul(MatMut::rows(dxb, r, in_dim), MatRef::rows(dyb, r, out_dim), w, F::one(), accumulate_dx, Par::Serial)
         });
     }
-    weight_grad_into(dw, dy, x, rows, in_dim, out_dim);
-    if let Some(db) = db {
+    if let Some(db) = &db {
         assert_eq!(db.len(), out_dim, "linear_backward: db");
-        column_sums_into(db, dy, out_dim);
     }
+    weight_grad_into(dw, db, dy, x, in_dim, out_dim);
 }
 
 /// Rows of one partial product in [`weight_grad_into`]: fixed, so the summation order (and
 /// the bits of the result) does not depend on the thread count.
 const WEIGHT_GRAD_ROWS: usize = 1024;
 
-/// dw [O, I] += dy [R, O]ᵀ · x [R, I]. The reduction over R is long (B·T rows) and the
-/// output small, so the rows are split into fixed blocks whose products run serially on
-/// separate threads and are then added in block order.
-fn weight_grad_into<F: Float>(dw: &mut [F], dy: &[F], x: &[F], rows: usize, in_dim: usize, out_dim: usize) {
-    if rows <= WEIGHT_GRAD_ROWS {
-        let lhs = MatRef::rows(dy, rows, out_dim).t();
-        matmul(MatMut::rows(dw, out_dim, in_dim), lhs, MatRef::rows(x, rows, in_dim), F::one(), true, Par::Rayon);
-        return;
-    }
-    let partials: Vec<Vec<F>> = dy
+/// dw [O, I] += dy [R, O]ᵀ · x [R, I] and db [O] += Σ_r dy[r]. The reduction over R is long
+/// (B·T rows) and the output small, so the rows are split into fixed blocks whose products
+/// (and bias sums, while the block of dy is in cache) run serially on separate threads and
+/// are then added in block order.
+fn weight_grad_into<F: Float>(
+    dw: &mut [F],
+    db: Option<&mut [F]>,
+    dy: &[F],
+    x: &[F],
+    in_dim: usize,
+    out_dim: usize,
+) {
+    let with_bias = db.is_some();
+    let partials: Vec<(Vec<F>, Vec<F>)> = dy
         .par_chunks(WEIGHT_GRAD_ROWS * out_dim)
         .zip(x.par_chunks(WEIGHT_GRAD_ROWS * in_dim))
         .map(|(dyb, xb)| {
             let r = dyb.len() / out_dim;
-            let mut p = vec![F::zero(); out_dim * in_dim];
+            let mut pw = vec![F::zero(); out_dim * in_dim];
             let lhs = MatRef::rows(dyb, r, out_dim).t();
-            matmul(MatMut::rows(&mut p, out_dim, in_dim), lhs, MatRef::rows(xb, r, in_dim), F::one(), false, Par::Serial);
-            p
+            matmul(MatMut::rows(&mut pw, out_dim, in_dim), lhs, MatRef::rows(xb, r, in_dim), F::one(), false, Par::Serial);
+            let mut pb = Vec::new();
+            if with_bias {
+                pb = vec![F::zero(); out_dim];
+                for row in dyb.chunks_exact(out_dim) {
+                    for (s, &v) in pb.iter_mut().zip(row) {
+                        *s += v;
+                    }
+                }
+            }
+            (pw, pb)
         })
         .collect();
-    for p in partials {
-        dw.par_chunks_mut(CHUNK_ADD).zip(p.par_chunks(CHUNK_ADD)).for_each(|(d, p)| {
+    let mut db = db;
+    for (pw, pb) in partials {
+        dw.par_chunks_mut(CHUNK_ADD).zip(pw.par_chunks(CHUNK_ADD)).for_each(|(d, p)| {
             for (a, &b) in d.iter_mut().zip(p) {
                 *a += b;
             }
         });
+        if let Some(db) = db.as_deref_mut() {
+            for (a, &b) in db.iter_mut().zip(&pb) {
+                *a += b;
+            }
+        }
     }
 }
 
