@@ -34,11 +34,17 @@ impl Bench<'_> {
     fn run(&mut self, name: &str, bytes: f64, flops: f64, f: &mut dyn FnMut() -> GpuResult<()>) {
         let cuda = self.cuda;
         let mut g = self.c.benchmark_group("kernels");
-        g.throughput(if flops > 0.0 { Throughput::Elements(flops as u64) } else { Throughput::Bytes(bytes as u64) });
+        g.throughput(if flops > 0.0 {
+            Throughput::Elements(flops as u64)
+        } else {
+            Throughput::Bytes(bytes as u64)
+        });
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 // A device failure in a bench is a bug or a broken GPU: stop with its message.
-                let ms = cuda.time_ms(1, iters as usize, f).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let ms = cuda
+                    .time_ms(1, iters as usize, f)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
                 Duration::from_secs_f64(ms * 1e-3 * iters as f64)
             })
         });
@@ -312,7 +318,9 @@ fn main() {
             g.throughput(Throughput::Elements(B as u64));
             g.bench_function("seed, batch 128", |b| {
                 b.iter_custom(|iters| {
-                    let ms = cuda.time_ms(1, iters as usize, &mut step).unwrap_or_else(|e| panic!("train step: {e}"));
+                    let ms = cuda
+                        .time_ms(1, iters as usize, &mut step)
+                        .unwrap_or_else(|e| panic!("train step: {e}"));
                     Duration::from_secs_f64(ms * 1e-3 * iters as f64)
                 })
             });

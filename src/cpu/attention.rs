@@ -6,6 +6,7 @@
 //! head's columns (the input layout of the projection).
 
 use super::matmul::{matmul, MatMut, MatRef, Par};
+use super::reduce::{sum_map, sum_map3};
 use super::Float;
 use rayon::prelude::*;
 
@@ -60,12 +61,10 @@ pub fn attention_forward<F: Float>(out: &mut [F], probs: &mut [F], qkv: &[F], s:
 /// Numerically stable softmax of one row, in place.
 pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     let max = row.iter().copied().fold(F::neg_infinity(), F::max);
-    let mut sum = F::zero();
     for v in row.iter_mut() {
         *v = (*v - max).exp_neg();
-        sum += *v;
     }
-    let inv = F::one() / sum;
+    let inv = F::one() / sum_map(row, |v| v);
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -120,7 +119,7 @@ pub fn attention_backward<F: Float>(
                         Par::Serial,
                     );
                     for (ds_row, p_row) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                        let dot: F = ds_row.iter().zip(p_row).map(|(&g, &pv)| g * pv).sum();
+                        let dot = sum_map3(ds_row, p_row, p_row, |g, pv, _| g * pv);
                         for (g, &pv) in ds_row.iter_mut().zip(p_row) {
                             *g = pv * (*g - dot);
                         }

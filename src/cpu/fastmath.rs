@@ -22,7 +22,8 @@ pub fn exp_neg_f32(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2^k: k + 127 in the exponent field (k ∈ [−126, 0]).
     let k_int = t.to_bits().wrapping_sub(SHIFT.to_bits());
     let two_k = f32::from_bits(k_int.wrapping_add(127) << 23);

@@ -1,6 +1,7 @@
 //! LayerNorm over the last dimension, eps 1e-6 (timm's ViT), biased variance as PyTorch.
 
 use super::linear::REDUCE_ROWS;
+use super::reduce::{sum_map, sum_map3};
 use super::Float;
 use rayon::prelude::*;
 
@@ -32,8 +33,8 @@ pub fn layernorm_forward<F: Float>(
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .for_each(|((o, xr), (m, rs))| {
             // Two passes (mean, then centred squares) are accurate enough in f32 for D <= 4096.
-            let mu = xr.iter().copied().sum::<F>() * inv_d;
-            let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<F>() * inv_d;
+            let mu = sum_map(xr, |v| v) * inv_d;
+            let var = sum_map(xr, |v| (v - mu) * (v - mu)) * inv_d;
             let r = F::one() / (var + eps).sqrt();
             for ((o, &v), (&g, &b)) in o.iter_mut().zip(xr).zip(weight.iter().zip(bias)) {
                 *o = (v - mu) * r * g + b;
@@ -89,20 +90,15 @@ pub fn layernorm_backward<F: Float>(
                 .zip(mb)
                 .zip(rb)
             {
-                let mut sum_g = F::zero();
-                let mut sum_gx = F::zero();
-                for i in 0..dim {
-                    let xhat = (xr[i] - mu) * r;
-                    let g = dor[i] * weight[i];
-                    sum_g += g;
-                    sum_gx += g * xhat;
-                    pw[i] += dor[i] * xhat;
-                    pb[i] += dor[i];
-                }
+                // g = dout·weight, x̂ = (x − mean)·rstd
+                let sum_g = sum_map3(dor, weight, xr, |d, w, _| d * w);
+                let sum_gx = sum_map3(dor, weight, xr, |d, w, x| d * w * ((x - mu) * r));
                 let mean_g = sum_g * inv_d;
                 let mean_gx = sum_gx * inv_d;
                 for i in 0..dim {
                     let xhat = (xr[i] - mu) * r;
+                    pw[i] += dor[i] * xhat;
+                    pb[i] += dor[i];
                     dxr[i] += r * (dor[i] * weight[i] - mean_g - xhat * mean_gx);
                 }
             }

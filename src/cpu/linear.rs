@@ -71,7 +71,14 @@ fn accumulate_product<F: Float>(
     assert_eq!(w.len(), out_dim * in_dim, "linear: w");
     let wt = MatRef::rows(w, out_dim, in_dim).t();
     row_blocks(y, x, out_dim, in_dim, |yb, xb, r| {
-        matmul(MatMut::rows(yb, r, out_dim), MatRef::rows(xb, r, in_dim), wt, F::one(), accumulate, Par::Serial)
+        matmul(
+            MatMut::rows(yb, r, out_dim),
+            MatRef::rows(xb, r, in_dim),
+            wt,
+            F::one(),
+            accumulate,
+            Par::Serial,
+        )
     });
 }
 
@@ -116,7 +123,14 @@ pub fn linear_backward<F: Float>(
         assert_eq!(dx.len(), rows * in_dim, "linear_backward: dx");
         let w = MatRef::rows(w, out_dim, in_dim);
         row_blocks(dx, dy, in_dim, out_dim, |dxb, dyb, r| {
-            matmul(MatMut::rows(dxb, r, in_dim), MatRef::rows(dyb, r, out_dim), w, F::one(), accumulate_dx, Par::Serial)
+            matmul(
+                MatMut::rows(dxb, r, in_dim),
+                MatRef::rows(dyb, r, out_dim),
+                w,
+                F::one(),
+                accumulate_dx,
+                Par::Serial,
+            )
         });
     }
     if let Some(db) = &db {
@@ -149,7 +163,14 @@ fn weight_grad_into<F: Float>(
             let r = dyb.len() / out_dim;
             let mut pw = vec![F::zero(); out_dim * in_dim];
             let lhs = MatRef::rows(dyb, r, out_dim).t();
-            matmul(MatMut::rows(&mut pw, out_dim, in_dim), lhs, MatRef::rows(xb, r, in_dim), F::one(), false, Par::Serial);
+            matmul(
+                MatMut::rows(&mut pw, out_dim, in_dim),
+                lhs,
+                MatRef::rows(xb, r, in_dim),
+                F::one(),
+                false,
+                Par::Serial,
+            );
             let mut pb = Vec::new();
             if with_bias {
                 pb = vec![F::zero(); out_dim];
@@ -164,11 +185,13 @@ fn weight_grad_into<F: Float>(
         .collect();
     let mut db = db;
     for (pw, pb) in partials {
-        dw.par_chunks_mut(CHUNK_ADD).zip(pw.par_chunks(CHUNK_ADD)).for_each(|(d, p)| {
-            for (a, &b) in d.iter_mut().zip(p) {
-                *a += b;
-            }
-        });
+        dw.par_chunks_mut(CHUNK_ADD)
+            .zip(pw.par_chunks(CHUNK_ADD))
+            .for_each(|(d, p)| {
+                for (a, &b) in d.iter_mut().zip(p) {
+                    *a += b;
+                }
+            });
         if let Some(db) = db.as_deref_mut() {
             for (a, &b) in db.iter_mut().zip(&pb) {
                 *a += b;

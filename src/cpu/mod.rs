@@ -14,6 +14,7 @@ pub mod loss;
 pub mod matmul;
 pub mod patch_embed;
 pub mod pooling;
+mod reduce;
 pub mod tokens;
 
 pub use engine::CpuEngine;
