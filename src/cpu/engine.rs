@@ -11,40 +11,10 @@ use super::patch_embed::im2col;
 use super::pooling::{pool_backward, pool_forward};
 use super::tokens::{tokens_backward, tokens_forward};
 use super::Float;
-use crate::model::{ConfigError, ModelConfig, ParamLayout};
+use crate::model::{BatchDims, ConfigError, ModelConfig, ParamLayout};
 
-/// Sizes of one batch through the model.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    t: usize,
-    n: usize,
-    d: usize,
-    m: usize,
-    h: usize,
-    k: usize,
-    cpp: usize,
-    depth: usize,
-}
-
-impl Dims {
-    fn new(cfg: &ModelConfig, batch: usize) -> Self {
-        Self {
-            b: batch,
-            t: cfg.num_tokens(),
-            n: cfg.num_patches(),
-            d: cfg.embed_dim,
-            m: cfg.mlp_dim,
-            h: cfg.num_heads,
-            k: cfg.num_classes,
-            cpp: cfg.patch_dim(),
-            depth: cfg.depth,
-        }
-    }
-    /// R = B·T rows of the residual stream.
-    fn rows(&self) -> usize {
-        self.b * self.t
-    }
+/// Buffer sizes of this engine for a batch.
+impl BatchDims {
     fn embed_len(&self) -> usize {
         self.b * self.n * (self.cpp + self.d)
     }
@@ -67,7 +37,7 @@ impl Dims {
             + 2 * self.b * self.d
             + self.b * self.n * self.d
     }
-    fn attn(&self) -> AttnShape {
+    fn attn_shape(&self) -> AttnShape {
         AttnShape {
             batch: self.b,
             tokens: self.t,
@@ -124,7 +94,7 @@ struct Scratch<S> {
 }
 
 impl<S: Carve> EmbedActs<S> {
-    fn carve(buf: &mut S, z: &Dims) -> Self {
+    fn carve(buf: &mut S, z: &BatchDims) -> Self {
         let np = z.b * z.n;
         Self {
             patches: buf.take_front(np * z.cpp),
@@ -134,7 +104,7 @@ impl<S: Carve> EmbedActs<S> {
 }
 
 impl<S: Carve> BlockActs<S> {
-    fn carve(buf: &mut S, z: &Dims) -> Self {
+    fn carve(buf: &mut S, z: &BatchDims) -> Self {
         let (r, d) = (z.rows(), z.d);
         Self {
             x: buf.take_front(r * d),
@@ -154,7 +124,7 @@ impl<S: Carve> BlockActs<S> {
 }
 
 impl<S: Carve> HeadActs<S> {
-    fn carve(buf: &mut S, z: &Dims) -> Self {
+    fn carve(buf: &mut S, z: &BatchDims) -> Self {
         let (b, d) = (z.b, z.d);
         Self {
             x: buf.take_front(z.rows() * d),
@@ -169,7 +139,7 @@ impl<S: Carve> HeadActs<S> {
 }
 
 impl<S: Carve> Scratch<S> {
-    fn carve(buf: &mut S, z: &Dims) -> Self {
+    fn carve(buf: &mut S, z: &BatchDims) -> Self {
         let (r, d) = (z.rows(), z.d);
         Self {
             gelu: buf.take_front(r * z.m),
@@ -193,7 +163,7 @@ struct Acts<S> {
 }
 
 impl<S: Carve> Acts<S> {
-    fn carve(mut buf: S, z: &Dims) -> Self {
+    fn carve(mut buf: S, z: &BatchDims) -> Self {
         let embed = EmbedActs::carve(&mut buf, z);
         let blocks = (0..z.depth)
             .map(|_| BlockActs::carve(&mut buf, z))
@@ -202,7 +172,7 @@ impl<S: Carve> Acts<S> {
         debug_assert_eq!(
             buf.remaining(),
             0,
-            "activation layout and Dims::acts_len disagree"
+            "activation layout and BatchDims::acts_len disagree"
         );
         Self {
             embed,
@@ -231,7 +201,7 @@ impl<F: Float> CpuEngine<F> {
         if max_batch == 0 {
             return Err(ConfigError("batch size is 0, expected at least 1".into()));
         }
-        let z = Dims::new(cfg, max_batch);
+        let z = BatchDims::new(cfg, max_batch);
         Ok(Self {
             cfg: cfg.clone(),
             layout: ParamLayout::new(cfg),
@@ -269,7 +239,7 @@ impl<F: Float> CpuEngine<F> {
             self.max_batch
         );
         self.batch = batch;
-        let z = Dims::new(cfg, batch);
+        let z = BatchDims::new(cfg, batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
 
@@ -330,7 +300,7 @@ impl<F: Float> CpuEngine<F> {
                 d,
                 3 * d,
             );
-            attention_forward(blk.attn, blk.probs, blk.qkv, z.attn());
+            attention_forward(blk.attn, blk.probs, blk.qkv, z.attn_shape());
             linear_residual_forward(blk.x_mid, x, blk.attn, p(&w.proj_w), p(&w.proj_b), r, d, d);
             layernorm_forward(
                 blk.ln2,
@@ -370,7 +340,7 @@ impl<F: Float> CpuEngine<F> {
 
     /// Logits [B, K] of the last forward pass.
     pub fn logits(&self) -> &[F] {
-        let z = Dims::new(&self.cfg, self.batch);
+        let z = BatchDims::new(&self.cfg, self.batch);
         let a = Acts::carve(&self.acts[..z.acts_len()], &z);
         a.head.logits
     }
@@ -378,7 +348,7 @@ impl<F: Float> CpuEngine<F> {
     /// Loss of the last forward pass against `labels` [B]; also prepares the gradient of the
     /// loss for [`Self::backward`].
     pub fn loss(&mut self, labels: &[u32], smoothing: f64) -> LossStats {
-        let z = Dims::new(&self.cfg, self.batch);
+        let z = BatchDims::new(&self.cfg, self.batch);
         assert_eq!(labels.len(), self.batch, "loss: labels");
         let a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
         cross_entropy(a.head.logits, labels, z.k, smoothing, Some(a.head.dlogits))
@@ -391,7 +361,7 @@ impl<F: Float> CpuEngine<F> {
         assert_eq!(params.len(), lay.len, "backward: parameter buffer");
         assert_eq!(grads.len(), lay.len, "backward: gradient buffer");
         assert!(self.batch > 0, "backward before forward");
-        let z = Dims::new(&self.cfg, self.batch);
+        let z = BatchDims::new(&self.cfg, self.batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
         let a = Acts::carve(&self.acts[..z.acts_len()], &z);
@@ -484,7 +454,7 @@ impl<F: Float> CpuEngine<F> {
                 d,
                 d,
             );
-            attention_backward(s.dqkv, s.dattn, blk.probs, blk.qkv, z.attn());
+            attention_backward(s.dqkv, s.dattn, blk.probs, blk.qkv, z.attn_shape());
             let (gw, gb) = two_mut(grads, w.qkv_w.clone(), w.qkv_b.clone());
             linear_backward(
                 Some(&mut *s.dln),

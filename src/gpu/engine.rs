@@ -10,43 +10,12 @@ use std::sync::Arc;
 use super::error::{GpuError, GpuResult};
 use super::kernels::{self as k, AttnDims, LinearEpilogue};
 use super::runtime::{Carver, DView, DeviceBuffer, Runtime};
-use crate::model::{ModelConfig, ParamLayout, Pool};
+use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
 use crate::train::{AdamWConfig, OptimizerState, StepOutput, TrainEngine};
 
-/// Sizes of one batch through the model.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    t: usize,
-    n: usize,
-    d: usize,
-    m: usize,
-    h: usize,
-    k: usize,
-    cpp: usize,
-    depth: usize,
-    image: usize,
-}
-
-impl Dims {
-    fn new(cfg: &ModelConfig, batch: usize) -> Self {
-        Dims {
-            b: batch,
-            t: cfg.num_tokens(),
-            n: cfg.num_patches(),
-            d: cfg.embed_dim,
-            m: cfg.mlp_dim,
-            h: cfg.num_heads,
-            k: cfg.num_classes,
-            cpp: cfg.patch_dim(),
-            depth: cfg.depth,
-            image: cfg.in_chans * cfg.image_size * cfg.image_size,
-        }
-    }
-    fn rows(&self) -> usize {
-        self.b * self.t
-    }
-    fn attn(&self) -> AttnDims {
+/// Buffer sizes of this engine for a batch.
+impl BatchDims {
+    fn attn_dims(&self) -> AttnDims {
         AttnDims {
             batch: self.b,
             heads: self.h,
@@ -121,7 +90,7 @@ struct Acts {
 
 impl Acts {
     /// Carves the views for `z` from the front of `c`; with `c = None` only counts.
-    fn carve(c: &mut Carver, z: &Dims) -> Self {
+    fn carve(c: &mut Carver, z: &BatchDims) -> Self {
         let (r, d, m) = (z.rows(), z.d, z.m);
         let probs = z.b * z.h * z.t * z.t;
         let images = c.take(z.b * z.image);
@@ -172,7 +141,7 @@ impl Acts {
     }
 
     /// Elements the activations of `z` need.
-    fn len(z: &Dims) -> usize {
+    fn len(z: &BatchDims) -> usize {
         let (r, d, m) = (z.rows(), z.d, z.m);
         let probs = z.b * z.h * z.t * z.t;
         let block = 5 * r * d + 4 * r + 3 * r * d + probs + 2 * r * m;
@@ -272,7 +241,7 @@ impl GpuTrainer {
         }
         let mut decay = alloc::<u8>(&rt, n, "weight-decay mask")?;
         decay.upload(&mask)?;
-        let z = Dims::new(cfg, max_batch);
+        let z = BatchDims::new(cfg, max_batch);
         let acts_buf = alloc::<f32>(&rt, Acts::len(&z), "activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
@@ -302,8 +271,8 @@ impl GpuTrainer {
         &self.rt
     }
 
-    fn acts(&self, batch: usize) -> (Dims, Acts) {
-        let z = Dims::new(&self.cfg, batch);
+    fn acts(&self, batch: usize) -> (BatchDims, Acts) {
+        let z = BatchDims::new(&self.cfg, batch);
         let mut c = Carver::new(self.acts_buf.view());
         let a = Acts::carve(&mut c, &z);
         debug_assert_eq!(
@@ -374,7 +343,7 @@ impl GpuTrainer {
             batch,
             d,
         )?;
-        let hl = z.attn().head_len_pub();
+        let hl = z.attn_dims().head_len_pub();
         for (l, (blk, w)) in a.blocks.iter().zip(&lay.blocks).enumerate() {
             let x_next = a.blocks.get(l + 1).map(|b| b.x).unwrap_or(a.x_last);
             k::layernorm_forward(
@@ -405,7 +374,7 @@ impl GpuTrainer {
                 blk.qkv.slice(0, hl),
                 blk.qkv.slice(hl, hl),
                 blk.qkv.slice(2 * hl, hl),
-                z.attn(),
+                z.attn_dims(),
                 true,
             )?;
             k::linear_forward(
@@ -571,7 +540,7 @@ impl GpuTrainer {
             d,
         )?;
         k::pool_backward(rt, a.dx, a.dpooled, b, z.t, d, self.cfg.pool == Pool::Mean)?;
-        let hl = z.attn().head_len_pub();
+        let hl = z.attn_dims().head_len_pub();
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
             linear(Some(a.dgelu), &w.fc2_w, &w.fc2_b, a.dx, blk.gelu, r, m, d)?;
             k::gelu_backward(rt, a.dfc1, a.dgelu, blk.fc1)?;
@@ -599,7 +568,7 @@ impl GpuTrainer {
                 blk.qkv.slice(0, hl),
                 blk.qkv.slice(hl, hl),
                 blk.qkv.slice(2 * hl, hl),
-                z.attn(),
+                z.attn_dims(),
                 true,
             )?;
             linear(

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod config;
+mod dims;
 mod init;
 mod params;
 
@@ -9,5 +10,6 @@ pub use checkpoint::{
     load_checkpoint, load_weights, read_meta, save_checkpoint, CheckpointError, CheckpointMeta,
 };
 pub use config::{ConfigError, ModelConfig, Pool, PRESETS};
+pub use dims::BatchDims;
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};
