@@ -4,7 +4,7 @@
 #                and compute_80 PTX, embedded)
 #   tests/       the test executables (`cargo test --release --no-run`), named by target
 #   benches/     the kernel bench executable (benches/kernels.rs)
-#   data/        CIFAR-10 training batches (built by /work/shared/data/make-cifar10-bin.sh or
+#   data/        CIFAR-10 training batches (built by ../shared/data/make-cifar10-bin.sh or
 #                $VITK_CIFAR_BIN, xz-compressed, as many batches as keep the bundle < 64 MiB)
 #   run.sh       `bash .gpu-bundle/run.sh LOG_DIR`: runs every test executable with
 #                VITK_TEST_DEVICE=cuda, the kernel benches and a 1-epoch
@@ -71,11 +71,15 @@ for line in open(sys.argv[1]):
         shutil.copy2(msg["executable"], os.path.join(sys.argv[2], "kernels"))
 PY
 
+# Debug info (line tables of the release profile) is most of each executable's size; the
+# device machine only runs them, so strip it to stay under the 64 MiB carry limit.
+strip --strip-debug "$bundle"/bin/* "$bundle"/tests/* "$bundle"/benches/*
+
 # CIFAR-10 batches: as many as fit under the 64 MiB bundle limit (compressed).
 cifar="${VITK_CIFAR_BIN:-}"
 if [[ -z "$cifar" ]]; then
   cifar="$(mktemp -d)"
-  bash /work/shared/data/make-cifar10-bin.sh "$cifar" >&2
+  bash "$root/../shared/data/make-cifar10-bin.sh" "$cifar" >&2
 fi
 limit=$((64 * 1024 * 1024))
 for i in 1 2 3 4 5; do

@@ -87,6 +87,18 @@ fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> 
     ]
 }
 
+/// A short training run (`steps` steps of the tiny model) on a fresh synthetic set:
+/// (temporary directory, data directory, run directory).
+fn short_run(steps: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(s(&data), s(&run), "1");
+    args.extend(["--steps", steps]);
+    ok(&args);
+    (tmp, data, run)
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -170,12 +182,7 @@ fn resume_reproduces_an_uninterrupted_run_bitwise() {
 
 #[test]
 fn resume_refuses_flags_that_would_change_the_run() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = synth(tmp.path());
-    let run = tmp.path().join("run");
-    let mut args = train_args(s(&data), s(&run), "1");
-    args.extend(["--steps", "2"]);
-    ok(&args);
+    let (tmp, _, run) = short_run("2");
     fails(
         &["train", "--resume", s(&run), "--lr", "0.1"],
         &["--lr", "cannot be combined with --resume"],
@@ -296,12 +303,7 @@ fn bad_data_fails_cleanly_and_writes_nothing() {
 
 #[test]
 fn checkpoints_of_another_config_or_corrupted_are_rejected() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = synth(tmp.path());
-    let run = tmp.path().join("run");
-    let mut args = train_args(s(&data), s(&run), "1");
-    args.extend(["--steps", "1"]);
-    ok(&args);
+    let (tmp, data, run) = short_run("1");
     let ckpt = run.join("model.safetensors");
 
     // Another width: the tensor and both shapes are named.
@@ -376,12 +378,7 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn predict_lists_top_classes() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = synth(tmp.path());
-    let run = tmp.path().join("run");
-    let mut args = train_args(s(&data), s(&run), "1");
-    args.extend(["--steps", "2"]);
-    ok(&args);
+    let (tmp, _, run) = short_run("2");
     let img = tmp.path().join("x.png");
     image::RgbImage::from_fn(40, 24, |x, y| {
         image::Rgb([(x * 6) as u8, (y * 10) as u8, 128])
