@@ -43,9 +43,63 @@ fn out_of_bounds_write_is_reported_naming_the_kernel() {
         &[out.arg(), KernelArg::I32(100)],
     ));
     assert!(
-        msg.contains("vitk_emutest_write_past_end") && msg.contains("after its end"),
+        msg.contains("vitk_emutest_write_past_end")
+            && msg.contains(
+                "wrote at byte offset 400 of the 400-byte buffer of pointer parameter #0"
+            ),
         "{msg}"
     );
+    // Inside the alignment slack (101 floats = 404 bytes, slack 12): caught by the slack check.
+    let out = DeviceBuffer::<f32>::new(&rt, 101).unwrap();
+    let msg = kernel_error(rt.launch(
+        "vitk_emutest_write_past_end",
+        cfg(1, 128, 0),
+        &[out.arg(), KernelArg::I32(101)],
+    ));
+    assert!(msg.contains("slack bytes past its end"), "{msg}");
+}
+
+#[test]
+fn out_of_bounds_read_faults_naming_the_kernel_and_the_emulator_goes_on() {
+    let rt = emu();
+    let input = DeviceBuffer::from_slice(&rt, &[1.0f32; 100]).unwrap();
+    let out = DeviceBuffer::<f32>::new(&rt, 100).unwrap();
+    let msg = kernel_error(rt.launch(
+        "vitk_emutest_read_past_end",
+        cfg(2, 64, 0),
+        &[out.arg(), input.arg(), KernelArg::I32(100)],
+    ));
+    assert!(
+        msg.contains("vitk_emutest_read_past_end")
+            && msg.contains("thread (35,0,0) of block (1,0,0)")
+            && msg
+                .contains("read at byte offset 400 of the 400-byte buffer of pointer parameter #1"),
+        "{msg}"
+    );
+    // A read inside the alignment slack (1 float past a 101-float buffer) returns NaN.
+    let input = DeviceBuffer::from_slice(&rt, &[1.0f32; 101]).unwrap();
+    let out = DeviceBuffer::<f32>::new(&rt, 101).unwrap();
+    rt.launch(
+        "vitk_emutest_read_past_end",
+        cfg(1, 128, 0),
+        &[out.arg(), input.arg(), KernelArg::I32(101)],
+    )
+    .unwrap();
+    let got = out.to_vec().unwrap();
+    assert!(
+        got[..100].iter().all(|&v| v == 1.0) && got[100].is_nan(),
+        "{got:?}"
+    );
+    // The fault left the emulator usable: an in-bounds launch on this thread works.
+    let input = DeviceBuffer::from_slice(&rt, &[2.0f32; 33]).unwrap();
+    let out = DeviceBuffer::<f32>::new(&rt, 32).unwrap();
+    rt.launch(
+        "vitk_emutest_read_past_end",
+        cfg(1, 32, 0),
+        &[out.arg(), input.arg(), KernelArg::I32(32)],
+    )
+    .unwrap();
+    assert_eq!(out.to_vec().unwrap(), vec![2.0; 32]);
 }
 
 #[test]

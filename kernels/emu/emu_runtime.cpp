@@ -18,10 +18,18 @@
 //   collectives; a deadlock of any other kind is described thread by thread;
 // - writes past either end of a device buffer passed as a kernel parameter (guard bytes),
 //   or past the static/dynamic shared memory of a block;
+// - reads (and writes) past the end of a device buffer: every allocation ends (up to < 16
+//   bytes of NaN-poisoned alignment slack) at an inaccessible page, and the fault is turned
+//   into an error of the launch naming the kernel, the thread, the buffer and the offset;
 // - a non-null pointer parameter that is not inside an emulator allocation.
+// Device buffers start 16-byte aligned (enough for every vector access a kernel makes; the
+// launchers test real alignment, so the same paths run as on a GPU for aligned views).
 // A shuffle reading a lane that is not taking part returns all-ones bits (NaN for floats),
 // the emulator's version of "undefined".
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -45,7 +53,8 @@ namespace {
 constexpr std::size_t kMaxThreads = 1024;
 constexpr std::size_t kMaxStaticShared = 48 * 1024;
 constexpr std::size_t kMaxShared = 227 * 1024;
-constexpr std::size_t kGuard = 256;       // guard bytes on each side of a device buffer
+constexpr std::size_t kGuard = 256;       // guard bytes before a device buffer
+constexpr std::size_t kAlign = 16;        // alignment of a device buffer's start
 constexpr std::size_t kSharedGuard = 64;  // after each shared-memory area
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPoisonByte = 0xFF;  // fresh memory reads as NaN / -1
@@ -81,10 +90,19 @@ const char* base_name(const char* path) {
 
 // ---- device allocations ----------------------------------------------------------------------
 
+// One device buffer in its own mapping:
+//   [inaccessible page | guard bytes .. | user bytes | slack < 16 | inaccessible page]
+// The user bytes end as close to the trailing inaccessible page as 16-byte alignment of the
+// start allows, so a read past the end faults (or, within the slack, reads NaN poison).
 struct Allocation {
-  unsigned char* raw;  // kGuard | user bytes | kGuard
+  unsigned char* map;  // start of the mapping (its first page is inaccessible)
+  std::size_t map_len;
+  unsigned char* user;  // the device pointer
   std::size_t size;
+  std::size_t slack;  // poisoned bytes between the end of the buffer and the trailing page
 };
+
+std::size_t page_size() { return std::size_t(sysconf(_SC_PAGESIZE)); }
 
 std::mutex g_alloc_mutex;
 std::map<std::uintptr_t, Allocation>& allocations() {
@@ -105,14 +123,16 @@ const Allocation* find_allocation(const void* p, std::size_t bytes, std::uintptr
   return &it->second;
 }
 
-// Number of changed guard bytes before and after the buffer; restores them.
+// Number of changed guard bytes before the buffer and of changed slack bytes after it;
+// restores them.
 std::pair<std::size_t, std::size_t> check_guards(const Allocation& a) {
   std::size_t before = 0, after = 0;
-  unsigned char* tail = a.raw + kGuard + a.size;
-  for (std::size_t i = 0; i < kGuard; i++) {
-    if (a.raw[i] != kGuardByte) before++, a.raw[i] = kGuardByte;
-    if (tail[i] != kGuardByte) after++, tail[i] = kGuardByte;
-  }
+  unsigned char* head = a.user - kGuard;
+  unsigned char* tail = a.user + a.size;
+  for (std::size_t i = 0; i < kGuard; i++)
+    if (head[i] != kGuardByte) before++, head[i] = kGuardByte;
+  for (std::size_t i = 0; i < a.slack; i++)
+    if (tail[i] != kPoisonByte) after++, tail[i] = kPoisonByte;
   return {before, after};
 }
 
@@ -184,6 +204,20 @@ struct Runner {
   std::size_t dynamic_bytes = 0;
   std::vector<SharedSite> sites;  // static layout, identical for every block of a launch
   std::size_t static_used = 0;
+
+  // Memory faults. While blocks run (`in_kernel`), SIGSEGV/SIGBUS in this host thread jumps
+  // back to launch() through `fault_jmp` with the faulting address; `buffers` (the launch's
+  // pointer parameters) and the fiber stacks name what was hit.
+  struct Buffer {
+    Allocation alloc;
+    std::size_t param;
+  };
+  std::vector<Buffer> buffers;
+  sigjmp_buf fault_jmp;
+  volatile sig_atomic_t in_kernel = 0;
+  const unsigned char* fault_addr = nullptr;
+  bool fault_write = false;
+  int fault_signal = 0;
 
   ~Runner() {
     for (void* s : stacks) munmap(s, kStackSize + page());
@@ -298,10 +332,81 @@ struct Runner {
     return true;
   }
 
+  std::string describe_fault() const {
+    const std::string who = cur ? where(*cur) : std::string("the block scheduler");
+    const char* did = fault_write ? "wrote" : "read";
+    const unsigned char* a = fault_addr;
+    for (const Buffer& b : buffers) {
+      const Allocation& m = b.alloc;
+      if (a < m.map || a >= m.map + m.map_len) continue;
+      if (a >= m.user)
+        return format("%s %s at byte offset %zu of the %zu-byte buffer of pointer parameter "
+                      "#%zu, past its end",
+                      who.c_str(), did, std::size_t(a - m.user), m.size, b.param);
+      return format("%s %s %zu bytes before the start of the %zu-byte buffer of pointer "
+                    "parameter #%zu",
+                    who.c_str(), did, std::size_t(m.user - a), m.size, b.param);
+    }
+    for (void* s : stacks) {
+      const auto* lo = static_cast<const unsigned char*>(s);
+      if (a >= lo && a < lo + page())
+        return format("%s overflowed its %zu-byte fiber stack (too much local memory)",
+                      who.c_str(), kStackSize);
+    }
+    return format("%s %s address %p (%s), which is inside none of the launch's buffers",
+                  who.c_str(), did, static_cast<const void*>(a),
+                  fault_signal == SIGBUS ? "SIGBUS" : "SIGSEGV");
+  }
+
   static void thread_main(void* arg);
 };
 
 thread_local Runner* g_runner = nullptr;
+
+// ---- memory faults -----------------------------------------------------------------------------
+
+struct sigaction g_old_segv, g_old_bus;
+
+// A fault inside a kernel becomes an error of its launch; any other fault goes to the handler
+// that was installed before (Rust's stack-overflow handler, or the default action).
+void on_fault(int sig, siginfo_t* info, void* ctx) {
+  Runner* r = g_runner;
+  if (r && r->in_kernel) {
+    r->in_kernel = 0;
+    r->fault_signal = sig;
+    r->fault_addr = static_cast<const unsigned char*>(info->si_addr);
+#if defined(__x86_64__)
+    // Page-fault error code, bit 1: the access was a write.
+    r->fault_write = (static_cast<ucontext_t*>(ctx)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+    r->fault_write = false;
+#endif
+    siglongjmp(r->fault_jmp, 1);
+  }
+  const struct sigaction& old = sig == SIGBUS ? g_old_bus : g_old_segv;
+  if (old.sa_flags & SA_SIGINFO) {
+    old.sa_sigaction(sig, info, ctx);
+    return;
+  }
+  if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) {
+    old.sa_handler(sig);
+    return;
+  }
+  signal(sig, SIG_DFL);  // returning re-executes the access, which now ends the process
+}
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+  });
+}
 
 Runner& runner() {
   thread_local Runner r;
@@ -490,16 +595,27 @@ extern "C" {
 
 int vitk_emu_alloc(size_t bytes, void** out) {
   if (!out) return set_error(VITK_EMU_INVALID_VALUE, "alloc: null output pointer");
-  void* raw = nullptr;
-  if (posix_memalign(&raw, kGuard, bytes + 2 * kGuard) != 0 || !raw)
+  const std::size_t page = page_size();
+  if (bytes > (std::size_t(1) << 46))
+    return set_error(VITK_EMU_OUT_OF_MEMORY, "alloc: %zu bytes exceed the emulator's limit",
+                     bytes);
+  const std::size_t span = (bytes + kAlign - 1) / kAlign * kAlign;  // bytes + slack
+  const std::size_t body = (kGuard + span + page - 1) / page * page;
+  const std::size_t len = body + 2 * page;
+  void* m = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED)
     return set_error(VITK_EMU_OUT_OF_MEMORY, "alloc: out of host memory for %zu bytes", bytes);
-  auto* p = static_cast<unsigned char*>(raw);
-  std::memset(p, kGuardByte, kGuard);
-  std::memset(p + kGuard, kPoisonByte, bytes);
-  std::memset(p + kGuard + bytes, kGuardByte, kGuard);
+  auto* map = static_cast<unsigned char*>(m);
+  if (mprotect(map + page, body, PROT_READ | PROT_WRITE) != 0) {
+    munmap(m, len);
+    return set_error(VITK_EMU_OUT_OF_MEMORY, "alloc: out of host memory for %zu bytes", bytes);
+  }
+  unsigned char* user = map + page + body - span;
+  std::memset(user - kGuard, kGuardByte, kGuard);
+  std::memset(user, kPoisonByte, span);
   std::lock_guard<std::mutex> lock(g_alloc_mutex);
-  allocations()[reinterpret_cast<std::uintptr_t>(p + kGuard)] = {p, bytes};
-  *out = p + kGuard;
+  allocations()[reinterpret_cast<std::uintptr_t>(user)] = {map, len, user, bytes, span - bytes};
+  *out = user;
   return VITK_EMU_OK;
 }
 
@@ -509,7 +625,7 @@ int vitk_emu_free(void* ptr) {
   auto it = allocations().find(reinterpret_cast<std::uintptr_t>(ptr));
   if (it == allocations().end())
     return set_error(VITK_EMU_INVALID_VALUE, "free: %p is not an emulator allocation", ptr);
-  std::free(it->second.raw);
+  munmap(it->second.map, it->second.map_len);
   allocations().erase(it);
   return VITK_EMU_OK;
 }
@@ -580,22 +696,25 @@ static int launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, 
   std::vector<const void*> ptrs(k.pointer_count);
   if (k.pointer_count) k.pointers(params, ptrs.data());
   std::vector<std::pair<std::uintptr_t, size_t>> touched;  // (base, index of the pointer param)
+  Runner& r = runner();
+  if (g_runner)
+    return set_error(VITK_EMU_INVALID_VALUE, "kernel '%s' launched from inside a kernel", name);
+  r.buffers.clear();
   {
     std::lock_guard<std::mutex> lock(g_alloc_mutex);
     for (size_t i = 0; i < ptrs.size(); i++) {
       if (!ptrs[i]) continue;
       std::uintptr_t base = 0;
-      if (!find_allocation(ptrs[i], 0, &base))
+      const Allocation* a = find_allocation(ptrs[i], 0, &base);
+      if (!a)
         return set_error(VITK_EMU_INVALID_VALUE,
                          "kernel '%s': pointer parameter #%zu (%p) is not an emulator allocation",
                          name, i, ptrs[i]);
       touched.push_back({base, i});
+      r.buffers.push_back({*a, i});
     }
   }
-
-  Runner& r = runner();
-  if (g_runner)
-    return set_error(VITK_EMU_INVALID_VALUE, "kernel '%s' launched from inside a kernel", name);
+  install_fault_handler();
   r.n = unsigned(threads);
   if (r.threads.size() < r.n) r.threads.resize(r.n);
   for (unsigned i = 0; i < r.n; i++)
@@ -611,13 +730,23 @@ static int launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, 
   r.view.grid_dim = grid;
 
   g_runner = &r;
+  r.cur = nullptr;
   bool ok = true;
-  for (unsigned z = 0; ok && z < grid.z; z++)
-    for (unsigned y = 0; ok && y < grid.y; y++)
-      for (unsigned x = 0; ok && x < grid.x; x++) {
-        r.view.block_idx = {x, y, z};
-        ok = r.run_block();
-      }
+  if (sigsetjmp(r.fault_jmp, 1) == 0) {
+    r.in_kernel = 1;
+    for (unsigned z = 0; ok && z < grid.z; z++)
+      for (unsigned y = 0; ok && y < grid.y; y++)
+        for (unsigned x = 0; ok && x < grid.x; x++) {
+          r.view.block_idx = {x, y, z};
+          ok = r.run_block();
+        }
+    r.in_kernel = 0;
+  } else {
+    // A memory fault in a fiber: its block is abandoned (fibers are re-initialised by the
+    // next launch) and the launch fails.
+    ok = false;
+    r.error = r.describe_fault();
+  }
   g_runner = nullptr;
   g_thread = nullptr;
   g_block = nullptr;
@@ -632,7 +761,7 @@ static int launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, 
       auto [before, after] = check_guards(a->second);
       if ((before || after) && oob.empty())
         oob = format("kernel '%s' wrote outside the %zu-byte buffer of pointer parameter #%zu "
-                     "(%zu guard bytes changed before its start, %zu after its end)",
+                     "(%zu guard bytes changed before its start, %zu slack bytes past its end)",
                      name, a->second.size, param, before, after);
     }
   }

@@ -67,3 +67,10 @@ extern "C" __global__ void vitk_emutest_divergent_barrier(int* out) {
   out[threadIdx.x] = 1;
 }
 VITK_EXPORT(vitk_emutest_divergent_barrier)
+
+// out[i] = in[i + 1] for i < n: the last thread reads in[n], one float past an n-float buffer.
+extern "C" __global__ void vitk_emutest_read_past_end(float* out, const float* in, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i + 1];
+}
+VITK_EXPORT(vitk_emutest_read_past_end)
