@@ -4,7 +4,7 @@
 //             dx is OVERWRITTEN (the input of GELU is fc1's output, used nowhere else).
 // 1 + erf(x/sqrt2) is computed as erfc(-x/sqrt2): for x << 0 the sum cancels to a few
 // correct bits in fp32, erfc keeps full relative precision.
-// Launch: 1-D blocks of 256, grid ceil(n / 256) (capped; the loop is grid-stride).
+// Launch: 1-D blocks of 256, grid min(ceil(n / 256), 2048); the loop is grid-stride.
 // Memory traffic: forward reads n and writes n floats; backward reads 2n, writes n.
 #include "common.cuh"
 

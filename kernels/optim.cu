@@ -11,7 +11,7 @@
 //                       with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) computed
 //                       in double on the host, exactly as src/train/adamw.rs.
 // Launch: sumsq: VITK_NORM_BLOCKS blocks of 256 (grid-stride); clip: 1 thread; adamw: 1-D
-//         blocks of 256, grid-stride.
+//         blocks of 256, grid min(ceil(n / 256), 2048), grid-stride.
 // Memory traffic: norm reads n floats; adamw reads p, g, m, v and the mask (17 bytes per
 //         scalar) and writes p, m, v (12 bytes).
 #include "common.cuh"

@@ -2,7 +2,9 @@
 //! at shapes that are not multiples of any block size, with outputs poisoned (NaN) before the
 //! launch. Device: the emulator, or a GPU with VITK_TEST_DEVICE=cuda.
 
+mod common;
 mod gpu_common;
+mod reference;
 
 use gpu_common::{check, device, rng, tol, uniform, widen};
 use std::sync::Arc;
@@ -57,7 +59,15 @@ fn patch_embed_im2col_matches_cpu() {
     let rt = device();
     let mut rng = rng("patch_embed");
     // (batch, channels, side, patch)
-    for (b, c, s, p) in [(1, 1, 4, 2), (3, 3, 20, 4), (2, 5, 33, 11), (1, 3, 35, 7)] {
+    // ... and the model shapes: CIFAR-10 at patch 4, and 224 at patch 16 (ViT-B/16's input)
+    for (b, c, s, p) in [
+        (1, 1, 4, 2),
+        (3, 3, 20, 4),
+        (2, 5, 33, 11),
+        (1, 3, 35, 7),
+        (8, 3, 32, 4),
+        (2, 3, 224, 16),
+    ] {
         let case = format!("B={b} C={c} S={s} P={p}");
         let images = uniform(&mut rng, b * c * s * s, 1.0);
         let n = (s / p) * (s / p);
@@ -84,8 +94,16 @@ fn patch_embed_im2col_matches_cpu() {
 fn layernorm_forward_and_backward_match_cpu() {
     let rt = device();
     let mut rng = rng("layernorm");
-    // (rows, dim): rows > 128 make backward blocks own several rows
-    for (rows, dim) in [(1, 7), (7, 37), (19, 768), (130, 100), (300, 65)] {
+    // (rows, dim): rows > 128 make backward blocks own several rows; 1040 x 256 is 16
+    // images of `seed` (9 rows per block)
+    for (rows, dim) in [
+        (1, 7),
+        (7, 37),
+        (19, 768),
+        (130, 100),
+        (300, 65),
+        (1040, 256),
+    ] {
         let case = format!("R={rows} D={dim}");
         let x: Vec<f32> = uniform(&mut rng, rows * dim, 2.0)
             .iter()
@@ -205,7 +223,8 @@ fn layernorm_forward_and_backward_match_cpu() {
 fn gelu_forward_and_backward_match_cpu() {
     let rt = device();
     let mut rng = rng("gelu");
-    for n in [1, 31, 1000, 4099, 70_001] {
+    // 2^20 + 3 elements pass the 2048-block grid of the elementwise launch twice
+    for n in [1, 31, 1000, 4099, 70_001, (1 << 20) + 3] {
         let case = format!("n={n}");
         let x = uniform(&mut rng, n, 4.0);
         let dout = uniform(&mut rng, n, 1.0);
@@ -315,12 +334,15 @@ fn matmul_linear_forward_backward_match_cpu() {
     let rt = device();
     let mut rng = rng("matmul");
     // (rows, in, out): none a multiple of the 64 x 64 x 16 tiles, some smaller than a tile
+    // 1040 x 192 x 200: 16 images of 65 tokens, 17 x 4 tiles and 12 K-steps forward, 65
+    // K-steps in the weight gradient
     for (r, i, o) in [
         (1, 1, 1),
         (3, 5, 7),
         (67, 45, 70),
         (130, 17, 65),
         (9, 100, 3),
+        (1040, 192, 200),
     ] {
         let case = format!("R={r} I={i} O={o}");
         let x = uniform(&mut rng, r * i, 1.0);
@@ -450,7 +472,8 @@ fn head_major(qkv: &[f32], b: usize, t: usize, h: usize, hd: usize) -> Vec<f32> 
 fn qkv_matmul_writes_head_major() {
     let rt = device();
     let mut rng = rng("qkv");
-    for (b, t, h, hd) in [(2, 5, 2, 3), (3, 17, 3, 7), (1, 70, 1, 5)] {
+    // ... and `seed`'s shape (T = 65, H = 8, hd = 32)
+    for (b, t, h, hd) in [(2, 5, 2, 3), (3, 17, 3, 7), (1, 70, 1, 5), (2, 65, 8, 32)] {
         let case = format!("B={b} T={t} H={h} hd={hd}");
         let d = h * hd;
         let x = uniform(&mut rng, b * t * d, 1.0);
@@ -497,6 +520,8 @@ fn attention_forward_and_backward_match_cpu() {
         (1, 65, 2, 33, true),
         (2, 37, 3, 7, false),
         (1, 90, 1, 40, true), // 4 * 90 * 41 * 4 bytes > 48 KiB: backward falls back
+        (2, 65, 8, 32, true), // `seed`: staged forward and backward
+        (1, 197, 3, 64, true), // ViT-Ti/16 at 224: too large to stage, both fall back
     ] {
         let case = format!("B={b} T={t} H={h} hd={hd} stage={stage}");
         let d = h * hd;
@@ -560,6 +585,7 @@ fn cross_entropy_matches_cpu() {
         (37, 5, 0.0),
         (9, 1000, 0.2),
         (300, 33, 0.1),
+        (512, 10, 0.1), // a batch of 512: 64 rows per warp
     ] {
         let case = format!("B={b} K={k} eps={eps}");
         let logits = uniform(&mut rng, b * k, 4.0);
@@ -607,65 +633,100 @@ fn tiny_config(pool: Pool) -> ModelConfig {
     }
 }
 
+/// A model of 1.23 M parameters: past the 65,536 threads of the norm's grid-stride loop and
+/// the 2048 x 256 threads of the AdamW launch.
+fn large_config() -> ModelConfig {
+    ModelConfig {
+        image_size: 16,
+        patch_size: 4,
+        in_chans: 3,
+        num_classes: 10,
+        embed_dim: 160,
+        depth: 4,
+        num_heads: 4,
+        mlp_dim: 640,
+        pool: Pool::Cls,
+    }
+}
+
 #[test]
 fn adamw_and_clipping_match_cpu() {
     let rt = device();
     let mut rng = rng("adamw");
-    let layout = ParamLayout::new(&tiny_config(Pool::Cls));
+    let small = ParamLayout::new(&tiny_config(Pool::Cls));
+    let large = ParamLayout::new(&large_config());
+    assert!(large.len > 1_200_000);
+    for (layout, clip, steps) in [
+        (&small, None, 3u64),
+        (&small, Some(0.5), 2),
+        (&small, Some(1e6), 1),
+        (&large, Some(0.5), 2),
+        (&large, None, 1),
+    ] {
+        adamw_case(&rt, &mut rng, layout, clip, steps);
+    }
+}
+
+fn adamw_case(
+    rt: &Arc<dyn Runtime>,
+    rng: &mut rand::rngs::StdRng,
+    layout: &ParamLayout,
+    clip: Option<f64>,
+    steps: u64,
+) {
+    let rt = rt.clone();
     let n = layout.len;
     let cfg = AdamWConfig::default();
-    for (clip, steps) in [(None, 3u64), (Some(0.5), 2), (Some(1e6), 1)] {
-        let case = format!("n={n} clip={clip:?} steps={steps}");
-        let p0 = uniform(&mut rng, n, 1.0);
-        let mut cpu_opt = AdamW::<f64>::new(cfg, n);
-        let mut p = widen(&p0);
-        let (gp, gm, gv) = (up(&rt, &p0), up(&rt, &vec![0.0; n]), up(&rt, &vec![0.0; n]));
-        let mask: Vec<u8> = {
-            let mut m = vec![0u8; n];
-            for e in &layout.entries {
-                if e.decay {
-                    m[e.range.clone()].fill(1);
-                }
+    let case = format!("n={n} clip={clip:?} steps={steps}");
+    let p0 = uniform(rng, n, 1.0);
+    let mut cpu_opt = AdamW::<f64>::new(cfg, n);
+    let mut p = widen(&p0);
+    let (gp, gm, gv) = (up(&rt, &p0), up(&rt, &vec![0.0; n]), up(&rt, &vec![0.0; n]));
+    let mask: Vec<u8> = {
+        let mut m = vec![0u8; n];
+        for e in &layout.entries {
+            if e.decay {
+                m[e.range.clone()].fill(1);
             }
-            m
-        };
-        let decay = DeviceBuffer::from_slice(&rt, &mask).unwrap();
-        let stats = nans(&rt, 4);
-        let partial = DeviceBuffer::<f64>::new(&rt, kernels::NORM_BLOCKS).unwrap();
-        for t in 1..=steps {
-            let g = uniform(&mut rng, n, 0.3);
-            let mut g64 = widen(&g);
-            let lr = 1e-2 / t as f64;
-            let gg = up(&rt, &g);
-            if let Some(max) = clip {
-                let norm = vitk::train::clip_grad_norm(&mut g64, max);
-                kernels::grad_norm_clip(&*rt, stats.view(), &partial, gg.view(), max).unwrap();
-                let s = get(&rt, stats.view());
-                check(
-                    &case,
-                    "clip.norm",
-                    tol(TOLERANCES, "clip.norm"),
-                    &s[2..3],
-                    &[norm],
-                );
-            }
-            cpu_opt.update(&layout, &mut p, &g64, lr);
-            kernels::adamw(
-                &*rt,
-                gp.view(),
-                gm.view(),
-                gv.view(),
-                gg.view(),
-                &decay,
-                clip.map(|_| stats.view()),
-                kernels::AdamWStep::new(&cfg, t, lr),
-            )
-            .unwrap();
         }
-        cmp(&rt, &case, "adamw.params", gp.view(), &p);
-        cmp(&rt, &case, "adamw.m", gm.view(), &cpu_opt.m);
-        cmp(&rt, &case, "adamw.v", gv.view(), &cpu_opt.v);
+        m
+    };
+    let decay = DeviceBuffer::from_slice(&rt, &mask).unwrap();
+    let stats = nans(&rt, 4);
+    let partial = DeviceBuffer::<f64>::new(&rt, kernels::NORM_BLOCKS).unwrap();
+    for t in 1..=steps {
+        let g = uniform(rng, n, 0.3);
+        let mut g64 = widen(&g);
+        let lr = 1e-2 / t as f64;
+        let gg = up(&rt, &g);
+        if let Some(max) = clip {
+            let norm = vitk::train::clip_grad_norm(&mut g64, max);
+            kernels::grad_norm_clip(&*rt, stats.view(), &partial, gg.view(), max).unwrap();
+            let s = get(&rt, stats.view());
+            check(
+                &case,
+                "clip.norm",
+                tol(TOLERANCES, "clip.norm"),
+                &s[2..3],
+                &[norm],
+            );
+        }
+        cpu_opt.update(layout, &mut p, &g64, lr);
+        kernels::adamw(
+            &*rt,
+            gp.view(),
+            gm.view(),
+            gv.view(),
+            gg.view(),
+            &decay,
+            clip.map(|_| stats.view()),
+            kernels::AdamWStep::new(&cfg, t, lr),
+        )
+        .unwrap();
     }
+    cmp(&rt, &case, "adamw.params", gp.view(), &p);
+    cmp(&rt, &case, "adamw.m", gm.view(), &cpu_opt.m);
+    cmp(&rt, &case, "adamw.v", gv.view(), &cpu_opt.v);
 }
 
 #[test]
@@ -677,6 +738,7 @@ fn tokens_and_pooling_match_cpu() {
         (3, 7, 13, true),
         (2, 9, 33, false),
         (5, 64, 37, true),
+        (8, 64, 256, true), // `seed`
     ] {
         let case = format!("B={b} N={n} D={d} cls={cls}");
         let t = n + usize::from(cls);
@@ -748,6 +810,257 @@ fn tokens_and_pooling_match_cpu() {
             kernels::pool_backward(&*rt, gpdx.view(), up(&rt, &dp).view(), b, t, d, mean).unwrap();
             cmp(&rt, &case, "pool.pooled", gp.view(), &pooled);
             cmp(&rt, &case, "pool.dx", gpdx.view(), &pdx);
+        }
+    }
+}
+
+// ---- hostile numerics -------------------------------------------------------------------------
+
+const U32: f64 = f32::EPSILON as f64 / 2.0;
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Scores of about ±200 (a softmax without its max subtraction overflows), at a staged and an
+/// unstaged shape, against the plain f64 reference.
+#[test]
+fn attention_with_scores_of_200() {
+    let rt = device();
+    let mut rng = rng("attention_large_scores");
+    for (b, t, h, hd, stage) in [(2, 37, 2, 16, true), (1, 70, 2, 16, false)] {
+        let d = h * hd;
+        let qkv = uniform(&mut rng, b * t * 3 * d, 14.0);
+        let q64 = widen(&qkv);
+        let max_score = max_abs_score(&q64, b, t, h, hd);
+        let case = format!("B={b} T={t} H={h} hd={hd} stage={stage} max|score|={max_score:.0}");
+        assert!(max_score > 150.0, "{case}: scores are not large");
+        let dout = uniform(&mut rng, b * t * d, 1.0);
+        let (out, probs) = reference::attention(&q64, b, t, h, hd);
+        let dqkv = reference::attention_grad(&q64, &widen(&dout), b, t, h, hd);
+        // A score carries ≈ (hd + 2)·u·Σ|q||k| ≤ (hd + 2)·u·|score|·√hd-ish of rounding, which
+        // moves its probability by that much relatively; everything downstream inherits it.
+        let tol = 4.0 * max_score * hd as f64 * U32;
+        let hm = up(&rt, &head_major(&qkv, b, t, h, hd));
+        let n = b * t * d;
+        let (q, k, v) = (
+            hm.view().slice(0, n),
+            hm.view().slice(n, n),
+            hm.view().slice(2 * n, n),
+        );
+        let dims = AttnDims {
+            batch: b,
+            heads: h,
+            tokens: t,
+            head_dim: hd,
+        };
+        let (g_out, g_probs) = (nans(&rt, n), nans(&rt, b * h * t * t));
+        kernels::attention_forward(&*rt, g_out.view(), g_probs.view(), q, k, v, dims, stage)
+            .unwrap();
+        check(&case, "attention.out", tol, &get(&rt, g_out.view()), &out);
+        check(
+            &case,
+            "attention.probs",
+            tol,
+            &get(&rt, g_probs.view()),
+            &probs,
+        );
+        let (g_dqkv, g_ds) = (nans(&rt, 3 * n), nans(&rt, b * h * t * t));
+        kernels::attention_backward(
+            &*rt,
+            g_dqkv.view(),
+            g_ds.view(),
+            up(&rt, &dout).view(),
+            g_probs.view(),
+            q,
+            k,
+            v,
+            dims,
+            stage,
+        )
+        .unwrap();
+        check(
+            &case,
+            "attention.dqkv",
+            tol,
+            &get(&rt, g_dqkv.view()),
+            &dqkv,
+        );
+    }
+}
+
+/// Largest |q·k|/√hd over all (batch, head, i, j) of token-major qkv.
+fn max_abs_score(qkv: &[f64], b: usize, t: usize, h: usize, hd: usize) -> f64 {
+    let d = h * hd;
+    let mut m = 0.0f64;
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t {
+                for j in 0..t {
+                    let s: f64 = (0..hd)
+                        .map(|e| {
+                            qkv[(bi * t + i) * 3 * d + hi * hd + e]
+                                * qkv[(bi * t + j) * 3 * d + d + hi * hd + e]
+                        })
+                        .sum();
+                    m = m.max((s / (hd as f64).sqrt()).abs());
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Rows of variance ≈ eps and constant rows (reference::hostile_layernorm_rows): eps = 1e-5
+/// instead of 1e-6 halves rstd on them.
+#[test]
+fn layernorm_rows_of_tiny_and_zero_variance() {
+    let rt = device();
+    let mut rng = rng("layernorm_hostile");
+    let (r, d, offset) = (6, 256, 0.25);
+    let x = reference::hostile_layernorm_rows(r, d, offset, 71);
+    let w: Vec<f32> = uniform(&mut rng, d, 0.5).iter().map(|v| v + 1.0).collect();
+    let b = uniform(&mut rng, d, 0.5);
+    let dout = uniform(&mut rng, r * d, 1.0);
+    let (w64, b64) = (widen(&w), widen(&b));
+    let (out, mean, rstd) = reference::layernorm(&x, &w64, &b64, d);
+    let [dx, dw, db] = reference::layernorm_grads(&widen(&dout), &x, &w64, d);
+    // The block-wide mean's rounding (≤ (log2(D) + 2)·u·offset for one element per thread
+    // and a tree) shifts x̂ by that times rstd (≤ 1000); 4x margin.
+    let tol = 4.0 * ((d as f64).log2() + 2.0) * U32 * offset * 1000.0;
+    let case = format!(
+        "R={r} D={d} offset={offset} rstd={:.0}..{:.0}",
+        rstd[0], rstd[1]
+    );
+    let (g_out, g_mean, g_rstd) = (nans(&rt, r * d), nans(&rt, r), nans(&rt, r));
+    let (gx, gw) = (up(&rt, &to_f32(&x)), up(&rt, &w));
+    kernels::layernorm_forward(
+        &*rt,
+        g_out.view(),
+        g_mean.view(),
+        g_rstd.view(),
+        gx.view(),
+        gw.view(),
+        up(&rt, &b).view(),
+        d,
+    )
+    .unwrap();
+    let got_out = get(&rt, g_out.view());
+    check(&case, "layernorm.out", tol, &got_out, &out);
+    check(
+        &case,
+        "layernorm.mean",
+        1e-6,
+        &get(&rt, g_mean.view()),
+        &mean,
+    );
+    check(
+        &case,
+        "layernorm.rstd",
+        1e-5,
+        &get(&rt, g_rstd.view()),
+        &rstd,
+    );
+    for row in (1..r).step_by(2) {
+        assert_eq!(
+            &got_out[row * d..(row + 1) * d],
+            &b[..],
+            "constant row {row} is not the bias"
+        );
+    }
+    let (g_dx, g_dw, g_db) = (
+        up(&rt, &vec![0.0; r * d]),
+        up(&rt, &vec![0.0; d]),
+        up(&rt, &vec![0.0; d]),
+    );
+    let scratch = nans(&rt, kernels::layernorm_backward_scratch_len(r, d));
+    kernels::layernorm_backward(
+        &*rt,
+        g_dx.view(),
+        g_dw.view(),
+        g_db.view(),
+        scratch.view(),
+        up(&rt, &dout).view(),
+        gx.view(),
+        g_mean.view(),
+        g_rstd.view(),
+        gw.view(),
+        d,
+    )
+    .unwrap();
+    check(&case, "layernorm.dx", tol, &get(&rt, g_dx.view()), &dx);
+    check(&case, "layernorm.dweight", tol, &get(&rt, g_dw.view()), &dw);
+    check(&case, "layernorm.dbias", 1e-5, &get(&rt, g_db.view()), &db);
+}
+
+/// Exact ties (the first arg-max counts), all-equal rows and logits of ±1e4
+/// (reference::hostile_logits), at a batch spread over every warp.
+#[test]
+fn cross_entropy_with_ties_equal_rows_and_huge_logits() {
+    let rt = device();
+    let (b, k) = (40, 10);
+    let (logits, labels) = reference::hostile_logits(b, k, 81);
+    for eps in [0.0, 0.1] {
+        let case = format!("hostile rows B={b} K={k} eps={eps}");
+        let (loss, correct, dl) = reference::cross_entropy(&logits, &labels, k, eps);
+        let (stats, g_dl) = (nans(&rt, 4), nans(&rt, b * k));
+        let g_labels = DeviceBuffer::from_slice(&rt, &labels).unwrap();
+        kernels::cross_entropy(
+            &*rt,
+            stats.view(),
+            g_dl.view(),
+            up(&rt, &to_f32(&logits)).view(),
+            &g_labels,
+            b,
+            k,
+            eps as f32,
+        )
+        .unwrap();
+        let s = get(&rt, stats.view());
+        assert_eq!(s[1] as usize, correct, "{case}: correct count");
+        // Row losses up to ~2e4 summed over 40 rows in fp32: ≤ 40·u relative.
+        check(&case, "cross_entropy.loss", 1e-5, &s[..1], &[loss]);
+        check(
+            &case,
+            "cross_entropy.dlogits",
+            1e-5,
+            &get(&rt, g_dl.view()),
+            &dl,
+        );
+    }
+}
+
+/// GELU at the ends of erf's and exp's ranges, element by element: erfc keeps the lower tail's
+/// relative precision (1 + erf would return 0 below x ≈ −5.5 in fp32).
+#[test]
+fn gelu_at_the_ends_of_its_range() {
+    let rt = device();
+    let mut x: Vec<f32> = Vec::new();
+    for i in 0..=280 {
+        let v = -12.0 + i as f32 * 0.025; // −12 .. −5
+        x.extend([v, -v]);
+    }
+    x.extend([40.0, 88.0, 1e4, -1e4, 0.0, -0.0, 1e-30, -1e-30]);
+    let n = x.len();
+    let (gx, g_out, g_dx) = (up(&rt, &x), nans(&rt, n), nans(&rt, n));
+    kernels::gelu_forward(&*rt, g_out.view(), gx.view()).unwrap();
+    kernels::gelu_backward(&*rt, g_dx.view(), up(&rt, &vec![1.0; n]).view(), gx.view()).unwrap();
+    let (out, dx) = (get(&rt, g_out.view()), get(&rt, g_dx.view()));
+    for i in 0..n {
+        let v = x[i] as f64;
+        // erfc(z) and exp(−z²) have condition number ≈ 2z² = x²: the rounding of x/√2 and
+        // x²/2 (u each) costs x²·u relative, plus a few ulps of erfcf/expf themselves.
+        let tol = (2.0 * v * v + 32.0) * U32;
+        for (name, got, want) in [
+            ("gelu", out[i], reference::gelu(v)),
+            ("gelu'", dx[i], reference::gelu_grad(v)),
+        ] {
+            let err = (got as f64 - want).abs();
+            assert!(
+                err <= tol * want.abs() + 1e-37,
+                "{name}({v}) = {got} vs {want}: relative error {:e} > {tol:e}",
+                err / want.abs()
+            );
         }
     }
 }

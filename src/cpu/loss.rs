@@ -44,10 +44,11 @@ pub fn cross_entropy<F: Float>(
                     |a, (i, v)| if v > a.1 { (i, v) } else { a },
                 );
         correct += usize::from(arg == y);
-        let sum_exp: F = row.iter().map(|&v| (v - max).exp()).sum();
-        let log_z = max + sum_exp.ln();
-        let nll = log_z - row[y];
-        let mean_nll = log_z - row.iter().copied().sum::<F>() * inv_k;
+        // Through l − max only: log_z = max + lse would round away the precision of the
+        // probabilities when the logits are large.
+        let lse = row.iter().map(|&v| (v - max).exp()).sum::<F>().ln();
+        let nll = (max - row[y]) + lse;
+        let mean_nll = (max - row.iter().copied().sum::<F>() * inv_k) + lse;
         total += ((F::one() - eps) * nll + eps * mean_nll).to_f64();
         if let Some(d) = dlogits.as_deref_mut() {
             let d = &mut d[b * classes..(b + 1) * classes];
@@ -57,7 +58,7 @@ pub fn cross_entropy<F: Float>(
                 } else {
                     eps * inv_k
                 };
-                *g = ((v - log_z).exp() - target) * inv_b;
+                *g = (((v - max) - lse).exp() - target) * inv_b;
             }
         }
     }

@@ -210,10 +210,14 @@ pub fn layernorm_backward(
     )
 }
 
+/// Most blocks an elementwise (grid-stride) launch uses: 2048 x 256 threads is two waves of
+/// a 132-SM GPU at full occupancy; larger inputs loop (the tests cross this at 2^19 items).
+pub const ELEMENTWISE_MAX_BLOCKS: u32 = 2048;
+
 /// Blocks for elementwise kernels: grid-stride loops, so the grid is capped.
 fn elementwise(n: usize) -> LaunchConfig {
     let mut cfg = LaunchConfig::for_items(n, BLOCK);
-    cfg.grid.0 = cfg.grid.0.min(65_535);
+    cfg.grid.0 = cfg.grid.0.min(ELEMENTWISE_MAX_BLOCKS);
     cfg
 }
 
