@@ -14,9 +14,10 @@ use vitk::cpu::loss::cross_entropy;
 use vitk::cpu::patch_embed::im2col;
 use vitk::cpu::pooling::{pool_backward, pool_forward};
 use vitk::cpu::tokens::{tokens_backward, tokens_forward};
+use vitk::cpu::AdamW;
 use vitk::cpu::CpuEngine;
 use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
-use vitk::train::{AdamW, AdamWConfig};
+use vitk::optim::AdamWConfig;
 
 const BATCH: usize = 128;
 

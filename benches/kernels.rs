@@ -15,7 +15,7 @@ use vitk::gpu::cuda::CudaRuntime;
 use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue};
 use vitk::gpu::{DView, DeviceBuffer, GpuResult, GpuTrainer, Runtime};
 use vitk::model::{init_params, ModelConfig, ParamLayout};
-use vitk::train::AdamWConfig;
+use vitk::optim::AdamWConfig;
 
 const B: usize = 128;
 

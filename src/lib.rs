@@ -4,6 +4,8 @@
 pub mod atomic;
 pub mod cpu;
 pub mod data;
+pub mod engine;
 pub mod gpu;
 pub mod model;
+pub mod optim;
 pub mod train;

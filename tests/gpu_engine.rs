@@ -8,9 +8,10 @@ mod gpu_common;
 
 use gpu_common::{check, device, rng, uniform, widen};
 use vitk::cpu::CpuEngine;
+use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::gpu::GpuTrainer;
 use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
-use vitk::train::{clip_grad_norm, AdamW, AdamWConfig};
+use vitk::optim::AdamWConfig;
 
 /// Norm-wise relative error allowed, by tensor family (f32 device engine vs f64 CPU engine).
 const TOLERANCES: &[(&str, f64)] = &[

@@ -9,10 +9,11 @@ mod reference;
 use gpu_common::{check, device, rng, tol, uniform, widen};
 use std::sync::Arc;
 use vitk::cpu;
+use vitk::cpu::AdamW;
 use vitk::gpu::kernels::{AttnDims, LinearEpilogue};
 use vitk::gpu::{kernels, DView, DeviceBuffer, Runtime};
 use vitk::model::{ModelConfig, ParamLayout, Pool};
-use vitk::train::{AdamW, AdamWConfig};
+use vitk::optim::AdamWConfig;
 
 /// Norm-wise relative error allowed per tensor (f32 kernels vs the f64 CPU op).
 const TOLERANCES: &[(&str, f64)] = &[
@@ -700,7 +701,7 @@ fn adamw_case(
         let lr = 1e-2 / t as f64;
         let gg = up(&rt, &g);
         if let Some(max) = clip {
-            let norm = vitk::train::clip_grad_norm(&mut g64, max);
+            let norm = vitk::cpu::clip_grad_norm(&mut g64, max);
             kernels::grad_norm_clip(&*rt, stats.view(), &partial, gg.view(), max).unwrap();
             let s = get(&rt, stats.view());
             check(

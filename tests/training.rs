@@ -4,8 +4,10 @@ mod common;
 
 use common::{assert_close, rand_vec};
 use vitk::cpu::CpuEngine;
+use vitk::cpu::{clip_grad_norm, global_norm, AdamW};
 use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
-use vitk::train::{clip_grad_norm, global_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+use vitk::optim::AdamWConfig;
+use vitk::train::{LrSchedule, ScheduleKind};
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {

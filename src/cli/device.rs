@@ -8,9 +8,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
+use vitk::cpu::CpuTrainer;
+use vitk::engine::TrainEngine;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
 use vitk::model::ModelConfig;
-use vitk::train::{AdamWConfig, CpuTrainer, TrainEngine};
+use vitk::optim::AdamWConfig;
 
 /// The engines this build can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

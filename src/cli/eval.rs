@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::{self, Normalize};
 use vitk::model::load_checkpoint;
-use vitk::train::{evaluate, AdamWConfig};
+use vitk::optim::AdamWConfig;
+use vitk::train::evaluate;
 
 #[derive(Args)]
 pub struct EvalArgs {

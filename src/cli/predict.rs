@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::to_tensor;
 use vitk::model::load_checkpoint;
-use vitk::train::AdamWConfig;
+use vitk::optim::AdamWConfig;
 
 #[derive(Args)]
 pub struct PredictArgs {

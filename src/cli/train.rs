@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vitk::data::{self, synthetic, Normalize, Splits};
 use vitk::model::{init_params, load_weights, ModelConfig, ParamLayout, Pool};
+use vitk::optim::AdamWConfig;
 use vitk::train::{
-    self, AdamWConfig, DataSource, LoopPosition, Outcome, RunDir, RunOptions, ScheduleKind,
-    TrainConfig,
+    self, DataSource, LoopPosition, Outcome, RunDir, RunOptions, ScheduleKind, TrainConfig,
 };
 
 /// Synthetic set of the default run: sizes and epochs that reach >= 95% validation

@@ -2,6 +2,7 @@
 //! and the whole-model engine built from them. Both a trainer and the numerical reference
 //! the GPU kernels are checked against.
 
+pub mod adamw;
 pub mod attention;
 mod carve;
 pub mod engine;
@@ -16,7 +17,10 @@ pub mod patch_embed;
 pub mod pooling;
 mod reduce;
 pub mod tokens;
+pub mod trainer;
 
+pub use adamw::{clip_grad_norm, global_norm, AdamW};
 pub use engine::CpuEngine;
 pub use float::Float;
 pub use loss::LossStats;
+pub use trainer::CpuTrainer;

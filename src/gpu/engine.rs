@@ -10,8 +10,9 @@ use std::sync::Arc;
 use super::error::{GpuError, GpuResult};
 use super::kernels::{self as k, AttnDims, LinearEpilogue};
 use super::runtime::{Carver, DView, DeviceBuffer, Runtime};
+use crate::engine::{OptimizerState, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::train::{AdamWConfig, OptimizerState, StepOutput, TrainEngine};
+use crate::optim::AdamWConfig;
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {

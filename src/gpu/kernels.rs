@@ -865,17 +865,17 @@ pub struct AdamWStep {
 }
 
 impl AdamWStep {
-    /// Scalars of step `t` (1-based) at rate `lr`.
-    pub fn new(cfg: &crate::train::AdamWConfig, t: u64, lr: f64) -> Self {
-        let t = t as i32;
+    /// Scalars of step `t` (1-based) at rate `lr` (src/optim.rs), in f32.
+    pub fn new(cfg: &crate::optim::AdamWConfig, t: u64, lr: f64) -> Self {
+        let s = crate::optim::AdamWScalars::new(cfg, t, lr);
         AdamWStep {
-            keep: (1.0 - lr * cfg.weight_decay) as f32,
-            step_size: (lr / (1.0 - cfg.beta1.powi(t))) as f32,
-            bc2_sqrt: (1.0 - cfg.beta2.powi(t)).sqrt() as f32,
-            b1c: (1.0 - cfg.beta1) as f32,
-            b2: cfg.beta2 as f32,
-            b2c: (1.0 - cfg.beta2) as f32,
-            eps: cfg.eps as f32,
+            keep: s.keep as f32,
+            step_size: s.step_size as f32,
+            bc2_sqrt: s.bc2_sqrt as f32,
+            b1c: s.b1c as f32,
+            b2: s.b2 as f32,
+            b2c: s.b2c as f32,
+            eps: s.eps as f32,
         }
     }
 }

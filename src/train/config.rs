@@ -1,9 +1,9 @@
 //! Everything that defines a training run; saved as config.json in the run directory so a
 //! run can be resumed and reproduced.
 
-use super::adamw::AdamWConfig;
 use super::schedule::ScheduleKind;
 use crate::model::ModelConfig;
+use crate::optim::AdamWConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

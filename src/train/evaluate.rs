@@ -1,8 +1,8 @@
 //! Evaluation over a whole dataset: loss, accuracy, per-class accuracy, confusion matrix.
 
-use super::engine::TrainEngine;
 use crate::cpu::loss::cross_entropy;
 use crate::data::{eval_batches, Dataset, Normalize};
+use crate::engine::TrainEngine;
 use serde::Serialize;
 
 /// Metrics of one pass over a dataset (loss without label smoothing).

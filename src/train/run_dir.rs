@@ -3,8 +3,8 @@
 //! --resume). Every file is written atomically; an existing run is never overwritten.
 
 use super::config::TrainConfig;
-use super::engine::OptimizerState;
 use crate::atomic::write_atomic;
+use crate::engine::OptimizerState;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -2,12 +2,12 @@
 //! logging and progress, evaluation and checkpoints at epoch ends, Ctrl-C and resume.
 
 use super::config::TrainConfig;
-use super::engine::TrainEngine;
 use super::evaluate::{evaluate, EvalResult};
 use super::metrics::{draw_curves, MetricsLog, Record};
 use super::run_dir::{LoopPosition, RunDir};
 use super::schedule::LrSchedule;
 use crate::data::{BatchLoader, LoaderConfig, Normalize, Splits};
+use crate::engine::TrainEngine;
 use crate::model::{save_checkpoint, CheckpointMeta};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,35 +1,10 @@
-//! AdamW with PyTorch's semantics (torch.optim.AdamW), over the flat parameter buffer.
-//!
-//! Per step t (1-based), for every parameter with gradient g:
-//!   p ← p · (1 − lr·wd)                      (decoupled decay; wd = 0 where the layout says no decay)
-//!   m ← m + (1 − β1)·(g − m)                 (PyTorch's lerp form)
-//!   v ← β2·v + (1 − β2)·g²
-//!   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+//! AdamW on the CPU (torch.optim.AdamW; the update rule is written out in src/optim.rs) and
+//! clip_grad_norm_, over the flat parameter buffer.
 
-use crate::cpu::Float;
+use super::Float;
 use crate::model::ParamLayout;
+use crate::optim::{AdamWConfig, AdamWScalars};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-
-/// Hyperparameters (PyTorch defaults except the weight decay, which is timm's usual 0.05).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.05,
-        }
-    }
-}
 
 /// Optimizer state: the two moments in the parameter layout, and the step count.
 #[derive(Clone, Debug)]
@@ -60,19 +35,12 @@ impl<F: Float> AdamW<F> {
             "AdamW: buffer sizes"
         );
         self.step += 1;
-        let c = self.cfg;
-        let t = self.step as i32;
         // Scalars as PyTorch computes them: in double precision, then used in F.
-        let step_size = F::of(lr / (1.0 - c.beta1.powi(t)));
-        let bc2_sqrt = F::of((1.0 - c.beta2.powi(t)).sqrt());
-        let (b1c, b2, b2c, eps) = (
-            F::of(1.0 - c.beta1),
-            F::of(c.beta2),
-            F::of(1.0 - c.beta2),
-            F::of(c.eps),
-        );
+        let s = AdamWScalars::new(&self.cfg, self.step, lr);
+        let (step_size, bc2_sqrt) = (F::of(s.step_size), F::of(s.bc2_sqrt));
+        let (b1c, b2, b2c, eps) = (F::of(s.b1c), F::of(s.b2), F::of(s.b2c), F::of(s.eps));
         for e in &layout.entries {
-            let keep = F::of(1.0 - lr * if e.decay { c.weight_decay } else { 0.0 });
+            let keep = if e.decay { F::of(s.keep) } else { F::one() };
             let r = e.range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)

@@ -1,0 +1,51 @@
+//! What the training loop needs from an engine, written once for every device: the CPU
+//! trainer (src/cpu/trainer.rs) and the device trainer (src/gpu/engine.rs) implement
+//! [`TrainEngine`]; the loop, evaluation, checkpoints and logs only see this interface.
+
+use anyhow::Result;
+
+/// Result of one optimizer step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutput {
+    /// Mean training loss of the batch (with label smoothing).
+    pub loss: f64,
+    /// Correct arg-max predictions in the batch.
+    pub correct: usize,
+    /// Global gradient norm before clipping (when clipping is on).
+    pub grad_norm: Option<f64>,
+}
+
+/// Optimizer state to save and restore: the AdamW moments in the parameter layout and the
+/// number of steps taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+}
+
+/// A model with its parameters and optimizer on some device. Device failures (a lost
+/// GPU, out of memory) come back as errors that name the operation.
+pub trait TrainEngine {
+    /// "cpu (2 threads)", "cuda:0 (NVIDIA H200)", ...
+    fn describe(&self) -> String;
+    /// Largest batch the engine's buffers hold.
+    fn max_batch(&self) -> usize;
+    /// Forward, loss, backward, optional clipping and one AdamW update at rate `lr`.
+    /// images [B, C, S, S] normalised, labels [B].
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        lr: f64,
+        smoothing: f64,
+        clip: Option<f64>,
+    ) -> Result<StepOutput>;
+    /// Logits [B, K] of images [B, C, S, S] (no state kept for backward is needed).
+    fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>>;
+    /// The parameters, flat in the [`ParamLayout`] order.
+    fn params(&self) -> Result<Vec<f32>>;
+    fn optimizer_state(&self) -> Result<OptimizerState>;
+    /// Replaces the parameters and optimizer state (resume).
+    fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()>;
+}
