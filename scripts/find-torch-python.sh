@@ -18,7 +18,7 @@ PYEOF
 if [[ -n "$missing" ]]; then
     echo "error: $PY lacks: $missing" >&2
     echo "  these comparison scripts need the PyTorch reference (not a vitk dependency):" >&2
-    echo "  python3 -m venv ~/pyref && ~/pyref/bin/pip install torch timm safetensors numpy" >&2
-    echo "  then run with PYTHON=~/pyref/bin/python" >&2
+    echo "  python3 -m venv VENV && VENV/bin/pip install torch timm safetensors numpy" >&2
+    echo "  (VENV: a new folder of your choice), then run with PYTHON=VENV/bin/python" >&2
     exit 2
 fi

@@ -1,5 +1,5 @@
 //! vitk: a Vision Transformer training engine with hand-written forward and backward passes,
-//! a rayon CPU engine and CUDA kernels. See DESIGN.md for the architecture.
+//! a rayon CPU engine and CUDA kernels. See docs/ARCHITECTURE.md for the architecture.
 
 pub mod atomic;
 pub mod cpu;
