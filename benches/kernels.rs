@@ -1,26 +1,376 @@
-//! GPU kernel benchmarks at the `seed` model's shapes (D256 L6 H8 M1024, T=65, batch 128):
-//! every kernel timed with CUDA events after warm-up, reported as GB/s (memory-bound kernels)
-//! or GFLOP/s (matmuls, attention), then a whole training step of the device engine.
-//!     cargo bench --bench kernels
-//! Without a CUDA device it says why and exits cleanly. Criterion drives the measurement;
-//! each sample is timed with CUDA events (`iter_custom`), not host clocks. Throughput is in
-//! bytes for memory-bound kernels and in elements = floating-point operations for the
-//! matmuls and attention (criterion's "Gelem/s" reads as GFLOP/s).
+//! GPU kernel benchmarks, timed with CUDA events after warm-up:
+//! 1. every matmul of a training step (forward, dX, dW of each linear layer) at the `seed`,
+//!    `small` and ViT-Ti/16-at-224 shapes, batch 128, in fp32 and bf16, as a table: time,
+//!    TFLOP/s, the fraction of the H200's dense bf16 peak (990 TFLOP/s; fp32 rows also against
+//!    its 67 TFLOP/s fp32 peak), and cuBLASLt at the same shapes and layouts when libcublasLt
+//!    loads (vitk/cuBLASLt > 1: vitk is slower; vitk's time includes its fused epilogue);
+//! 2. the other kernels at `seed` shapes (criterion; GB/s or GFLOP/s);
+//! 3. a whole training step of the device engine in both precisions (images/s).
+//!
+//! Run: `cargo bench --bench kernels`.
+//! Without a CUDA device it says why and exits cleanly. FLOPs and bytes come from the
+//! launchers' own cost figures where a kernel has one.
 
 use criterion::{Criterion, Throughput};
+use half::bf16;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vitk::engine::Precision;
+use vitk::gpu::cublaslt::{CublasLt, Product};
 use vitk::gpu::cuda::CudaRuntime;
-use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue};
-use vitk::gpu::{DView, DeviceBuffer, GpuResult, GpuTrainer, Runtime};
-use vitk::model::{init_params, ModelConfig, ParamLayout};
-use vitk::optim::AdamWConfig;
+use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
+use vitk::gpu::{DeviceBuffer, GpuResult, GpuTrainer, Runtime};
+use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::optim::{AdamWConfig, AdamWScalars};
 
 const B: usize = 128;
+/// Dense bf16 and plain fp32 peaks of an H200 SXM (vendor datasheet).
+const PEAK_BF16: f64 = 990e12;
+const PEAK_FP32: f64 = 67e12;
 
-fn buf(rt: &Arc<dyn Runtime>, n: usize, v: f32) -> DeviceBuffer<f32> {
-    DeviceBuffer::from_slice(rt, &vec![v; n]).expect("alloc")
+/// Device memory for the benches: fp32 and bf16 buffers of a constant value.
+struct Mem {
+    rt: Arc<dyn Runtime>,
+}
+
+impl Mem {
+    fn f32(&self, n: usize, v: f32) -> DeviceBuffer<f32> {
+        DeviceBuffer::from_slice(&self.rt, &vec![v; n.max(1)]).expect("alloc")
+    }
+    fn bf16(&self, n: usize, v: f32) -> DeviceBuffer<bf16> {
+        DeviceBuffer::from_slice(&self.rt, &vec![bf16::from_f32(v); n.max(1)]).expect("alloc")
+    }
+}
+
+/// An operand of `n` elements in precision `p`, kept alive by `keep`.
+fn operand(
+    mem: &Mem,
+    p: Precision,
+    n: usize,
+    v: f32,
+    keep: &mut (Vec<DeviceBuffer<f32>>, Vec<DeviceBuffer<bf16>>),
+) -> Operand {
+    match p {
+        Precision::Fp32 => {
+            let b = mem.f32(n, v);
+            let o = Operand::F32(b.view().slice(0, n));
+            keep.0.push(b);
+            o
+        }
+        Precision::Bf16 => {
+            let b = mem.bf16(n, v);
+            let o = Operand::Bf16(b.view().slice(0, n));
+            keep.1.push(b);
+            o
+        }
+    }
+}
+
+/// One matmul of a training step.
+struct Gemm {
+    layer: &'static str,
+    product: Product,
+    m: usize,
+    n: usize,
+    k: usize,
+    epilogue: &'static str,
+}
+
+/// The matmuls of one training step of `cfg` at batch `b`: forward, dX and dW of each layer.
+fn step_gemms(cfg: &ModelConfig, b: usize) -> Vec<Gemm> {
+    let (d, mlp, kk) = (cfg.embed_dim, cfg.mlp_dim, cfg.num_classes);
+    let (r, np, cpp) = (b * cfg.num_tokens(), b * cfg.num_patches(), cfg.patch_dim());
+    let g = |layer, product, m, n, k, epilogue| Gemm {
+        layer,
+        product,
+        m,
+        n,
+        k,
+        epilogue,
+    };
+    use Product::{Dw, Dx, Forward};
+    vec![
+        g("patch_embed", Forward, np, d, cpp, "bias"),
+        g("patch_embed", Dw, d, cpp, np, "+= (split-K, bias)"),
+        g("qkv", Forward, r, 3 * d, d, "bias, head-major"),
+        g("qkv", Dx, r, d, 3 * d, ""),
+        g("qkv", Dw, 3 * d, d, r, "+= (split-K, bias)"),
+        g("proj", Forward, r, d, d, "bias, +residual"),
+        g("proj", Dx, r, d, d, ""),
+        g("proj", Dw, d, d, r, "+= (split-K, bias)"),
+        g("fc1", Forward, r, mlp, d, "bias, gelu"),
+        g("fc1", Dx, r, d, mlp, ""),
+        g("fc1", Dw, mlp, d, r, "+= (split-K, bias)"),
+        g("fc2", Forward, r, d, mlp, "bias, +residual"),
+        g("fc2", Dx, r, mlp, d, "x gelu'"),
+        g("fc2", Dw, d, mlp, r, "+= (split-K, bias)"),
+        g("head", Forward, b, kk, d, "bias"),
+        g("head", Dx, b, d, kk, ""),
+        g("head", Dw, kk, d, b, "+= (bias)"),
+    ]
+}
+
+/// Launches vitk's kernel for one of the step's matmuls, with the epilogue the engine uses.
+fn vitk_gemm(rt: &dyn Runtime, g: &Gemm, bufs: &GemmBufs) -> GpuResult<()> {
+    let (m, n, kd) = (g.m, g.n, g.k);
+    match (g.product, g.layer) {
+        (Product::Forward, "qkv") => {
+            let (t, h) = bufs.qkv;
+            k::qkv_forward(
+                rt,
+                bufs.c_low(m * n),
+                bufs.a(m * kd),
+                bufs.b(n * kd),
+                bufs.bias(n),
+                m / t,
+                t,
+                h,
+                n / 3,
+            )
+        }
+        (Product::Forward, "proj" | "fc2") => k::linear_forward(
+            rt,
+            Operand::F32(bufs.c32.view().slice(0, m * n)),
+            bufs.a(m * kd),
+            bufs.b(n * kd),
+            bufs.bias(n),
+            LinearEpilogue::Residual(bufs.res.view().slice(0, m * n)),
+            m,
+            kd,
+            n,
+        ),
+        (Product::Forward, "fc1") => k::linear_forward(
+            rt,
+            bufs.c_low(m * n),
+            bufs.a(m * kd),
+            bufs.b(n * kd),
+            bufs.bias(n),
+            LinearEpilogue::Gelu {
+                pre: bufs.aux_low(m * n),
+            },
+            m,
+            kd,
+            n,
+        ),
+        (Product::Forward, _) => k::linear_forward(
+            rt,
+            Operand::F32(bufs.c32.view().slice(0, m * n)),
+            bufs.a(m * kd),
+            bufs.b(n * kd),
+            bufs.bias(n),
+            LinearEpilogue::Bias,
+            m,
+            kd,
+            n,
+        ),
+        (Product::Dx, layer) => {
+            // dX [M, N] = dY [M, K] · W [K, N]; fc2's dX goes to bf16 (fc1's dY) with gelu'.
+            let gelu = (layer == "fc2").then(|| bufs.aux_low(m * n));
+            let out = if gelu.is_some() || layer == "proj" {
+                bufs.c_low(m * n)
+            } else {
+                Operand::F32(bufs.c32.view().slice(0, m * n))
+            };
+            k::linear_backward_dx(rt, out, bufs.a(m * kd), bufs.b(kd * n), gelu, m, n, kd)
+        }
+        (Product::Dw, _) => k::linear_backward_dw(
+            rt,
+            bufs.c32.view().slice(0, m * n),
+            Some(bufs.bias_grad.view().slice(0, m)),
+            bufs.ws.view(),
+            bufs.a(kd * m),
+            bufs.b(kd * n),
+            kd,
+            n,
+            m,
+        ),
+    }
+}
+
+/// Operands large enough for every matmul of a model, in one precision.
+struct GemmBufs {
+    precision: Precision,
+    a32: DeviceBuffer<f32>,
+    b32: DeviceBuffer<f32>,
+    a16: DeviceBuffer<bf16>,
+    b16: DeviceBuffer<bf16>,
+    c32: DeviceBuffer<f32>,
+    c16: DeviceBuffer<bf16>,
+    aux32: DeviceBuffer<f32>,
+    aux16: DeviceBuffer<bf16>,
+    res: DeviceBuffer<f32>,
+    bias_v: DeviceBuffer<f32>,
+    bias_grad: DeviceBuffer<f32>,
+    ws: DeviceBuffer<f32>,
+    /// (tokens, heads) of the QKV scatter.
+    qkv: (usize, usize),
+}
+
+impl GemmBufs {
+    fn new(mem: &Mem, precision: Precision, gemms: &[Gemm], cfg: &ModelConfig) -> Self {
+        let most = |f: &dyn Fn(&Gemm) -> usize| gemms.iter().map(f).max().unwrap_or(1);
+        let (a, b, c) = (
+            most(&|g| g.m * g.k),
+            most(&|g| g.k * g.n),
+            most(&|g| g.m * g.n),
+        );
+        let ws = gemms
+            .iter()
+            .filter(|g| g.product == Product::Dw)
+            .map(|g| k::splitk_workspace_len(&*mem.rt, precision, g.k, g.n, g.m))
+            .max()
+            .unwrap_or(0);
+        let low = |n| if precision == Precision::Bf16 { n } else { 1 };
+        let high = |n| if precision == Precision::Fp32 { n } else { 1 };
+        GemmBufs {
+            precision,
+            a32: mem.f32(high(a), 0.01),
+            b32: mem.f32(high(b), 0.01),
+            a16: mem.bf16(low(a), 0.01),
+            b16: mem.bf16(low(b), 0.01),
+            c32: mem.f32(c, 0.0),
+            c16: mem.bf16(low(c), 0.0),
+            aux32: mem.f32(high(c), 0.1),
+            aux16: mem.bf16(low(c), 0.1),
+            res: mem.f32(c, 0.0),
+            bias_v: mem.f32(most(&|g| g.n.max(g.m)), 0.0),
+            bias_grad: mem.f32(most(&|g| g.m), 0.0),
+            ws: mem.f32(ws, 0.0),
+            qkv: (cfg.num_tokens(), cfg.num_heads),
+        }
+    }
+    fn a(&self, n: usize) -> Operand {
+        match self.precision {
+            Precision::Fp32 => Operand::F32(self.a32.view().slice(0, n)),
+            Precision::Bf16 => Operand::Bf16(self.a16.view().slice(0, n)),
+        }
+    }
+    fn b(&self, n: usize) -> Operand {
+        match self.precision {
+            Precision::Fp32 => Operand::F32(self.b32.view().slice(0, n)),
+            Precision::Bf16 => Operand::Bf16(self.b16.view().slice(0, n)),
+        }
+    }
+    fn c_low(&self, n: usize) -> Operand {
+        match self.precision {
+            Precision::Fp32 => Operand::F32(self.c32.view().slice(0, n)),
+            Precision::Bf16 => Operand::Bf16(self.c16.view().slice(0, n)),
+        }
+    }
+    fn aux_low(&self, n: usize) -> Operand {
+        match self.precision {
+            Precision::Fp32 => Operand::F32(self.aux32.view().slice(0, n)),
+            Precision::Bf16 => Operand::Bf16(self.aux16.view().slice(0, n)),
+        }
+    }
+    fn bias(&self, n: usize) -> vitk::gpu::DView {
+        self.bias_v.view().slice(0, n)
+    }
+}
+
+/// The matmul table of one model in one precision.
+fn matmul_table(
+    cuda: &CudaRuntime,
+    rt: &Arc<dyn Runtime>,
+    lt: Option<&CublasLt>,
+    model: &str,
+    cfg: &ModelConfig,
+) {
+    let mem = Mem { rt: rt.clone() };
+    let gemms = step_gemms(cfg, B);
+    for p in [Precision::Fp32, Precision::Bf16] {
+        let bufs = GemmBufs::new(&mem, p, &gemms, cfg);
+        println!(
+            "\n{model} (D{} L{} H{} M{} T{}), batch {B}, {p}:",
+            cfg.embed_dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.mlp_dim,
+            cfg.num_tokens()
+        );
+        println!(
+            "  {:<12} {:<8} {:>7} {:>7} {:>7}  {:>9} {:>8} {:>9} {:>10} {:>9}  epilogue",
+            "layer", "product", "M", "N", "K", "ms", "TFLOP/s", "% bf16pk", "cuBLASLt", "vitk/Lt"
+        );
+        let (mut total_ms, mut total_lt, mut total_flops) = (0.0, 0.0, 0.0);
+        for g in &gemms {
+            let flops = 2.0 * (g.m * g.n * g.k) as f64;
+            let ms = match cuda.time_ms(3, 20, &mut || vitk_gemm(&**rt, g, &bufs)) {
+                Ok(ms) => ms,
+                Err(e) => {
+                    println!("  {:<12} {:?}: {e}", g.layer, g.product);
+                    continue;
+                }
+            };
+            let lt_ms = lt.and_then(|lt| {
+                let run = &mut || match p {
+                    Precision::Fp32 => lt.matmul(
+                        g.product,
+                        p,
+                        bufs.c32.view(),
+                        bufs.a32.view(),
+                        bufs.b32.view(),
+                        (g.m, g.n, g.k),
+                    ),
+                    Precision::Bf16 => lt.matmul(
+                        g.product,
+                        p,
+                        bufs.c32.view(),
+                        bufs.a16.view(),
+                        bufs.b16.view(),
+                        (g.m, g.n, g.k),
+                    ),
+                };
+                cuda.time_ms(3, 20, run)
+                    .map_err(|e| println!("  cuBLASLt {}: {e}", g.layer))
+                    .ok()
+            });
+            total_ms += ms;
+            total_flops += flops;
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            let peak = 100.0 * tflops * 1e12 / PEAK_BF16;
+            let (lt_col, ratio) = match lt_ms {
+                Some(l) => {
+                    total_lt += l;
+                    (format!("{l:.4}"), format!("{:.2}", ms / l))
+                }
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "  {:<12} {:<8} {:>7} {:>7} {:>7}  {:>9.4} {:>8.1} {:>8.1}% {:>10} {:>9}  {}",
+                g.layer,
+                format!("{:?}", g.product),
+                g.m,
+                g.n,
+                g.k,
+                ms,
+                tflops,
+                peak,
+                lt_col,
+                ratio,
+                g.epilogue
+            );
+        }
+        let tf = total_flops / (total_ms * 1e-3) / 1e12;
+        let fp32_note = if p == Precision::Fp32 {
+            format!(", {:.1}% of the fp32 peak", 100.0 * tf * 1e12 / PEAK_FP32)
+        } else {
+            String::new()
+        };
+        let lt_note = if total_lt > 0.0 {
+            format!(
+                ", cuBLASLt {total_lt:.3} ms (vitk/cuBLASLt {:.2})",
+                total_ms / total_lt
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  all matmuls of a step: {total_ms:.3} ms, {tf:.1} TFLOP/s ({:.1}% of the bf16 peak{fp32_note}){lt_note}",
+            100.0 * tf * 1e12 / PEAK_BF16
+        );
+    }
 }
 
 struct Bench<'a> {
@@ -52,6 +402,21 @@ impl Bench<'_> {
     }
 }
 
+/// ViT-Ti/16 at 224 x 224 (timm's vit_tiny_patch16_224), 10 classes.
+fn vit_ti_224() -> ModelConfig {
+    ModelConfig {
+        image_size: 224,
+        patch_size: 16,
+        in_chans: 3,
+        num_classes: 10,
+        embed_dim: 192,
+        depth: 12,
+        num_heads: 3,
+        mlp_dim: 768,
+        pool: Pool::Cls,
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run either way.
     let cuda = match CudaRuntime::new(0) {
@@ -64,236 +429,195 @@ fn main() {
     println!("kernels bench on {}", cuda.describe());
     let cuda = Arc::new(cuda);
     let rt: Arc<dyn Runtime> = cuda.clone();
-    let r: &dyn Runtime = &*rt;
-    let cfg = ModelConfig::preset("seed").expect("seed preset");
-    let (d, m, h, t, n, kk) = (
+    let lt = match CublasLt::new(&rt) {
+        Ok(lt) => Some(lt),
+        Err(e) => {
+            println!("cuBLASLt unavailable ({e}): no reference column");
+            None
+        }
+    };
+    let seed = ModelConfig::preset("seed").expect("seed preset");
+    let small = ModelConfig::preset("small").expect("small preset");
+    for (name, cfg) in [
+        ("seed", &seed),
+        ("small", &small),
+        ("ViT-Ti/16 at 224", &vit_ti_224()),
+    ] {
+        matmul_table(&cuda, &rt, lt.as_ref(), name, cfg);
+    }
+    other_kernels(&cuda, &rt, &seed);
+}
+
+/// Every other kernel at `seed` shapes, then the whole step, in both precisions.
+fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConfig) {
+    let r: &dyn Runtime = &**rt;
+    let mem = Mem { rt: rt.clone() };
+    let (d, h, t, n, kk) = (
         cfg.embed_dim,
-        cfg.mlp_dim,
         cfg.num_heads,
         cfg.num_tokens(),
         cfg.num_patches(),
         cfg.num_classes,
     );
-    let cpp = cfg.patch_dim();
-    let rows = B * t;
+    let (cpp, rows) = (cfg.patch_dim(), B * t);
     let c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
-    let mut bench = Bench { cuda: &cuda, c };
+    let mut bench = Bench { cuda, c };
     let f4 = 4.0f64;
-
-    let images = buf(&rt, B * 3 * 32 * 32, 0.1);
-    let patches = buf(&rt, B * n * cpp, 0.0);
-    bench.run(
-        "patch_embed_im2col",
-        f4 * 2.0 * patches.len() as f64,
-        0.0,
-        &mut || k::patch_embed_im2col(r, patches.view(), images.view(), B, 3, 32, 4),
-    );
-
-    let x = buf(&rt, rows * m.max(3 * d), 0.01);
-    let w = buf(&rt, m.max(3 * d) * m.max(d), 0.01);
-    let bias = buf(&rt, m.max(3 * d), 0.0);
-    let y = buf(&rt, rows * m.max(3 * d), 0.0);
-    let pre = buf(&rt, rows * m, 0.0);
-    let xs = |len: usize| x.view().slice(0, len);
-    let ws = |len: usize| w.view().slice(0, len);
-    let ys = |len: usize| y.view().slice(0, len);
-    for (name, ri, i, o, epi) in [
-        ("matmul patch_embed (bias)", B * n, cpp, d, 0),
-        ("matmul proj (+residual)", rows, d, d, 1),
-        ("matmul fc1 (gelu)", rows, d, m, 2),
-        ("matmul fc2 (+residual)", rows, m, d, 1),
-        ("matmul head", B, d, kk, 0),
-    ] {
-        let res = buf(&rt, ri * o, 0.0);
-        let flops = 2.0 * (ri * i * o) as f64;
-        bench.run(name, 0.0, flops, &mut || {
-            let e = match epi {
-                0 => LinearEpilogue::Bias,
-                1 => LinearEpilogue::Residual(res.view()),
-                _ => LinearEpilogue::Gelu {
-                    pre: pre.view().slice(0, ri * o),
-                },
-            };
-            k::linear_forward(
-                r,
-                ys(ri * o),
-                xs(ri * i),
-                ws(o * i),
-                bias.view().slice(0, o),
-                e,
-                ri,
-                i,
-                o,
-            )
-        });
-        bench.run(&format!("{name} dX"), 0.0, flops, &mut || {
-            k::linear_backward_dx(r, xs(ri * i), ys(ri * o), ws(o * i), ri, i, o)
-        });
-        bench.run(&format!("{name} dW"), 0.0, flops, &mut || {
-            k::linear_backward_dw(r, ws(o * i), ys(ri * o), xs(ri * i), ri, i, o)
-        });
-    }
-    bench.run(
-        "matmul qkv (head-major)",
-        0.0,
-        2.0 * (rows * d * 3 * d) as f64,
-        &mut || {
-            k::qkv_forward(
-                r,
-                ys(rows * 3 * d),
-                xs(rows * d),
-                ws(3 * d * d),
-                bias.view().slice(0, 3 * d),
-                B,
-                t,
-                h,
-                d,
-            )
-        },
-    );
-    let scratch = buf(&rt, k::colsum_scratch_len(rows, m), 0.0);
-    bench.run(
-        "bias grad column sums [R, M]",
-        f4 * (rows * m) as f64,
-        0.0,
-        &mut || {
-            k::column_sums_into(
-                r,
-                bias.view().slice(0, m),
-                scratch.view(),
-                ys(rows * m),
-                rows,
-                m,
-            )
-        },
-    );
-
-    let s = AttnDims {
-        batch: B,
-        heads: h,
-        tokens: t,
-        head_dim: d / h,
-    };
     let hl = rows * d;
-    let qkv = buf(&rt, 3 * hl, 0.01);
-    let probs = buf(&rt, B * h * t * t, 0.0);
-    let ds = buf(&rt, B * h * t * t, 0.0);
-    let out = buf(&rt, hl, 0.0);
-    let (q, kv, v): (DView, DView, DView) = (
-        qkv.view().slice(0, hl),
-        qkv.view().slice(hl, hl),
-        qkv.view().slice(2 * hl, hl),
-    );
-    let attn_flops = 4.0 * (B * h * t * t * (d / h)) as f64;
-    bench.run("attention forward", 0.0, attn_flops, &mut || {
-        k::attention_forward(r, out.view(), probs.view(), q, kv, v, s, true)
-    });
-    let dqkv = buf(&rt, 3 * hl, 0.0);
-    bench.run("attention backward", 0.0, 2.0 * attn_flops, &mut || {
-        k::attention_backward(
-            r,
-            dqkv.view(),
-            ds.view(),
-            out.view(),
-            probs.view(),
-            q,
-            kv,
-            v,
-            s,
-            true,
-        )
-    });
-
-    let mean = buf(&rt, rows, 0.0);
-    let rstd = buf(&rt, rows, 0.0);
-    let lw = buf(&rt, d, 1.0);
-    let lb = buf(&rt, d, 0.0);
-    bench.run("layernorm forward", f4 * 2.0 * hl as f64, 0.0, &mut || {
-        k::layernorm_forward(
-            r,
-            ys(hl),
-            mean.view(),
-            rstd.view(),
-            xs(hl),
-            lw.view(),
-            lb.view(),
-            d,
-        )
-    });
-    let lns = buf(&rt, k::layernorm_backward_scratch_len(rows, d), 0.0);
-    let (dw, db) = (buf(&rt, d, 0.0), buf(&rt, d, 0.0));
-    bench.run("layernorm backward", f4 * 4.0 * hl as f64, 0.0, &mut || {
-        k::layernorm_backward(
-            r,
-            ys(hl),
-            dw.view(),
-            db.view(),
-            lns.view(),
-            out.view(),
-            xs(hl),
-            mean.view(),
-            rstd.view(),
-            lw.view(),
-            d,
-        )
-    });
-    bench.run(
-        "gelu forward",
-        f4 * 2.0 * (rows * m) as f64,
-        0.0,
-        &mut || k::gelu_forward(r, ys(rows * m), xs(rows * m)),
-    );
-    bench.run(
-        "gelu backward",
-        f4 * 3.0 * (rows * m) as f64,
-        0.0,
-        &mut || k::gelu_backward(r, ys(rows * m), pre.view(), xs(rows * m)),
-    );
-    let pos = buf(&rt, t * d, 0.0);
-    let cls = buf(&rt, d, 0.0);
+    let images = mem.f32(B * 3 * 32 * 32, 0.1);
+    let x32 = mem.f32(rows * cfg.mlp_dim.max(3 * d), 0.01);
+    let y32 = mem.f32(rows * cfg.mlp_dim.max(3 * d), 0.0);
+    let xs = |len: usize| x32.view().slice(0, len);
+    let ys = |len: usize| y32.view().slice(0, len);
+    for p in [Precision::Fp32, Precision::Bf16] {
+        let mut keep = (vec![], vec![]);
+        let eb = if p == Precision::Bf16 { 2.0 } else { 4.0 };
+        let patches = operand(&mem, p, B * n * cpp, 0.0, &mut keep);
+        bench.run(
+            &format!("{p} patch_embed_im2col"),
+            (4.0 + eb) * patches.len() as f64,
+            0.0,
+            &mut || k::patch_embed_im2col(r, patches, images.view(), B, 3, 32, 4),
+        );
+        let s = AttnDims {
+            batch: B,
+            heads: h,
+            tokens: t,
+            head_dim: d / h,
+        };
+        let qkv = operand(&mem, p, 3 * hl, 0.01, &mut keep);
+        let (q, kv, v) = (qkv.slice(0, hl), qkv.slice(hl, hl), qkv.slice(2 * hl, hl));
+        let probs = mem.f32(B * h * t * t, 0.0);
+        let ds = mem.f32(B * h * t * t, 0.0);
+        let out = operand(&mem, p, hl, 0.0, &mut keep);
+        let attn_flops = 4.0 * (B * h * t * t * (d / h)) as f64;
+        bench.run(
+            &format!("{p} attention forward"),
+            0.0,
+            attn_flops,
+            &mut || k::attention_forward(r, out, probs.view(), q, kv, v, s, true),
+        );
+        let dqkv = operand(&mem, p, 3 * hl, 0.0, &mut keep);
+        bench.run(
+            &format!("{p} attention backward"),
+            0.0,
+            2.0 * attn_flops,
+            &mut || k::attention_backward(r, dqkv, ds.view(), out, probs.view(), q, kv, v, s, true),
+        );
+        let (mean, rstd, lw, lb) = (
+            mem.f32(rows, 0.0),
+            mem.f32(rows, 0.0),
+            mem.f32(d, 1.0),
+            mem.f32(d, 0.0),
+        );
+        let ln_out = operand(&mem, p, hl, 0.0, &mut keep);
+        bench.run(
+            &format!("{p} layernorm forward"),
+            (4.0 + eb) * hl as f64,
+            0.0,
+            &mut || {
+                k::layernorm_forward(
+                    r,
+                    ln_out,
+                    mean.view(),
+                    rstd.view(),
+                    xs(hl),
+                    lw.view(),
+                    lb.view(),
+                    d,
+                )
+            },
+        );
+        let lns = mem.f32(k::layernorm_backward_scratch_len(rows, d), 0.0);
+        let (dw, db) = (mem.f32(d, 0.0), mem.f32(d, 0.0));
+        let low = mem.bf16(hl, 0.0);
+        let dx_low = (p == Precision::Bf16).then(|| low.view());
+        bench.run(
+            &format!("{p} layernorm backward"),
+            f4 * 4.0 * hl as f64,
+            0.0,
+            &mut || {
+                k::layernorm_backward(
+                    r,
+                    ys(hl),
+                    dx_low,
+                    dw.view(),
+                    db.view(),
+                    lns.view(),
+                    xs(hl),
+                    xs(hl),
+                    mean.view(),
+                    rstd.view(),
+                    lw.view(),
+                    d,
+                )
+            },
+        );
+        let (pos, cls) = (mem.f32(t * d, 0.0), mem.f32(d, 0.0));
+        let dpatch = operand(&mem, p, B * n * d, 0.0, &mut keep);
+        bench.run(
+            &format!("{p} tokens backward"),
+            f4 * 2.0 * hl as f64,
+            0.0,
+            &mut || k::tokens_backward(r, dpatch, pos.view(), Some(cls.view()), xs(hl), B, d),
+        );
+        bench.run(
+            &format!("{p} pool backward"),
+            f4 * hl as f64,
+            0.0,
+            &mut || k::pool_backward(r, ys(hl), dx_low, xs(B * d), B, t, d, true),
+        );
+        let labels = DeviceBuffer::from_slice(rt, &vec![3u32; B]).expect("labels");
+        let stats = mem.f32(4, 0.0);
+        let dl = operand(&mem, p, B * kk, 0.0, &mut keep);
+        bench.run(
+            &format!("{p} cross_entropy"),
+            f4 * 2.0 * (B * kk) as f64,
+            0.0,
+            &mut || k::cross_entropy(r, stats.view(), dl, xs(B * kk), &labels, B, kk, 0.1),
+        );
+    }
     bench.run("tokens forward", f4 * 2.0 * hl as f64, 0.0, &mut || {
-        k::tokens_forward(r, ys(hl), xs(B * n * d), pos.view(), Some(cls.view()), B, d)
-    });
-    bench.run("tokens backward", f4 * 2.0 * hl as f64, 0.0, &mut || {
-        k::tokens_backward(r, ys(B * n * d), pos.view(), Some(cls.view()), xs(hl), B, d)
+        let pos = x32.view().slice(0, t * d);
+        k::tokens_forward(
+            r,
+            ys(hl),
+            xs(B * n * d),
+            pos,
+            Some(x32.view().slice(0, d)),
+            B,
+            d,
+        )
     });
     bench.run("pool mean forward", f4 * hl as f64, 0.0, &mut || {
         k::pool_forward(r, ys(B * d), xs(hl), B, t, d, true)
     });
-    bench.run("pool backward", f4 * hl as f64, 0.0, &mut || {
-        k::pool_backward(r, ys(hl), xs(B * d), B, t, d, true)
-    });
-    let labels = DeviceBuffer::from_slice(&rt, &vec![3u32; B]).expect("labels");
-    let stats = buf(&rt, 4, 0.0);
-    bench.run(
-        "cross_entropy",
-        f4 * 2.0 * (B * kk) as f64,
-        0.0,
-        &mut || k::cross_entropy(r, stats.view(), ys(B * kk), xs(B * kk), &labels, B, kk, 0.1),
-    );
 
-    let layout = ParamLayout::new(&cfg);
+    let layout = ParamLayout::new(cfg);
     let np = layout.len;
     let (p, g, mm, vv) = (
-        buf(&rt, np, 0.01),
-        buf(&rt, np, 0.01),
-        buf(&rt, np, 0.0),
-        buf(&rt, np, 0.0),
+        mem.f32(np, 0.01),
+        mem.f32(np, 0.01),
+        mem.f32(np, 0.0),
+        mem.f32(np, 0.0),
     );
-    let mask = DeviceBuffer::from_slice(&rt, &vec![1u8; np]).expect("mask");
-    let partial = DeviceBuffer::<f64>::new(&rt, k::NORM_BLOCKS).expect("partial");
+    let p_low = mem.bf16(np, 0.0);
+    let mask = DeviceBuffer::from_slice(rt, &vec![1u8; np]).expect("mask");
+    let partial = DeviceBuffer::<f64>::new(rt, k::NORM_BLOCKS).expect("partial");
+    let stats = mem.f32(4, 0.0);
     bench.run("grad norm + clip coef", f4 * np as f64, 0.0, &mut || {
         k::grad_norm_clip(r, stats.view(), &partial, g.view(), 1.0)
     });
-    let step = k::AdamWStep::new(&AdamWConfig::default(), 1, 1e-3);
-    bench.run("adamw", 29.0 * np as f64, 0.0, &mut || {
+    let step = AdamWScalars::new(&AdamWConfig::default(), 1, 1e-3);
+    bench.run("adamw (+ bf16 copies)", 31.0 * np as f64, 0.0, &mut || {
         k::adamw(
             r,
             p.view(),
+            Some(p_low.view()),
             mm.view(),
             vv.view(),
             g.view(),
@@ -304,29 +628,38 @@ fn main() {
     });
 
     // The whole step, host round trip of the statistics included.
-    let params = init_params(&cfg, &layout, 0);
-    match GpuTrainer::new(rt.clone(), &cfg, B, &params, AdamWConfig::default()) {
-        Ok(mut e) => {
-            let imgs = vec![0.1f32; B * 3 * 32 * 32];
-            let lbl: Vec<u32> = (0..B as u32).map(|i| i % 10).collect();
-            let mut step = || {
-                e.try_train_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
-                    .map(|_| ())
-            };
-            // Throughput in elements = images.
-            let mut g = bench.c.benchmark_group("train_step");
-            g.throughput(Throughput::Elements(B as u64));
-            g.bench_function("seed, batch 128", |b| {
-                b.iter_custom(|iters| {
-                    let ms = cuda
-                        .time_ms(1, iters as usize, &mut step)
-                        .unwrap_or_else(|e| panic!("train step: {e}"));
-                    Duration::from_secs_f64(ms * 1e-3 * iters as f64)
-                })
-            });
-            g.finish();
+    let params = init_params(cfg, &layout, 0);
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        match GpuTrainer::new(
+            rt.clone(),
+            cfg,
+            B,
+            &params,
+            AdamWConfig::default(),
+            precision,
+        ) {
+            Ok(mut e) => {
+                let imgs = vec![0.1f32; B * 3 * 32 * 32];
+                let lbl: Vec<u32> = (0..B as u32).map(|i| i % 10).collect();
+                let mut step = || {
+                    e.try_train_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
+                        .map(|_| ())
+                };
+                // Throughput in elements = images.
+                let mut g = bench.c.benchmark_group("train_step");
+                g.throughput(Throughput::Elements(B as u64));
+                g.bench_function(format!("seed, batch 128, {precision}"), |b| {
+                    b.iter_custom(|iters| {
+                        let ms = cuda
+                            .time_ms(1, iters as usize, &mut step)
+                            .unwrap_or_else(|e| panic!("train step: {e}"));
+                        Duration::from_secs_f64(ms * 1e-3 * iters as f64)
+                    })
+                });
+                g.finish();
+            }
+            Err(e) => println!("train step ({precision}): cannot build the engine: {e}"),
         }
-        Err(e) => println!("train step: cannot build the engine: {e}"),
     }
     bench.c.final_summary();
 }

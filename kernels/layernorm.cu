@@ -1,12 +1,16 @@
 // LayerNorm over rows of width D (timm: eps 1e-6, biased variance as PyTorch).
 //   forward   x [R, D], weight [D], bias [D] -> out [R, D], mean [R], rstd [R]
 //             out = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var + eps)
+//             out is fp32 (vitk_layernorm_forward_f32) or bf16 (_bf16: the input of the next
+//             matmul on the bf16 path); statistics and arithmetic are fp32 either way.
 //   backward  given dout [R, D] and the saved mean/rstd:
 //             xhat = (x - mean) * rstd,  g = dout * weight
 //             dx      += rstd * (g - mean(g) - xhat * mean(g * xhat))   (ACCUMULATED: dx is
 //                        the gradient of the pre-LN residual stream, which already holds the
 //                        residual branch's contribution)
 //             dweight += sum_rows dout * xhat,  dbias += sum_rows dout   (accumulated)
+//             dx_low (optional, bf16): a copy of the updated dx, the next matmul's dY on the
+//             bf16 path.
 //             Deterministic without float atomics: vitk_layernorm_backward writes per-block
 //             column partials into `partial` [G, 2, D] (block b owns rows
 //             [b*rows_per_block, (b+1)*rows_per_block)), then vitk_layernorm_backward_reduce
@@ -21,9 +25,10 @@
 
 #define VITK_LN_EPS 1e-6f
 
-extern "C" __global__ void vitk_layernorm_forward(float* out, float* mean, float* rstd,
-                                                  const float* x, const float* weight,
-                                                  const float* bias, int rows, int dim) {
+template <typename OutT>
+__device__ __forceinline__ void vitk_layernorm_forward(OutT* out, float* mean, float* rstd,
+                                                       const float* x, const float* weight,
+                                                       const float* bias, int rows, int dim) {
   VITK_SHARED(float, scratch, 32);
   const int r = blockIdx.x;
   if (r >= rows) return;  // uniform across the block: no barrier is skipped by some threads
@@ -38,17 +43,27 @@ extern "C" __global__ void vitk_layernorm_forward(float* out, float* mean, float
   }
   const float var = vitk_block_sum(q, scratch) / dim;
   const float rs = rsqrtf(var + VITK_LN_EPS);
-  float* orow = out + (long long)r * dim;
+  OutT* orow = out + (long long)r * dim;
   for (int c = threadIdx.x; c < dim; c += blockDim.x)
-    orow[c] = (xr[c] - m) * rs * weight[c] + bias[c];
+    vitk_st(orow + c, (xr[c] - m) * rs * weight[c] + bias[c]);
   if (threadIdx.x == 0) {
     mean[r] = m;
     rstd[r] = rs;
   }
 }
-VITK_EXPORT(vitk_layernorm_forward)
 
-extern "C" __global__ void vitk_layernorm_backward(float* dx, float* partial, const float* dout,
+#define VITK_LN_FORWARD(NAME, OUT)                                                        \
+  extern "C" __global__ void NAME(OUT* out, float* mean, float* rstd, const float* x,    \
+                                  const float* weight, const float* bias, int rows,      \
+                                  int dim) {                                             \
+    vitk_layernorm_forward<OUT>(out, mean, rstd, x, weight, bias, rows, dim);            \
+  }                                                                                      \
+  VITK_EXPORT(NAME)
+VITK_LN_FORWARD(vitk_layernorm_forward_f32, float)
+VITK_LN_FORWARD(vitk_layernorm_forward_bf16, vitk_bf16)
+
+extern "C" __global__ void vitk_layernorm_backward(float* dx, vitk_bf16* dx_low, float* partial,
+                                                   const float* dout,
                                                    const float* x, const float* mean,
                                                    const float* rstd, const float* weight,
                                                    int rows, int dim, int rows_per_block) {
@@ -80,7 +95,9 @@ extern "C" __global__ void vitk_layernorm_backward(float* dx, float* partial, co
     for (int c = threadIdx.x; c < dim; c += blockDim.x) {
       const float xhat = (xr[c] - m) * rs;
       const float g = gr[c] * weight[c];
-      dxr[c] += rs * (g - mean_g - xhat * mean_gx);
+      const float v = dxr[c] + rs * (g - mean_g - xhat * mean_gx);
+      dxr[c] = v;
+      if (dx_low) vitk_st(dx_low + (long long)r * dim + c, v);
     }
   }
 }

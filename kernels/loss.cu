@@ -6,6 +6,8 @@
 //   Always through l - m, never log_z = m + lse: for logits of size 1e4 the rounding of
 //   log_z alone would cost the probabilities ~1e-3 of relative precision.
 //   stats[0] = mean_b loss_b, stats[1] = number of rows whose first arg-max is y.
+//   dlogits is fp32 (vitk_cross_entropy_f32) or bf16 (_bf16: the head matmuls' dY on the bf16
+//   path); logits and the loss are fp32.
 // Deterministic: warp w owns rows w, w + 8, ... and adds their losses in row order; the 8
 // warp totals are then added in warp order by thread 0.
 // Launch: one block of 256 threads (8 warps), one warp per row, lanes stride over K.
@@ -26,9 +28,10 @@ __device__ __forceinline__ void warp_argmax(float& v, int& idx) {
 }
 }  // namespace vitk_loss_detail
 
-extern "C" __global__ void vitk_cross_entropy(float* stats, float* dlogits, const float* logits,
-                                              const unsigned* labels, int batch, int classes,
-                                              float smoothing) {
+template <typename OutT>
+__device__ __forceinline__ void vitk_cross_entropy(float* stats, OutT* dlogits,
+                                                   const float* logits, const unsigned* labels,
+                                                   int batch, int classes, float smoothing) {
   VITK_SHARED(float, warp_loss, 32);
   VITK_SHARED(int, warp_correct, 32);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
@@ -54,10 +57,10 @@ extern "C" __global__ void vitk_cross_entropy(float* stats, float* dlogits, cons
     for (int c = lane; c < classes; c += 32) se += expf(row[c] - mx);
     se = vitk_warp_sum(se);
     const float lse = logf(se);
-    float* drow = dlogits + (long long)r * classes;
+    OutT* drow = dlogits + (long long)r * classes;
     for (int c = lane; c < classes; c += 32) {
       const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing * inv_k;
-      drow[c] = (expf((row[c] - mx) - lse) - target) * inv_b;
+      vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_b);
     }
     const float nll = (mx - row[y]) + lse;
     const float mean_nll = (mx - sum_l * inv_k) + lse;
@@ -80,4 +83,13 @@ extern "C" __global__ void vitk_cross_entropy(float* stats, float* dlogits, cons
     stats[1] = (float)right;
   }
 }
-VITK_EXPORT(vitk_cross_entropy)
+
+#define VITK_CROSS_ENTROPY(NAME, OUT)                                                        \
+  extern "C" __global__ void NAME(float* stats, OUT* dlogits, const float* logits,           \
+                                  const unsigned* labels, int batch, int classes,            \
+                                  float smoothing) {                                         \
+    vitk_cross_entropy<OUT>(stats, dlogits, logits, labels, batch, classes, smoothing);      \
+  }                                                                                          \
+  VITK_EXPORT(NAME)
+VITK_CROSS_ENTROPY(vitk_cross_entropy_f32, float)
+VITK_CROSS_ENTROPY(vitk_cross_entropy_bf16, vitk_bf16)

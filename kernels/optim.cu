@@ -9,11 +9,13 @@
 //                         m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
 //                         p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 //                       with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) computed
-//                       in double on the host, exactly as src/train/adamw.rs.
+//                       in double on the host (src/optim.rs), as the CPU optimizer does;
+//                       p_low (optional): the bf16 copy of the updated parameters that the
+//                       bf16 path's matmuls read, written in the same pass.
 // Launch: sumsq: VITK_NORM_BLOCKS blocks of 256 (grid-stride); clip: 1 thread; adamw: 1-D
 //         blocks of 256, grid min(ceil(n / 256), 2048), grid-stride.
 // Memory traffic: norm reads n floats; adamw reads p, g, m, v and the mask (17 bytes per
-//         scalar) and writes p, m, v (12 bytes).
+//         scalar) and writes p, m, v (12 bytes; + 2 with the bf16 copy).
 #include "common.cuh"
 
 namespace vitk_optim_detail {
@@ -54,8 +56,9 @@ extern "C" __global__ void vitk_clip_coef(float* stats, const double* partial, i
 }
 VITK_EXPORT(vitk_clip_coef)
 
-extern "C" __global__ void vitk_adamw(float* p, float* m, float* v, const float* g,
-                                      const unsigned char* decay, const float* stats,
+extern "C" __global__ void vitk_adamw(float* p, vitk_bf16* p_low, float* m, float* v,
+                                      const float* g, const unsigned char* decay,
+                                      const float* stats,
                                       long long n, float keep, float step_size, float bc2_sqrt,
                                       float b1c, float b2, float b2c, float eps) {
   const float coef = stats ? stats[3] : 1.0f;
@@ -70,6 +73,7 @@ extern "C" __global__ void vitk_adamw(float* p, float* m, float* v, const float*
     const float denom = sqrtf(vi) / bc2_sqrt + eps;
     pi -= step_size * mi / denom;
     p[i] = pi;
+    if (p_low) vitk_st(p_low + i, pi);
     m[i] = mi;
     v[i] = vi;
   }

@@ -2,14 +2,16 @@
 // these patch rows with the conv weight viewed as [D, C*P*P] (done by the linear kernels).
 //   images  [B, C, S, S]  ->  patches [B*N, C*P*P],  N = (S/P)^2,
 //   row b*N + py*(S/P) + px, column c*P*P + ky*P + kx  =  images[b, c, py*P+ky, px*P+kx].
+// patches are fp32 (vitk_patch_embed_im2col_f32) or bf16 (_bf16, the bf16 matmul's input).
 // No backward: the images need no gradient.
 // Launch: one thread per output element, 1-D blocks of 256, grid ceil(B*N*C*P*P / 256).
 // Memory traffic: each image element read once, each patch element written once (coalesced
 // writes; reads are coalesced within runs of P along kx).
 #include "common.cuh"
 
-extern "C" __global__ void vitk_patch_embed_im2col(float* patches, const float* images, int batch,
-                                                   int channels, int side, int patch) {
+template <typename OutT>
+__device__ __forceinline__ void vitk_im2col(OutT* patches, const float* images, int batch,
+                                            int channels, int side, int patch) {
   const int grid_side = side / patch;
   const long long n_patches = (long long)grid_side * grid_side;
   const long long cols = (long long)channels * patch * patch;
@@ -26,6 +28,14 @@ extern "C" __global__ void vitk_patch_embed_im2col(float* patches, const float* 
   const int ky = k / patch, kx = k - ky * patch;
   const long long src = (((long long)b * channels + c) * side + (py * patch + ky)) * side +
                         (px * patch + kx);
-  patches[i] = images[src];
+  vitk_st(patches + i, images[src]);
 }
-VITK_EXPORT(vitk_patch_embed_im2col)
+
+#define VITK_IM2COL(NAME, OUT)                                                              \
+  extern "C" __global__ void NAME(OUT* patches, const float* images, int batch,            \
+                                  int channels, int side, int patch) {                     \
+    vitk_im2col<OUT>(patches, images, batch, channels, side, patch);                       \
+  }                                                                                        \
+  VITK_EXPORT(NAME)
+VITK_IM2COL(vitk_patch_embed_im2col_f32, float)
+VITK_IM2COL(vitk_patch_embed_im2col_bf16, vitk_bf16)

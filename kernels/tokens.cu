@@ -1,12 +1,14 @@
 // Token assembly and pooling (src/cpu/tokens.rs, src/cpu/pooling.rs), prefix = 1 with a cls
 // token, 0 without; T = N + prefix tokens of width D.
 //   vitk_tokens_forward:  x[b, t] = (t < prefix ? cls : patch[b, t - prefix]) + pos[t]
-//   vitk_tokens_backward_patch: dpatch[b, n] = dx[b, n + prefix]                (overwritten)
+//   vitk_tokens_backward_patch_{f32,bf16}: dpatch[b, n] = dx[b, n + prefix]  (overwritten;
+//                               bf16 on the bf16 path, where it is the patch matmul's dY)
 //   vitk_tokens_backward_pos:   dpos[t, c] += sum_b dx[b, t, c] (b in order, no atomics);
 //                               with cls, dcls[c] += the same sum for t = 0
 //   vitk_pool_forward:  pooled[b, c] = x[b, 0, c] (cls) or (sum_t x[b, t, c]) / T (mean)
 //   vitk_pool_backward: dx[b, t, c] = (t == 0 ? dpooled[b, c] : 0) (cls) or dpooled[b, c] / T
-//                       (mean), overwritten: dx is the residual-stream gradient it starts.
+//                       (mean), overwritten: dx is the residual-stream gradient it starts;
+//                       dx_low (optional) gets a bf16 copy (the next matmul's dY).
 // (For mean pooling, timm's fc_norm follows the pool: the LayerNorm kernels.)
 // Launch: one thread per output element (pool forward, pos: one per (t, c) / (b, c) column,
 //         looping over T or B), 1-D blocks of 256.
@@ -29,8 +31,10 @@ extern "C" __global__ void vitk_tokens_forward(float* x, const float* patch, con
 }
 VITK_EXPORT(vitk_tokens_forward)
 
-extern "C" __global__ void vitk_tokens_backward_patch(float* dpatch, const float* dx, int batch,
-                                                      int t, int dim, int prefix) {
+template <typename OutT>
+__device__ __forceinline__ void vitk_tokens_backward_patch(OutT* dpatch, const float* dx,
+                                                           int batch, int t, int dim,
+                                                           int prefix) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   const int n = t - prefix;
   const long long total = (long long)batch * n * dim;
@@ -38,9 +42,17 @@ extern "C" __global__ void vitk_tokens_backward_patch(float* dpatch, const float
   const long long row = i / dim;
   const int c = (int)(i - row * dim);
   const int b = (int)(row / n), p = (int)(row - (long long)b * n);
-  dpatch[i] = dx[((long long)b * t + p + prefix) * dim + c];
+  vitk_st(dpatch + i, dx[((long long)b * t + p + prefix) * dim + c]);
 }
-VITK_EXPORT(vitk_tokens_backward_patch)
+
+#define VITK_TOKENS_BACKWARD_PATCH(NAME, OUT)                                               \
+  extern "C" __global__ void NAME(OUT* dpatch, const float* dx, int batch, int t, int dim,  \
+                                  int prefix) {                                            \
+    vitk_tokens_backward_patch<OUT>(dpatch, dx, batch, t, dim, prefix);                    \
+  }                                                                                        \
+  VITK_EXPORT(NAME)
+VITK_TOKENS_BACKWARD_PATCH(vitk_tokens_backward_patch_f32, float)
+VITK_TOKENS_BACKWARD_PATCH(vitk_tokens_backward_patch_bf16, vitk_bf16)
 
 extern "C" __global__ void vitk_tokens_backward_pos(float* dpos, float* dcls, const float* dx,
                                                     int batch, int t, int dim) {
@@ -69,14 +81,16 @@ extern "C" __global__ void vitk_pool_forward(float* pooled, const float* x, int 
 }
 VITK_EXPORT(vitk_pool_forward)
 
-extern "C" __global__ void vitk_pool_backward(float* dx, const float* dpooled, int batch, int t,
-                                              int dim, int mean) {
+extern "C" __global__ void vitk_pool_backward(float* dx, vitk_bf16* dx_low, const float* dpooled,
+                                              int batch, int t, int dim, int mean) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (long long)batch * t * dim) return;
   const long long row = i / dim;
   const int c = (int)(i - row * dim);
   const int b = (int)(row / t), tok = (int)(row - (long long)b * t);
   const float g = dpooled[(long long)b * dim + c];
-  dx[i] = mean ? g * (1.0f / t) : (tok == 0 ? g : 0.0f);
+  const float v = mean ? g * (1.0f / t) : (tok == 0 ? g : 0.0f);
+  dx[i] = v;
+  if (dx_low) vitk_st(dx_low + i, v);
 }
 VITK_EXPORT(vitk_pool_backward)

@@ -49,3 +49,36 @@ pub trait TrainEngine {
     /// Replaces the parameters and optimizer state (resume).
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()>;
 }
+
+/// The arithmetic of a device step. `Fp32` is the exact path the parity tests hold to 1e-5;
+/// `Bf16` is mixed precision as PyTorch's autocast does it: fp32 master weights, gradients and
+/// AdamW moments, bf16 matmul inputs (weight copies and activations) on tensor cores with fp32
+/// accumulation, and fp32 LayerNorm statistics, softmax, loss, reductions and residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!(
+                "unknown precision '{other}': expected fp32 or bf16"
+            )),
+        }
+    }
+}

@@ -55,11 +55,31 @@ extern thread_local const BlockView* g_block;
 // some threads never reach, and threads waiting at different barriers).
 void barrier(const char* file, int line);
 
-enum class WarpOp : int { ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Sync };
+enum class WarpOp : int { ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Sync, Custom };
 // One lockstep exchange among the lanes named in `mask`; returns this lane's result.
 std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t payload, int param,
                               int width, const char* file, int line);
 unsigned lane_active_mask();
+
+// A warp-wide instruction of the tensor-core family (mma.sync, ldmatrix): every lane of the
+// full warp passes a pointer to its own operands; once all 32 have arrived, `fn` runs once
+// with the 32 pointers (indexed by lane) and computes every lane's results in place, as the
+// hardware would. `what` names the instruction in error messages.
+using WarpFn = void (*)(void* const* lanes);
+void warp_instruction(void* lane_data, WarpFn fn, const char* what, const char* file, int line);
+
+// Whether [p, p + bytes) lies in the calling block's shared memory (static or dynamic).
+bool in_shared(const void* p, std::size_t bytes);
+// Reports misuse of a wrapper (a misaligned or non-shared address) as a fault of the launch.
+[[noreturn]] void misuse(const char* what, const char* file, int line);
+
+// cp.async, emulated with the latest timing the hardware allows: a copy only lands when a
+// cp.async.wait_group that covers its group runs in the issuing thread, so a read of the
+// destination before that (or before the barrier that publishes it) sees stale data.
+void cp_async(void* dst_shared, const void* src_global, std::size_t bytes, std::size_t src_bytes,
+              const char* file, int line);
+void cp_async_commit();
+void cp_async_wait(int pending, const char* file, int line);
 
 // Abort the whole launch with a message (like a device-side trap).
 [[noreturn]] void trap(const char* what, const char* file, int line);

@@ -34,6 +34,7 @@
 
 #include <cstdarg>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
@@ -161,6 +162,18 @@ struct Thread {
   const char* file;
   int line;
   std::uint64_t result;
+  // a pending warp instruction (WarpOp::Custom)
+  WarpFn custom = nullptr;
+  const char* what = nullptr;
+  void* lane_data = nullptr;
+  // cp.async: copies issued but not committed, and committed groups not yet waited for
+  struct Copy {
+    void* dst;
+    const void* src;
+    std::size_t bytes, src_bytes;
+  };
+  std::vector<Copy> uncommitted;
+  std::deque<std::vector<Copy>> groups;
 };
 
 const char* op_name(WarpOp op) {
@@ -171,6 +184,7 @@ const char* op_name(WarpOp op) {
     case WarpOp::ShflXor: return "__shfl_xor_sync";
     case WarpOp::Ballot: return "__ballot_sync";
     case WarpOp::Sync: return "__syncwarp";
+    case WarpOp::Custom: return "a warp-wide instruction";
   }
   return "?";
 }
@@ -284,6 +298,8 @@ struct Runner {
       t.linear = i;
       t.view.thread_idx = {i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
       t.state = State::Runnable;
+      t.uncommitted.clear();
+      t.groups.clear();
       fiber_init(&t.fiber, stack(i), kStackSize, &thread_main, &t);
     }
     // Fresh shared memory holds garbage on a GPU: poison it so reads-before-writes show.
@@ -417,6 +433,10 @@ void Runner::thread_main(void* arg) {
   auto* t = static_cast<Thread*>(arg);
   Runner* r = g_runner;
   r->kernel->invoke(r->kernel->kernel, r->params);
+  if (!t->uncommitted.empty())
+    r->fail(format("%s exited with %zu cp.async copies never committed (cp.async.commit_group)",
+                   r->where(*t).c_str(), t->uncommitted.size()));
+  t->groups.clear();  // committed prefetches nobody waits for: harmless, dropped
   t->state = State::Done;
   r->exited++;
   if (r->barrier_arrived > 0)
@@ -439,6 +459,13 @@ void Runner::thread_main(void* arg) {
 
 // Computes the results of a complete collective for every lane of `group`.
 void finish_collective(Runner* r, unsigned base, unsigned group, const Thread& first) {
+  if (first.op == WarpOp::Custom) {
+    void* lanes[32];
+    for (unsigned l = 0; l < 32; l++) lanes[l] = r->threads[base + l].lane_data;
+    first.custom(lanes);
+    for (unsigned l = 0; l < 32; l++) r->threads[base + l].state = State::Runnable;
+    return;
+  }
   unsigned ballot = 0;
   for (unsigned l = 0; l < 32; l++)
     if ((group >> l & 1u) && r->threads[base + l].payload != 0) ballot |= 1u << l;
@@ -495,17 +522,23 @@ void barrier(const char* file, int line) {
   while (t->state != State::Runnable) r->yield();
 }
 
-std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t payload, int param,
-                              int width, const char* file, int line) {
+namespace {
+std::uint64_t collective(WarpOp op, unsigned mask, std::uint64_t payload, int param, int width,
+                         WarpFn custom, const char* what, void* lane_data, const char* file,
+                         int line) {
   Runner* r = g_runner;
   Thread* t = r->cur;
   const unsigned lane = t->linear & 31u, base = t->linear & ~31u;
+  const char* name = custom ? what : op_name(op);
   if (!(mask >> lane & 1u))
     r->fail(format("%s calls %s at %s:%d with mask 0x%08x, which does not name its own lane %u",
-                   r->where(*t).c_str(), op_name(op), base_name(file), line, mask, lane));
+                   r->where(*t).c_str(), name, base_name(file), line, mask, lane));
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
     r->fail(format("%s: %s at %s:%d with width %d (must be a power of two <= 32)",
-                   r->where(*t).c_str(), op_name(op), base_name(file), line, width));
+                   r->where(*t).c_str(), name, base_name(file), line, width));
+  if (custom && r->n - base < 32)
+    r->fail(format("%s: %s at %s:%d needs a full warp of 32 threads; this warp has %u",
+                   r->where(*t).c_str(), name, base_name(file), line, r->n - base));
   t->op = op;
   t->mask = mask;
   t->payload = payload;
@@ -513,6 +546,9 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t payload, i
   t->width = width;
   t->file = file;
   t->line = line;
+  t->custom = custom;
+  t->what = what;
+  t->lane_data = lane_data;
   t->state = State::AtWarp;
 
   // Lanes beyond the end of a partial last warp do not exist: they are not waited for.
@@ -525,20 +561,85 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t payload, i
     if (o.state == State::Done)
       r->fail(format("%s calls %s(mask 0x%08x) at %s:%d, but lane %u named in the mask has "
                      "exited",
-                     r->where(*t).c_str(), op_name(op), mask, base_name(file), line, l));
+                     r->where(*t).c_str(), name, mask, base_name(file), line, l));
     if (o.state != State::AtWarp) {
       complete = false;
       continue;
     }
-    if (o.mask != mask || o.op != op || o.width != width)
+    if (o.mask != mask || o.op != op || o.width != width || o.custom != custom)
       r->fail(format("warp lanes disagree: %s is in %s(mask 0x%08x) at %s:%d while %s is in "
                      "%s(mask 0x%08x) at %s:%d",
-                     r->where(*t).c_str(), op_name(op), mask, base_name(file), line,
-                     r->where(o).c_str(), op_name(o.op), o.mask, base_name(o.file), o.line));
+                     r->where(*t).c_str(), name, mask, base_name(file), line,
+                     r->where(o).c_str(), o.custom ? o.what : op_name(o.op), o.mask,
+                     base_name(o.file), o.line));
   }
   if (complete) finish_collective(r, base, group, *t);
   while (t->state != State::Runnable) r->yield();
   return t->result;
+}
+}  // namespace
+
+std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t payload, int param,
+                              int width, const char* file, int line) {
+  return collective(op, mask, payload, param, width, nullptr, nullptr, nullptr, file, line);
+}
+
+void warp_instruction(void* lane_data, WarpFn fn, const char* what, const char* file, int line) {
+  collective(WarpOp::Custom, 0xffffffffu, 0, 0, 32, fn, what, lane_data, file, line);
+}
+
+bool in_shared(const void* p, std::size_t bytes) {
+  Runner* r = g_runner;
+  const auto* a = static_cast<const unsigned char*>(p);
+  const unsigned char* st = r->static_arena.data();
+  const unsigned char* dy = r->dynamic_arena.data();
+  return (a >= st && a + bytes <= st + r->static_used) ||
+         (a >= dy && a + bytes <= dy + r->dynamic_bytes);
+}
+
+void misuse(const char* what, const char* file, int line) {
+  Runner* r = g_runner;
+  r->fail(format("%s: %s at %s:%d", r->where(*r->cur).c_str(), what, base_name(file), line));
+}
+
+void cp_async(void* dst, const void* src, std::size_t bytes, std::size_t src_bytes,
+              const char* file, int line) {
+  Runner* r = g_runner;
+  if (bytes != 4 && bytes != 8 && bytes != 16)
+    r->fail(format("%s: cp.async of %zu bytes at %s:%d (4, 8 or 16)", r->where(*r->cur).c_str(),
+                   bytes, base_name(file), line));
+  if (src_bytes > bytes)
+    r->fail(format("%s: cp.async src-size %zu above its %zu bytes at %s:%d",
+                   r->where(*r->cur).c_str(), src_bytes, bytes, base_name(file), line));
+  if (reinterpret_cast<std::uintptr_t>(dst) % bytes || reinterpret_cast<std::uintptr_t>(src) % bytes)
+    r->fail(format("%s: cp.async of %zu bytes with a misaligned address (dst %p, src %p) at %s:%d",
+                   r->where(*r->cur).c_str(), bytes, dst, src, base_name(file), line));
+  if (!in_shared(dst, bytes))
+    r->fail(format("%s: cp.async destination %p is not in the block's shared memory at %s:%d",
+                   r->where(*r->cur).c_str(), dst, base_name(file), line));
+  r->cur->uncommitted.push_back({dst, src, bytes, src_bytes});
+}
+
+void cp_async_commit() {
+  Thread* t = g_runner->cur;
+  t->groups.push_back(std::move(t->uncommitted));
+  t->uncommitted.clear();
+}
+
+void cp_async_wait(int pending, const char* file, int line) {
+  Runner* r = g_runner;
+  Thread* t = r->cur;
+  if (pending < 0)
+    r->fail(format("%s: cp.async.wait_group %d at %s:%d", r->where(*t).c_str(), pending,
+                   base_name(file), line));
+  // Complete every group but the newest `pending`, oldest first.
+  while (t->groups.size() > std::size_t(pending)) {
+    for (const auto& c : t->groups.front()) {
+      std::memcpy(c.dst, c.src, c.src_bytes);
+      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+    t->groups.pop_front();
+  }
 }
 
 unsigned lane_active_mask() {

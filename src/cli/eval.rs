@@ -6,6 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::{self, Normalize};
+use vitk::engine::Precision;
 use vitk::model::load_checkpoint;
 use vitk::optim::AdamWConfig;
 use vitk::train::evaluate;
@@ -29,6 +30,10 @@ pub struct EvalArgs {
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
     device: Device,
+    /// Arithmetic of the device engine: fp32 or bf16 (mixed precision: bf16 matmuls on
+    /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
@@ -57,6 +62,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let norm = normalize_of(&meta.mean, &meta.std);
     let mut engine = device::engine(
         a.device,
+        a.precision,
         cfg,
         a.batch_size.max(1),
         params,

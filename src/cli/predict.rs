@@ -7,6 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::to_tensor;
+use vitk::engine::Precision;
 use vitk::model::load_checkpoint;
 use vitk::optim::AdamWConfig;
 
@@ -21,6 +22,10 @@ pub struct PredictArgs {
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
     device: Device,
+    /// Arithmetic of the device engine: fp32 or bf16 (mixed precision: bf16 matmuls on
+    /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP); resized to the model's input.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -59,6 +64,7 @@ pub fn run(a: PredictArgs) -> Result<ExitCode> {
     }
     let mut engine = device::engine(
         a.device,
+        a.precision,
         &cfg,
         a.images.len(),
         params,

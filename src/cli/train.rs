@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vitk::data::{self, synthetic, Normalize, Splits};
+use vitk::engine::Precision;
 use vitk::model::{init_params, load_weights, ModelConfig, ParamLayout, Pool};
 use vitk::optim::AdamWConfig;
 use vitk::train::{
@@ -120,6 +121,10 @@ pub struct TrainArgs {
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long)]
     device: Option<Device>,
+    /// Arithmetic of the device engine: fp32 or bf16 (mixed precision: bf16 matmuls on
+    /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Continue the run in this directory from its last saved state.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -301,6 +306,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let n_params = params.len();
     let mut engine = device::engine(
         a.device.unwrap_or(Device::Auto),
+        a.precision,
         &cfg.model,
         cfg.batch_size,
         params,

@@ -12,7 +12,7 @@ use cudarc::driver::{result, sys};
 use super::embedded;
 use super::emu::arg_ptr;
 use super::error::{GpuError, GpuResult};
-use super::runtime::{DevicePtr, KernelArg, LaunchConfig, Runtime};
+use super::runtime::{DevicePtr, KernelArg, Launch, Runtime};
 
 /// Above this much dynamic shared memory a kernel needs the opt-in attribute (up to 227 KiB
 /// on sm_90), as the emulator assumes.
@@ -20,6 +20,9 @@ const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
 pub struct CudaRuntime {
     device: sys::CUdevice,
+    sms: usize,
+    /// VITK_SYNC_LAUNCHES=1: synchronise after every launch, so a fault names its kernel.
+    sync_launches: bool,
     ctx: sys::CUcontext,
     module: sys::CUmodule,
     functions: Mutex<HashMap<String, sys::CUfunction>>,
@@ -138,6 +141,25 @@ impl CudaRuntime {
                 )?,
             )
         };
+        // SAFETY: `device` comes from cuDeviceGet.
+        let sms = unsafe {
+            driver(
+                "cuDeviceGetAttribute",
+                result::device::get_attribute(
+                    device,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                ),
+            )?
+        };
+        // A host thread waiting for the device sleeps instead of spinning a core. Only takes
+        // effect before the primary context is first created (else it keeps its flags).
+        // SAFETY: `device` is valid.
+        let _ = unsafe {
+            sys::cuDevicePrimaryCtxSetFlags_v2(
+                device,
+                sys::CUctx_flags_enum::CU_CTX_SCHED_BLOCKING_SYNC as u32,
+            )
+        };
         // SAFETY: `device` is valid; the retained primary context is released in Drop.
         let ctx = driver("cuDevicePrimaryCtxRetain", unsafe {
             result::primary_ctx::retain(device)
@@ -154,6 +176,8 @@ impl CudaRuntime {
         };
         Ok(CudaRuntime {
             device,
+            sms: sms.max(1) as usize,
+            sync_launches: std::env::var_os("VITK_SYNC_LAUNCHES").is_some_and(|v| v != "0"),
             ctx,
             module,
             functions: Mutex::new(HashMap::new()),
@@ -292,7 +316,12 @@ impl Runtime for CudaRuntime {
         })
     }
 
-    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> GpuResult<()> {
+    fn sm_count(&self) -> usize {
+        self.sms
+    }
+
+    fn launch(&self, launch: &Launch) -> GpuResult<()> {
+        let (kernel, cfg) = (launch.kernel, launch.cfg);
         self.current()?;
         let f = self.function(kernel)?;
         let err = |e: result::DriverError| GpuError::Kernel {
@@ -310,7 +339,7 @@ impl Runtime for CudaRuntime {
             }
             .map_err(err)?;
         }
-        let mut values: Vec<KernelArg> = args.to_vec();
+        let mut values: Vec<KernelArg> = launch.args().to_vec();
         let mut params: Vec<*mut c_void> = values.iter_mut().map(arg_ptr).collect();
         // SAFETY: the typed launchers in kernels.rs match each kernel's signature; `values`
         // outlives the call (cuLaunchKernel copies the parameters before returning).
@@ -325,7 +354,7 @@ impl Runtime for CudaRuntime {
             )
         }
         .map_err(err)?;
-        if cfg!(debug_assertions) {
+        if self.sync_launches || cfg!(debug_assertions) {
             result::ctx::synchronize().map_err(err)?;
         }
         Ok(())

@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 use super::error::{GpuError, GpuResult};
-use super::runtime::{DevicePtr, KernelArg, LaunchConfig, Runtime};
+use super::runtime::{DevicePtr, KernelArg, Launch, Runtime};
 
 extern "C" {
     fn vitk_emu_alloc(bytes: usize, out: *mut *mut c_void) -> c_int;
@@ -32,6 +32,10 @@ extern "C" {
     fn vitk_emu_kernel_count() -> usize;
     fn vitk_emu_kernel_name(index: usize) -> *const c_char;
 }
+
+/// The multiprocessor count the emulator reports: an H200's, so that launch shapes that
+/// depend on it (split-K) are the ones a GPU runs.
+pub const EMULATED_SMS: usize = 132;
 
 /// The emulator has no state of its own beyond process-wide allocations: any number of
 /// `EmuRuntime`s share it, and launches from different host threads run independently.
@@ -118,12 +122,17 @@ impl Runtime for EmuRuntime {
         })
     }
 
-    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> GpuResult<()> {
+    fn sm_count(&self) -> usize {
+        EMULATED_SMS
+    }
+
+    fn launch(&self, launch: &Launch) -> GpuResult<()> {
+        let (kernel, cfg) = (launch.kernel, launch.cfg);
         let name = CString::new(kernel).map_err(|_| GpuError::Kernel {
             kernel: kernel.into(),
             message: "kernel name contains a NUL byte".into(),
         })?;
-        let mut values: Vec<KernelArg> = args.to_vec();
+        let mut values: Vec<KernelArg> = launch.args().to_vec();
         let mut params: Vec<*mut c_void> = values.iter_mut().map(arg_ptr).collect();
         let mut err = vec![0 as c_char; 2048];
         // SAFETY: `params` points at `values`, alive for the (synchronous) launch; the

@@ -1,18 +1,22 @@
 //! The device engine: the whole ViT training step (forward, loss, backward, clipping, AdamW)
 //! orchestrated over the typed launchers, written once against [`Runtime`] so that it runs on
-//! CUDA and on the emulator. Memory: parameters, gradients and the AdamW moments are one
-//! allocation of four [`ParamLayout`]-shaped views; activations and backward scratch are one
-//! allocation of named views carved per batch size (as the CPU engine does). Inside a step the
-//! only host round trip is the read-back of four scalars (loss, correct, norm, clip coef).
+//! CUDA and on the emulator, and once for both precisions: every tensor that feeds a matmul is
+//! an [`Operand`] of the step's precision (fp32, or bf16 with fp32 master weights; see
+//! [`Precision`]). Memory: parameters, gradients and the AdamW moments are one allocation of
+//! four [`ParamLayout`]-shaped views (plus the bf16 weight copies on the bf16 path);
+//! activations and backward scratch are one fp32 and one bf16 allocation of named views,
+//! carved per batch size (as the CPU engine does).
 
 use std::sync::Arc;
 
+use half::bf16;
+
 use super::error::{GpuError, GpuResult};
-use super::kernels::{self as k, AttnDims, LinearEpilogue};
-use super::runtime::{Carver, DView, DeviceBuffer, Runtime};
-use crate::engine::{OptimizerState, StepOutput, TrainEngine};
+use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
+use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
+use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, AdamWScalars};
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {
@@ -28,90 +32,116 @@ impl BatchDims {
         k::layernorm_backward_scratch_len(self.rows(), self.d)
             .max(k::layernorm_backward_scratch_len(self.b, self.d))
     }
-    fn colsum_scratch(&self) -> usize {
+    /// The split-K workspace of the largest weight gradient (dW [O, I] over `rows`).
+    fn splitk_workspace(&self, rt: &dyn Runtime, p: Precision) -> usize {
         let r = self.rows();
         [
-            (r, 3 * self.d),
-            (r, self.m),
-            (r, self.d),
-            (self.b * self.n, self.d),
-            (self.b, self.k),
+            (self.b * self.n, self.cpp, self.d),
+            (r, self.d, 3 * self.d),
+            (r, self.d, self.d),
+            (r, self.d, self.m),
+            (r, self.m, self.d),
+            (self.b, self.d, self.k),
         ]
         .iter()
-        .map(|&(rows, cols)| k::colsum_scratch_len(rows, cols))
+        .map(|&(rows, i, o)| k::splitk_workspace_len(rt, p, rows, i, o))
         .max()
         .unwrap_or(0)
     }
 }
 
+/// Carves fp32 views and operands of the step's precision from the two activation buffers.
+struct Carvers {
+    f32: Carver<f32>,
+    low: Carver<bf16>,
+    precision: Precision,
+}
+
+impl Carvers {
+    fn f32(&mut self, len: usize) -> DView {
+        self.f32.take(len)
+    }
+    /// A tensor in the step's precision (a matmul operand or output).
+    fn low(&mut self, len: usize) -> Operand {
+        match self.precision {
+            Precision::Fp32 => Operand::F32(self.f32.take(len)),
+            Precision::Bf16 => Operand::Bf16(self.low.take(len)),
+        }
+    }
+    /// A bf16 copy of an fp32 tensor, on the bf16 path only.
+    fn copy(&mut self, len: usize) -> Option<BView> {
+        (self.precision == Precision::Bf16).then(|| self.low.take(len))
+    }
+}
+
 /// Activations of one block saved for backward.
 struct BlockActs {
-    x: DView,        // [R, D] block input (residual stream)
-    ln1: DView,      // [R, D]
+    x: DView,        // [R, D] block input (residual stream, fp32)
+    ln1: Operand,    // [R, D]
     ln1_mean: DView, // [R]
     ln1_rstd: DView, // [R]
-    qkv: DView,      // [3, B, H, T, hd] head-major q | k | v
+    qkv: Operand,    // [3, B, H, T, hd] head-major q | k | v
     probs: DView,    // [B, H, T, T]
-    attn: DView,     // [R, D] heads concatenated (proj input)
+    attn: Operand,   // [R, D] heads concatenated (proj input)
     x_mid: DView,    // [R, D] x + proj(attn)
-    ln2: DView,      // [R, D]
+    ln2: Operand,    // [R, D]
     ln2_mean: DView, // [R]
     ln2_rstd: DView, // [R]
-    fc1: DView,      // [R, M] pre-activation
-    gelu: DView,     // [R, M] gelu(fc1) (fc2 input)
+    fc1: Operand,    // [R, M] pre-activation
+    gelu: Operand,   // [R, M] gelu(fc1) (fc2 input)
 }
 
 /// Every activation and scratch view of one batch size.
 struct Acts {
     images: DView,    // [B, C, S, S]
-    patches: DView,   // [B·N, C·P·P]
+    patches: Operand, // [B·N, C·P·P]
     patch_out: DView, // [B·N, D]
     blocks: Vec<BlockActs>,
-    x_last: DView,  // [R, D]
-    pooled: DView,  // [B, D]
-    normed: DView,  // [B, D]
-    mean: DView,    // [B]
-    rstd: DView,    // [B]
-    logits: DView,  // [B, K]
-    dlogits: DView, // [B, K]
+    x_last: DView,    // [R, D]
+    pooled: DView,    // [B, D]
+    normed: Operand,  // [B, D]
+    mean: DView,      // [B]
+    rstd: DView,      // [B]
+    logits: DView,    // [B, K]
+    dlogits: Operand, // [B, K]
     // backward scratch
-    dx: DView,      // [R, D] residual-stream gradient
-    dln: DView,     // [R, D]
-    dattn: DView,   // [R, D]
-    dqkv: DView,    // [R, 3D] token-major
-    dgelu: DView,   // [R, M]
-    dfc1: DView,    // [R, M]
-    ds: DView,      // [B, H, T, T]
-    dpooled: DView, // [B, D]
-    dnormed: DView, // [B, D]
-    dpatch: DView,  // [B·N, D]
+    dx: DView,             // [R, D] residual-stream gradient
+    dx_low: Option<BView>, // [R, D] its bf16 copy (the dY of fc2 and proj on the bf16 path)
+    dln: DView,            // [R, D]
+    dattn: Operand,        // [R, D]
+    dqkv: Operand,         // [R, 3D] token-major
+    dfc1: Operand,         // [R, M] gradient of fc1's pre-activation
+    ds: DView,             // [B, H, T, T]
+    dpooled: DView,        // [B, D]
+    dnormed: DView,        // [B, D]
+    dpatch: Operand,       // [B·N, D]
     ln_scratch: DView,
-    colsum_scratch: DView,
+    splitk: DView,
 }
 
 impl Acts {
-    /// Carves the views for `z` from the front of `c`; with `c = None` only counts.
-    fn carve(c: &mut Carver, z: &BatchDims) -> Self {
+    /// Carves the views for `z`; `splitk` elements of split-K workspace.
+    fn carve(c: &mut Carvers, z: &BatchDims, splitk: usize) -> Self {
         let (r, d, m) = (z.rows(), z.d, z.m);
         let probs = z.b * z.h * z.t * z.t;
-        let images = c.take(z.b * z.image);
-        let patches = c.take(z.b * z.n * z.cpp);
-        let patch_out = c.take(z.b * z.n * d);
+        let images = c.f32(z.b * z.image);
+        let patches = c.low(z.b * z.n * z.cpp);
+        let patch_out = c.f32(z.b * z.n * d);
         let blocks = (0..z.depth)
             .map(|_| BlockActs {
-                x: c.take(r * d),
-                ln1: c.take(r * d),
-                ln1_mean: c.take(r),
-                ln1_rstd: c.take(r),
-                qkv: c.take(3 * r * d),
-                probs: c.take(probs),
-                attn: c.take(r * d),
-                x_mid: c.take(r * d),
-                ln2: c.take(r * d),
-                ln2_mean: c.take(r),
-                ln2_rstd: c.take(r),
-                fc1: c.take(r * m),
-                gelu: c.take(r * m),
+                x: c.f32(r * d),
+                ln1: c.low(r * d),
+                ln1_mean: c.f32(r),
+                ln1_rstd: c.f32(r),
+                qkv: c.low(3 * r * d),
+                probs: c.f32(probs),
+                attn: c.low(r * d),
+                x_mid: c.f32(r * d),
+                ln2: c.low(r * d),
+                ln2_mean: c.f32(r),
+                ln2_rstd: c.f32(r),
+                fc1: c.low(r * m),
+                gelu: c.low(r * m),
             })
             .collect();
         Acts {
@@ -119,58 +149,37 @@ impl Acts {
             patches,
             patch_out,
             blocks,
-            x_last: c.take(r * d),
-            pooled: c.take(z.b * d),
-            normed: c.take(z.b * d),
-            mean: c.take(z.b),
-            rstd: c.take(z.b),
-            logits: c.take(z.b * z.k),
-            dlogits: c.take(z.b * z.k),
-            dx: c.take(r * d),
-            dln: c.take(r * d),
-            dattn: c.take(r * d),
-            dqkv: c.take(3 * r * d),
-            dgelu: c.take(r * m),
-            dfc1: c.take(r * m),
-            ds: c.take(probs),
-            dpooled: c.take(z.b * d),
-            dnormed: c.take(z.b * d),
-            dpatch: c.take(z.b * z.n * d),
-            ln_scratch: c.take(z.ln_scratch()),
-            colsum_scratch: c.take(z.colsum_scratch()),
+            x_last: c.f32(r * d),
+            pooled: c.f32(z.b * d),
+            normed: c.low(z.b * d),
+            mean: c.f32(z.b),
+            rstd: c.f32(z.b),
+            logits: c.f32(z.b * z.k),
+            dlogits: c.low(z.b * z.k),
+            dx: c.f32(r * d),
+            dx_low: c.copy(r * d),
+            dln: c.f32(r * d),
+            dattn: c.low(r * d),
+            dqkv: c.low(3 * r * d),
+            dfc1: c.low(r * m),
+            ds: c.f32(probs),
+            dpooled: c.f32(z.b * d),
+            dnormed: c.f32(z.b * d),
+            dpatch: c.low(z.b * z.n * d),
+            ln_scratch: c.f32(z.ln_scratch()),
+            splitk: c.f32(splitk),
         }
     }
 
-    /// Elements the activations of `z` need.
-    fn len(z: &BatchDims) -> usize {
-        let (r, d, m) = (z.rows(), z.d, z.m);
-        let probs = z.b * z.h * z.t * z.t;
-        let block = 5 * r * d + 4 * r + 3 * r * d + probs + 2 * r * m;
-        z.b * z.image
-            + z.b * z.n * (z.cpp + d)
-            + z.depth * block
-            + r * d
-            + 2 * z.b * d
-            + 2 * z.b
-            + 2 * z.b * z.k
-            + 3 * r * d
-            + 3 * r * d
-            + 2 * r * m
-            + probs
-            + 2 * z.b * d
-            + z.b * z.n * d
-            + z.ln_scratch()
-            + z.colsum_scratch()
+    /// The residual-stream gradient as a matmul's dY, in the step's precision.
+    fn dy(&self) -> Operand {
+        self.dx_low.map_or(Operand::F32(self.dx), Operand::Bf16)
     }
 }
 
-/// Allocates `len` f32s for the buffer `what`; out of memory names it and suggests a
+/// Allocates `len` elements for the buffer `what`; out of memory names it and suggests a
 /// smaller batch.
-fn alloc<T: bytemuck::Pod>(
-    rt: &Arc<dyn Runtime>,
-    len: usize,
-    what: &str,
-) -> GpuResult<DeviceBuffer<T>> {
+fn alloc<T: Elem>(rt: &Arc<dyn Runtime>, len: usize, what: &str) -> GpuResult<DeviceBuffer<T>> {
     DeviceBuffer::new(rt, len).map_err(|e| GpuError::Memory {
         op: format!("allocating {what}"),
         message: format!(
@@ -186,14 +195,19 @@ pub struct GpuTrainer {
     cfg: ModelConfig,
     layout: ParamLayout,
     adamw: AdamWConfig,
+    precision: Precision,
     max_batch: usize,
     _state: DeviceBuffer<f32>,
     params: DView,
     grads: DView,
     m: DView,
     v: DView,
+    /// The bf16 copy of the parameters the bf16 matmuls read (bf16 path only).
+    params_low: Option<DeviceBuffer<bf16>>,
     decay: DeviceBuffer<u8>,
-    acts_buf: DeviceBuffer<f32>,
+    acts_f32: DeviceBuffer<f32>,
+    acts_low: DeviceBuffer<bf16>,
+    splitk: usize,
     labels: DeviceBuffer<u32>,
     stats: DeviceBuffer<f32>,
     norm_partial: DeviceBuffer<f64>,
@@ -203,13 +217,15 @@ pub struct GpuTrainer {
 }
 
 impl GpuTrainer {
-    /// An engine for `cfg` on `rt` holding `params`, with room for batches of `max_batch`.
+    /// An engine for `cfg` on `rt` holding `params`, with room for batches of `max_batch`,
+    /// computing in `precision`.
     pub fn new(
         rt: Arc<dyn Runtime>,
         cfg: &ModelConfig,
         max_batch: usize,
         params: &[f32],
         adamw: AdamWConfig,
+        precision: Precision,
     ) -> GpuResult<Self> {
         let bad = |m: String| GpuError::Shape {
             kernel: "engine".into(),
@@ -230,10 +246,13 @@ impl GpuTrainer {
         let state = alloc::<f32>(&rt, 4 * n, "parameters, gradients and AdamW moments")?;
         let mut c = Carver::new(state.view());
         let (p, g, m, v) = (c.take(n), c.take(n), c.take(n), c.take(n));
-        p.upload(&*rt, params)?;
         g.fill_bytes(&*rt, 0)?;
         m.fill_bytes(&*rt, 0)?;
         v.fill_bytes(&*rt, 0)?;
+        let params_low = match precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(alloc::<bf16>(&rt, n, "bf16 weight copies")?),
+        };
         let mut mask = vec![0u8; n];
         for e in &layout.entries {
             if e.decay {
@@ -243,29 +262,59 @@ impl GpuTrainer {
         let mut decay = alloc::<u8>(&rt, n, "weight-decay mask")?;
         decay.upload(&mask)?;
         let z = BatchDims::new(cfg, max_batch);
-        let acts_buf = alloc::<f32>(&rt, Acts::len(&z), "activations")?;
+        let splitk = z.splitk_workspace(&*rt, precision);
+        let mut count = Carvers {
+            f32: Carver::counting(),
+            low: Carver::counting(),
+            precision,
+        };
+        Acts::carve(&mut count, &z, splitk);
+        let acts_f32 = alloc::<f32>(&rt, count.f32.used(), "activations")?;
+        let acts_low = alloc::<bf16>(&rt, count.low.used(), "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
         let norm_partial = alloc::<f64>(&rt, k::NORM_BLOCKS, "gradient norm partials")?;
-        Ok(GpuTrainer {
+        let mut engine = GpuTrainer {
             rt,
             cfg: cfg.clone(),
             layout,
             adamw,
+            precision,
             max_batch,
             _state: state,
             params: p,
             grads: g,
             m,
             v,
+            params_low,
             decay,
-            acts_buf,
+            acts_f32,
+            acts_low,
+            splitk,
             labels,
             stats,
             norm_partial,
             step: 0,
             batch: 0,
-        })
+        };
+        engine.upload_params(params)?;
+        Ok(engine)
+    }
+
+    /// The precision this engine computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Uploads the master parameters and, on the bf16 path, their bf16 copies (rounded to
+    /// nearest even, as the AdamW kernel rounds them afterwards).
+    fn upload_params(&mut self, params: &[f32]) -> GpuResult<()> {
+        self.params.upload(&*self.rt, params)?;
+        if let Some(low) = &mut self.params_low {
+            let copy: Vec<bf16> = params.iter().map(|&p| bf16::from_f32(p)).collect();
+            low.upload(&copy)?;
+        }
+        Ok(())
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -274,19 +323,25 @@ impl GpuTrainer {
 
     fn acts(&self, batch: usize) -> (BatchDims, Acts) {
         let z = BatchDims::new(&self.cfg, batch);
-        let mut c = Carver::new(self.acts_buf.view());
-        let a = Acts::carve(&mut c, &z);
-        debug_assert_eq!(
-            c.used(),
-            Acts::len(&z),
-            "Acts::len and Acts::carve disagree"
-        );
+        let mut c = Carvers {
+            f32: Carver::new(self.acts_f32.view()),
+            low: Carver::new(self.acts_low.view()),
+            precision: self.precision,
+        };
+        let a = Acts::carve(&mut c, &z, self.splitk);
         (z, a)
     }
 
-    /// The parameter (or, with `of = grads`, gradient) view of a layout range.
+    /// The fp32 parameter view of a layout range (biases, norms, embeddings).
     fn p(&self, r: &std::ops::Range<usize>) -> DView {
         self.params.slice(r.start, r.len())
+    }
+    /// A weight as a matmul operand: fp32, or its bf16 copy on the bf16 path.
+    fn w(&self, r: &std::ops::Range<usize>) -> Operand {
+        match &self.params_low {
+            None => Operand::F32(self.p(r)),
+            Some(low) => Operand::Bf16(low.view().slice(r.start, r.len())),
+        }
     }
     fn g(&self, r: &std::ops::Range<usize>) -> DView {
         self.grads.slice(r.start, r.len())
@@ -325,9 +380,9 @@ impl GpuTrainer {
         let np = batch * z.n;
         k::linear_forward(
             rt,
-            a.patch_out,
+            Operand::F32(a.patch_out),
             a.patches,
-            self.p(&lay.patch_w),
+            self.w(&lay.patch_w),
             self.p(&lay.patch_b),
             LinearEpilogue::Bias,
             np,
@@ -344,7 +399,7 @@ impl GpuTrainer {
             batch,
             d,
         )?;
-        let hl = z.attn_dims().head_len_pub();
+        let hl = z.attn_dims().head_len();
         for (l, (blk, w)) in a.blocks.iter().zip(&lay.blocks).enumerate() {
             let x_next = a.blocks.get(l + 1).map(|b| b.x).unwrap_or(a.x_last);
             k::layernorm_forward(
@@ -361,7 +416,7 @@ impl GpuTrainer {
                 rt,
                 blk.qkv,
                 blk.ln1,
-                self.p(&w.qkv_w),
+                self.w(&w.qkv_w),
                 self.p(&w.qkv_b),
                 batch,
                 z.t,
@@ -380,9 +435,9 @@ impl GpuTrainer {
             )?;
             k::linear_forward(
                 rt,
-                blk.x_mid,
+                Operand::F32(blk.x_mid),
                 blk.attn,
-                self.p(&w.proj_w),
+                self.w(&w.proj_w),
                 self.p(&w.proj_b),
                 LinearEpilogue::Residual(blk.x),
                 r,
@@ -403,7 +458,7 @@ impl GpuTrainer {
                 rt,
                 blk.gelu,
                 blk.ln2,
-                self.p(&w.fc1_w),
+                self.w(&w.fc1_w),
                 self.p(&w.fc1_b),
                 LinearEpilogue::Gelu { pre: blk.fc1 },
                 r,
@@ -412,9 +467,9 @@ impl GpuTrainer {
             )?;
             k::linear_forward(
                 rt,
-                x_next,
+                Operand::F32(x_next),
                 blk.gelu,
-                self.p(&w.fc2_w),
+                self.w(&w.fc2_w),
                 self.p(&w.fc2_b),
                 LinearEpilogue::Residual(blk.x_mid),
                 r,
@@ -443,9 +498,9 @@ impl GpuTrainer {
         )?;
         k::linear_forward(
             rt,
-            a.logits,
+            Operand::F32(a.logits),
             a.normed,
-            self.p(&lay.head_w),
+            self.w(&lay.head_w),
             self.p(&lay.head_b),
             LinearEpilogue::Bias,
             batch,
@@ -498,38 +553,45 @@ impl GpuTrainer {
         let lay = &self.layout;
         let (z, a) = self.acts(self.batch);
         let (r, d, m, b) = (z.rows(), z.d, z.m, z.b);
-        let cs = a.colsum_scratch;
         self.grads.fill_bytes(rt, 0)?;
-        // linear backward: dx (optional, overwritten), dW += dyᵀ x, db += Σ dy
-        let linear = |dx: Option<DView>,
-                      wr: &std::ops::Range<usize>,
-                      br: &std::ops::Range<usize>,
-                      dy: DView,
-                      x: DView,
-                      rows: usize,
-                      i: usize,
-                      o: usize|
+        // Weight and bias gradients of one linear layer: dW += dyᵀ x, db += Σ dy.
+        let dw = |wr: &std::ops::Range<usize>,
+                  br: &std::ops::Range<usize>,
+                  dy: Operand,
+                  x: Operand,
+                  rows: usize,
+                  i: usize,
+                  o: usize|
          -> GpuResult<()> {
-            if let Some(dx) = dx {
-                k::linear_backward_dx(rt, dx, dy, self.p(wr), rows, i, o)?;
-            }
-            k::linear_backward_dw(rt, self.g(wr), dy, x, rows, i, o)?;
-            k::column_sums_into(rt, self.g(br), cs, dy, rows, o)
+            k::linear_backward_dw(
+                rt,
+                self.g(wr),
+                Some(self.g(br)),
+                a.splitk,
+                dy,
+                x,
+                rows,
+                i,
+                o,
+            )
         };
-        linear(
-            Some(a.dnormed),
-            &lay.head_w,
-            &lay.head_b,
+        // head: dnormed = dlogits · W (fp32, into the LayerNorm backward)
+        k::linear_backward_dx(
+            rt,
+            Operand::F32(a.dnormed),
             a.dlogits,
-            a.normed,
+            self.w(&lay.head_w),
+            None,
             b,
             d,
             z.k,
         )?;
+        dw(&lay.head_w, &lay.head_b, a.dlogits, a.normed, b, d, z.k)?;
         a.dpooled.fill_bytes(rt, 0)?;
         k::layernorm_backward(
             rt,
             a.dpooled,
+            None,
             self.g(&lay.head_norm_w),
             self.g(&lay.head_norm_b),
             a.ln_scratch,
@@ -540,15 +602,36 @@ impl GpuTrainer {
             self.p(&lay.head_norm_w),
             d,
         )?;
-        k::pool_backward(rt, a.dx, a.dpooled, b, z.t, d, self.cfg.pool == Pool::Mean)?;
-        let hl = z.attn_dims().head_len_pub();
+        k::pool_backward(
+            rt,
+            a.dx,
+            a.dx_low,
+            a.dpooled,
+            b,
+            z.t,
+            d,
+            self.cfg.pool == Pool::Mean,
+        )?;
+        let hl = z.attn_dims().head_len();
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
-            linear(Some(a.dgelu), &w.fc2_w, &w.fc2_b, a.dx, blk.gelu, r, m, d)?;
-            k::gelu_backward(rt, a.dfc1, a.dgelu, blk.fc1)?;
-            linear(Some(a.dln), &w.fc1_w, &w.fc1_b, a.dfc1, blk.ln2, r, d, m)?;
+            // fc2: its dX times gelu'(fc1) is fc1's pre-activation gradient
+            k::linear_backward_dx(rt, a.dfc1, a.dy(), self.w(&w.fc2_w), Some(blk.fc1), r, m, d)?;
+            dw(&w.fc2_w, &w.fc2_b, a.dy(), blk.gelu, r, m, d)?;
+            k::linear_backward_dx(
+                rt,
+                Operand::F32(a.dln),
+                a.dfc1,
+                self.w(&w.fc1_w),
+                None,
+                r,
+                d,
+                m,
+            )?;
+            dw(&w.fc1_w, &w.fc1_b, a.dfc1, blk.ln2, r, d, m)?;
             k::layernorm_backward(
                 rt,
                 a.dx,
+                a.dx_low,
                 self.g(&w.norm2_w),
                 self.g(&w.norm2_b),
                 a.ln_scratch,
@@ -559,7 +642,8 @@ impl GpuTrainer {
                 self.p(&w.norm2_w),
                 d,
             )?;
-            linear(Some(a.dattn), &w.proj_w, &w.proj_b, a.dx, blk.attn, r, d, d)?;
+            k::linear_backward_dx(rt, a.dattn, a.dy(), self.w(&w.proj_w), None, r, d, d)?;
+            dw(&w.proj_w, &w.proj_b, a.dy(), blk.attn, r, d, d)?;
             k::attention_backward(
                 rt,
                 a.dqkv,
@@ -572,19 +656,21 @@ impl GpuTrainer {
                 z.attn_dims(),
                 true,
             )?;
-            linear(
-                Some(a.dln),
-                &w.qkv_w,
-                &w.qkv_b,
+            k::linear_backward_dx(
+                rt,
+                Operand::F32(a.dln),
                 a.dqkv,
-                blk.ln1,
+                self.w(&w.qkv_w),
+                None,
                 r,
                 d,
                 3 * d,
             )?;
+            dw(&w.qkv_w, &w.qkv_b, a.dqkv, blk.ln1, r, d, 3 * d)?;
             k::layernorm_backward(
                 rt,
                 a.dx,
+                a.dx_low,
                 self.g(&w.norm1_w),
                 self.g(&w.norm1_b),
                 a.ln_scratch,
@@ -605,8 +691,7 @@ impl GpuTrainer {
             b,
             d,
         )?;
-        linear(
-            None,
+        dw(
             &lay.patch_w,
             &lay.patch_b,
             a.dpatch,
@@ -627,12 +712,13 @@ impl GpuTrainer {
         k::adamw(
             rt,
             self.params,
+            self.params_low.as_ref().map(|b| b.view()),
             self.m,
             self.v,
             self.grads,
             &self.decay,
             clip.map(|_| self.stats.view()),
-            k::AdamWStep::new(&self.adamw, self.step, lr),
+            AdamWScalars::new(&self.adamw, self.step, lr),
         )
     }
 
@@ -683,8 +769,8 @@ impl GpuTrainer {
     }
 
     pub fn try_load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> GpuResult<()> {
+        self.upload_params(params)?;
         let rt = &*self.rt;
-        self.params.upload(rt, params)?;
         if let Some(o) = opt {
             self.m.upload(rt, &o.m)?;
             self.v.upload(rt, &o.v)?;
@@ -698,7 +784,7 @@ impl GpuTrainer {
 /// fault, a lost device) stops the program with the device's message.
 impl TrainEngine for GpuTrainer {
     fn describe(&self) -> String {
-        self.rt.describe()
+        format!("{}, {}", self.rt.describe(), self.precision)
     }
 
     fn max_batch(&self) -> usize {

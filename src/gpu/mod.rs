@@ -1,6 +1,7 @@
 //! GPU engine: the device runtime (CUDA or the CPU emulator), typed kernel launchers.
 //! All `unsafe` of the crate lives in this module (FFI to the driver and the emulator).
 
+pub mod cublaslt;
 pub mod cuda;
 pub mod embedded;
 pub mod emu;
@@ -13,7 +14,11 @@ use std::sync::Arc;
 
 pub use engine::GpuTrainer;
 pub use error::{GpuError, GpuResult};
-pub use runtime::{Carver, DView, DeviceBuffer, DevicePtr, KernelArg, LaunchConfig, Runtime};
+pub use kernels::Operand;
+pub use runtime::{
+    BView, Carver, Cost, DView, DeviceBuffer, DevicePtr, Elem, KernelArg, Launch, LaunchConfig,
+    Runtime, View,
+};
 
 /// Which runtime to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

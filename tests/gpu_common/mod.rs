@@ -85,3 +85,99 @@ pub fn tol(table: &[(&str, f64)], name: &str) -> f64 {
         .map(|&(_, t)| t)
         .unwrap_or_else(|| panic!("no tolerance for {name}"))
 }
+
+/// Unit roundoff of bf16 (8 significant bits) and of fp32.
+pub const U16: f64 = 1.0 / 256.0;
+pub const U32: f64 = f32::EPSILON as f64 / 2.0;
+
+/// The values a tensor of precision `p` holds for `v` (bf16: rounded to nearest even).
+pub fn held(p: vitk::engine::Precision, v: &[f32]) -> Vec<f32> {
+    match p {
+        vitk::engine::Precision::Fp32 => v.to_vec(),
+        vitk::engine::Precision::Bf16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect(),
+    }
+}
+
+/// Device buffers of one test, kept alive while their views are in use: fp32 or bf16 copies
+/// of host data and NaN-filled outputs.
+pub struct Dev {
+    pub rt: Arc<dyn Runtime>,
+    f32s: Vec<vitk::gpu::DeviceBuffer<f32>>,
+    b16s: Vec<vitk::gpu::DeviceBuffer<half::bf16>>,
+}
+
+impl Dev {
+    pub fn new(rt: &Arc<dyn Runtime>) -> Self {
+        Dev {
+            rt: rt.clone(),
+            f32s: vec![],
+            b16s: vec![],
+        }
+    }
+
+    pub fn f32(&mut self, data: &[f32]) -> vitk::gpu::DView {
+        let b = vitk::gpu::DeviceBuffer::from_slice(&self.rt, data).expect("upload");
+        let v = b.view();
+        self.f32s.push(b);
+        v
+    }
+
+    /// `n` NaNs (an output poisoned before its kernel runs).
+    pub fn nan(&mut self, n: usize) -> vitk::gpu::DView {
+        self.f32(&vec![f32::NAN; n])
+    }
+
+    pub fn bf16(&mut self, data: &[f32]) -> vitk::gpu::BView {
+        let h: Vec<half::bf16> = data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let b = vitk::gpu::DeviceBuffer::from_slice(&self.rt, &h).expect("upload");
+        let v = b.view();
+        self.b16s.push(b);
+        v
+    }
+
+    /// `data` in precision `p` (bf16: rounded), starting `skew` elements into its buffer
+    /// (skew 1 makes a bf16 operand misaligned for 16-byte loads).
+    pub fn operand(
+        &mut self,
+        p: vitk::engine::Precision,
+        data: &[f32],
+        skew: usize,
+    ) -> vitk::gpu::Operand {
+        let mut padded = vec![0.0; skew];
+        padded.extend_from_slice(data);
+        match p {
+            vitk::engine::Precision::Fp32 => {
+                vitk::gpu::Operand::F32(self.f32(&padded).slice(skew, data.len()))
+            }
+            vitk::engine::Precision::Bf16 => {
+                vitk::gpu::Operand::Bf16(self.bf16(&padded).slice(skew, data.len()))
+            }
+        }
+    }
+
+    /// A NaN-filled output of `n` elements in precision `p`.
+    pub fn out(&mut self, p: vitk::engine::Precision, n: usize) -> vitk::gpu::Operand {
+        self.operand(p, &vec![f32::NAN; n], 0)
+    }
+
+    /// An operand's values (after the device finished), widened.
+    pub fn get(&self, v: vitk::gpu::Operand) -> Vec<f32> {
+        self.rt.synchronize().expect("synchronize");
+        match v {
+            vitk::gpu::Operand::F32(v) => v.to_vec(&*self.rt).expect("download"),
+            vitk::gpu::Operand::Bf16(v) => v
+                .to_vec(&*self.rt)
+                .expect("download")
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+        }
+    }
+
+    pub fn get32(&self, v: vitk::gpu::DView) -> Vec<f32> {
+        self.get(vitk::gpu::Operand::F32(v))
+    }
+}

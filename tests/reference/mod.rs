@@ -1,7 +1,7 @@
 //! Plain f64 reference implementations of every op, written as the textbook loops (no
 //! blocking, no parallelism, no shared code with src/cpu), for the model-scale tests: an op
 //! that mishandles its row blocks, chunks or tiles disagrees with these at O(1).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)]
 
 /// erfc-based Φ(x): keeps full relative precision in the lower tail, where 1 + erf cancels.
 pub fn normal_cdf(x: f64) -> f64 {

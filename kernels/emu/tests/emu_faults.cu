@@ -74,3 +74,42 @@ extern "C" __global__ void vitk_emutest_read_past_end(float* out, const float* i
   if (i < n) out[i] = in[i + 1];
 }
 VITK_EXPORT(vitk_emutest_read_past_end)
+
+// cp.async misuse. One copy issued and never committed.
+extern "C" __global__ void vitk_emutest_cp_async_uncommitted(float* out, const float* in) {
+  VITK_SHARED(float, s, 4);
+  vitk_cp_async16(s, in, 16);
+  out[threadIdx.x] = 0.0f;
+}
+VITK_EXPORT(vitk_emutest_cp_async_uncommitted)
+
+// A copy committed but never waited for, then read after a barrier: on a GPU a race, on the
+// emulator the stale (poisoned, NaN) shared memory.
+extern "C" __global__ void vitk_emutest_cp_async_no_wait(float* out, const float* in) {
+  VITK_SHARED(float, s, 4);
+  if (threadIdx.x == 0) vitk_cp_async16(s, in, 16);
+  vitk_cp_async_commit();
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x & 3];
+}
+VITK_EXPORT(vitk_emutest_cp_async_no_wait)
+
+// ldmatrix with a row address 2 bytes off 16-byte alignment.
+extern "C" __global__ void vitk_emutest_ldmatrix_misaligned(unsigned* out) {
+  VITK_SHARED(vitk_bf16, tile, 16 * 16 + 8);
+  for (int i = threadIdx.x; i < 16 * 16 + 8; i += 32) tile[i].bits = (unsigned short)i;
+  __syncwarp();
+  unsigned r[4];
+  vitk_ldmatrix<4, false>(r, tile + 1 + (threadIdx.x & 15) * 16);
+  out[threadIdx.x] = r[0];
+}
+VITK_EXPORT(vitk_emutest_ldmatrix_misaligned)
+
+// mma.sync in a block of 16 threads: the warp is not full.
+extern "C" __global__ void vitk_emutest_mma_partial_warp(float* out) {
+  unsigned a[4] = {0u, 0u, 0u, 0u}, b[2] = {0u, 0u};
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  vitk_mma_bf16(d, a, b);
+  out[threadIdx.x] = d[0];
+}
+VITK_EXPORT(vitk_emutest_mma_partial_warp)
