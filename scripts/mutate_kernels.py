@@ -20,72 +20,109 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests every mutant runs against (the emulator is the default device).
-TESTS = ["kernels_parity", "gpu_engine"]
+TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers"]
 
-# (name, file, original text, mutated text). The original must occur exactly once.
+# (name, file, original text, mutated text). The original must occur exactly once, and the
+# mutant must still build (a mutant that leaves a parameter unused would fail -Werror and
+# prove nothing): the script reports those as BUILD-FAILED, not as killed.
 MUTANTS = [
+    # attention.cu
     ("softmax without the max subtraction", "kernels/attention.cu",
-     "const float p = expf(pr[j] - mx);", "const float p = expf(pr[j]);"),
+     "const float p = expf(pr[j] - mx);", "const float p = expf(pr[j] + 0.0f * mx);"),
     ("softmax backward drops the row dot product", "kernels/attention.cu",
-     "dsr[j] = pr[j] * (dsr[j] - dot);", "dsr[j] = pr[j] * dsr[j];"),
+     "dsr[j] = pr[j] * (dsr[j] - dot);", "dsr[j] = pr[j] * (dsr[j] - 0.0f * dot);"),
     ("dQ without the scale", "kernels/attention.cu",
-     "dq[e] = scale * s;", "dq[e] = s;"),
+     "vitk_st(dq + e, scale * s);", "vitk_st(dq + e, s);"),
+    # optim.cu
     ("gradient norm ignores elements past 256x256", "kernels/optim.cu",
-     "for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;\n       i += (long long)gridDim.x * blockDim.x) {\n    const double x = g[i];",
-     "for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n && i < 65536;\n       i += (long long)gridDim.x * blockDim.x) {\n    const double x = g[i];"),
+     "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;\n       i += (long long)gridDim.x * blockDim.x) {\n    const double x = g[i];",
+     "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n && i < 65536;\n       i += (long long)gridDim.x * blockDim.x) {\n    const double x = g[i];"),
     ("clip coefficient not capped at 1", "kernels/optim.cu",
      "stats[3] = coef < 1.0 ? (float)coef : 1.0f;", "stats[3] = (float)coef;"),
     ("AdamW without the second-moment bias correction", "kernels/optim.cu",
-     "const float denom = sqrtf(vi) / bc2_sqrt + eps;", "const float denom = sqrtf(vi) + eps;"),
+     "const float denom = sqrtf(vi) / bc2_sqrt + eps;", "const float denom = sqrtf(vi) / (bc2_sqrt * 0.0f + 1.0f) + eps;"),
     ("AdamW decays every parameter", "kernels/optim.cu",
-     "if (decay[i]) pi *= keep;", "pi *= keep;"),
-    ("matmul A tile load bounded by the tile, not the matrix", "kernels/matmul.cu",
-     "(gi < m && gk < k) ? a[", "(gk < k) ? a["),
-    ("matmul ignores ACCUMULATE", "kernels/matmul.cu",
-     "if (flags & VITK_MM_ACCUMULATE)\n        c[dst] += v;", "if (false)\n        c[dst] += v;"),
-    ("matmul bias added after GELU", "kernels/matmul.cu",
-     "      if (bias) v += bias[j];\n      const long long rowmajor", "      const long long rowmajor"),
-    ("QKV scatter swaps head and q/k/v", "kernels/matmul.cu",
-     "dst = (((long long)s * batch + bi) * qkv_heads + h)", "dst = (((long long)h * batch + bi) * qkv_heads + s)"),
-    ("column sums drop the last chunk", "kernels/matmul.cu",
-     "for (int c = 0; c < chunks; c++) s += partial", "for (int c = 0; c < chunks - 1; c++) s += partial"),
+     "if (decay[i]) pi *= keep;", "if (decay[i] || true) pi *= keep;"),
+    ("AdamW writes the bf16 copy of the old parameters", "kernels/optim.cu",
+     "    p[i] = pi;\n    if (p_low) vitk_st(p_low + i, pi);", "    if (p_low) vitk_st(p_low + i, p[i]);\n    p[i] = pi;"),
+    # epilogue.cuh (both matmuls)
+    ("bias added after GELU", "kernels/epilogue.cuh",
+     "    if (bias) v += bias[j];\n    if (flags & VITK_MM_GELU) {\n      vitk_st(aux + rowmajor, v);\n      v = vitk_gelu(v);\n    }",
+     "    if (flags & VITK_MM_GELU) {\n      vitk_st(aux + rowmajor, v);\n      v = vitk_gelu(v);\n    }\n    if (bias) v += bias[j];"),
+    ("GELU backward multiplies by gelu instead of gelu'", "kernels/epilogue.cuh",
+     "v *= vitk_gelu_grad(vitk_ld(aux + rowmajor));", "v *= vitk_gelu(vitk_ld(aux + rowmajor));"),
+    ("matmul ignores ACCUMULATE", "kernels/epilogue.cuh",
+     "if (flags & VITK_MM_ACCUMULATE) v += vitk_ld(c + dst);", "if (flags & 0) v += vitk_ld(c + dst);"),
+    ("QKV scatter swaps head and q/k/v", "kernels/epilogue.cuh",
+     "dst = (((long long)s * batch + b) * qkv_heads + h)", "dst = (((long long)h * batch + b) * qkv_heads + s)"),
+    ("GELU as 1 + erf (cancels in the lower tail)", "kernels/epilogue.cuh",
+     "  return 0.5f * x * erfcf(-x * VITK_INV_SQRT2);", "  return 0.5f * x * (1.0f + erff(x * VITK_INV_SQRT2));"),
+    # matmul.cu (fp32)
+    ("fp32 matmul A tile load bounded by the tile, not the matrix", "kernels/matmul.cu",
+     "(gi < m && gk < k_end) ? a[", "(gk < k_end) ? a["),
+    ("fp32 split-K reads past its K range", "kernels/matmul.cu",
+     "(gj < n && gk < k_end) ? b[", "(gj < n && gk < k) ? b["),
+    ("split-K reduction drops the last split", "kernels/matmul.cu",
+     "for (int z = 0; z < splits; z++) s += ws[z * mn + i];", "for (int z = 0; z < splits - 1; z++) s += ws[z * mn + i];"),
+    ("fp32 bias row sums drop a quarter of each tile", "kernels/matmul.cu",
+     "for (int kk = part * 4; kk < part * 4 + 4; kk++) my_rowsum", "for (int kk = part * 4; kk < part * 4 + 3; kk++) my_rowsum"),
+    # matmul_tc.cu and tile.cuh (bf16 tensor cores)
+    ("cp.async pipeline waits for one group too few", "kernels/matmul_tc.cu",
+     "vitk_cp_async_wait<VITK_TC_STAGES - 2>();", "vitk_cp_async_wait<VITK_TC_STAGES - 1>();"),
+    ("no barrier between the pipeline wait and the tile reads", "kernels/matmul_tc.cu",
+     "    __syncthreads();  // ... in every thread; and stage (kt - 1) % STAGES is free to refill\n", ""),
+    ("tensor-core epilogue column off by one in each pair", "kernels/matmul_tc.cu",
+     "const int gj = col0 + wn0 + 8 * j + 2 * t + (r & 1);", "const int gj = col0 + wn0 + 8 * j + 2 * t + (r & 1) * 0;"),
+    ("tensor-core bias row sums use one part of each stage", "kernels/matmul_tc.cu",
+     "for (int p = 0; p < PARTS; p++) s += rowsum[p * BM + threadIdx.x];", "for (int p = 0; p < 1; p++) s += rowsum[p * BM + threadIdx.x];"),
+    ("tile loads ignore the K edge (split range)", "kernels/tile.cuh",
+     "const int valid = gr < rows ? min(8, max(0, cols - gc)) : 0;", "const int valid = gr < rows ? 8 + 0 * cols : 0;"),
+    ("A fragment from the wrong K half", "kernels/tile.cuh",
+     "vitk_ldmatrix<4, false>(a, tile + (m0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);", "vitk_ldmatrix<4, false>(a, tile + (m0 + (lane & 15)) * LD + k0 + (lane >> 4) * 0);"),
+    ("B fragments of an N-major tile with K and N halves swapped", "kernels/tile.cuh",
+     "vitk_ldmatrix<4, true>(x, tile + (k0 + (j & 1) * 8 + r) * LD + n0 + (j >> 1) * 8);", "vitk_ldmatrix<4, true>(x, tile + (k0 + (j >> 1) * 8 + r) * LD + n0 + (j & 1) * 8);"),
+    # layernorm.cu
     ("LayerNorm eps 1e-5 instead of 1e-6", "kernels/layernorm.cu",
      "#define VITK_LN_EPS 1e-6f", "#define VITK_LN_EPS 1e-5f"),
     ("LayerNorm unbiased variance", "kernels/layernorm.cu",
      "const float var = vitk_block_sum(q, scratch) / dim;", "const float var = vitk_block_sum(q, scratch) / (dim - 1);"),
     ("LayerNorm backward overwrites dx instead of accumulating", "kernels/layernorm.cu",
-     "dxr[c] += rs * (g - mean_g - xhat * mean_gx);", "dxr[c] = rs * (g - mean_g - xhat * mean_gx);"),
+     "const float v = dxr[c] + rs * (g - mean_g - xhat * mean_gx);", "const float v = 0.0f * dxr[c] + rs * (g - mean_g - xhat * mean_gx);"),
     ("LayerNorm backward blocks skip their last row", "kernels/layernorm.cu",
      "const int r1 = min(rows, r0 + rows_per_block);", "const int r1 = min(rows, r0 + rows_per_block - 1);"),
     ("LayerNorm weight-gradient reduce drops the last block", "kernels/layernorm.cu",
      "for (int i = 0; i < blocks; i++) {", "for (int i = 0; i < blocks - 1; i++) {"),
-    ("GELU as 1 + erf (cancels in the lower tail)", "kernels/gelu.cu",
-     "out[i] = 0.5f * v * erfcf(-v * VITK_INV_SQRT2);", "out[i] = 0.5f * v * (1.0f + erff(v * VITK_INV_SQRT2));"),
-    ("GELU backward without the density term", "kernels/gelu.cu",
-     "dx[i] = dout[i] * (cdf + v * pdf);", "dx[i] = dout[i] * cdf;"),
+    ("LayerNorm bf16 copy of dx before its update", "kernels/layernorm.cu",
+     "if (dx_low) vitk_st(dx_low + (long long)r * dim + c, v);", "if (dx_low) vitk_st(dx_low + (long long)r * dim + c, dxr[c] - v + v);"),
+    # loss.cu, reduce.cuh, tokens.cu, patch_embed.cu
     ("cross-entropy arg-max loses the lowest-index tie-break", "kernels/loss.cu",
-     "if (ov > v || (ov == v && oi < idx)) {", "if (ov > v) {"),
+     "if (ov > v || (ov == v && oi < idx)) {", "if (ov > v || (ov == v && oi > idx)) {"),
     ("cross-entropy smoothing target not divided by K", "kernels/loss.cu",
      "const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing * inv_k;",
      "const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing;"),
     ("cross-entropy through log_z = m + lse (loses precision on large logits)", "kernels/loss.cu",
-     "drow[c] = (expf((row[c] - mx) - lse) - target) * inv_b;", "drow[c] = (expf(row[c] - (mx + lse)) - target) * inv_b;"),
+     "vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_b);", "vitk_st(drow + c, (expf(row[c] - (mx + lse)) - target) * inv_b);"),
     ("block sum reads lanes past the end of a partial warp", "kernels/reduce.cuh",
      "if (lane + offset < lanes) v += other;", "v += other;"),
     ("tokens forward adds position 0 everywhere", "kernels/tokens.cu",
-     "x[i] = e + pos[(long long)tok * dim + c];", "x[i] = e + pos[c];"),
+     "x[i] = e + pos[(long long)tok * dim + c];", "x[i] = e + pos[c + 0 * tok];"),
     ("position gradient skips the last image", "kernels/tokens.cu",
      "for (int b = 0; b < batch; b++) s += dx[(long long)b * t * dim + i];", "for (int b = 0; b < batch - 1; b++) s += dx[(long long)b * t * dim + i];"),
     ("mean pooling divides by T - 1", "kernels/tokens.cu",
      "pooled[i] = s * (1.0f / t);", "pooled[i] = s * (1.0f / (t - 1 + (t == 1)));"),
     ("im2col swaps ky and kx", "kernels/patch_embed.cu",
      "const int ky = k / patch, kx = k - ky * patch;", "const int kx = k / patch, ky = k - kx * patch;"),
+    # the engine and launchers (Rust, src/gpu)
     ("device engine stops zeroing gradients", "src/gpu/engine.rs",
      "        self.grads.fill_bytes(rt, 0)?;\n", ""),
     ("AdamW step counter not advanced", "src/gpu/engine.rs",
      "        self.step += 1;\n", ""),
-    ("bias-correction scalars at step t - 1", "src/gpu/kernels.rs",
-     "        let t = t as i32;", "        let t = (t as i32 - 1).max(1);"),
+    ("bias-correction scalars at step t - 1", "src/optim.rs",
+     "        let t = i32::try_from(t).unwrap_or(i32::MAX);", "        let t = i32::try_from(t.saturating_sub(1).max(1)).unwrap_or(i32::MAX);"),
+    ("split-K plans one split too few", "src/gpu/kernels/matmul.rs",
+     "    (k.div_ceil(chunk).max(1), chunk)", "    (k.div_ceil(chunk).max(2) - 1, chunk)"),
+    ("bf16 path reads the fp32 weights' bits as bf16", "src/gpu/engine.rs",
+     "            Some(low) => Operand::Bf16(low.view().slice(r.start, r.len())),", "            Some(low) => Operand::Bf16(low.view().slice(r.start / 2, r.len())),"),
 ]
 
 
@@ -125,6 +162,11 @@ def main():
             continue
         open(path, "w").write(text.replace(old, new))
         t0 = time.time()
+        if run(test_cmd + ["--no-run"], tree, env, log) != 0:
+            open(path, "w").write(text)
+            problems.append(f"does not build: {name}")
+            print(f"  BUILD-FAILED {name} ({rel})", flush=True)
+            continue
         rc = run(test_cmd, tree, env, log)
         open(path, "w").write(text)
         verdict = "killed" if rc != 0 else "SURVIVED"
