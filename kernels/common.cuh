@@ -56,6 +56,13 @@ inline T* vitk_dynamic_shared() {
 #endif
 
 // ---- bf16 storage -----------------------------------------------------------------------------
+// The precision rule of the bf16 path (--precision bf16), as PyTorch's autocast has it: master
+// weights, gradients and AdamW moments are fp32; the tensors that feed a matmul (bf16 weight
+// copies, patches, LayerNorm outputs, q/k/v, the attention output, fc1's pre-activation and
+// GELU output, and the backward's dY) are stored in bf16; everything else stays fp32: the
+// residual stream and its gradient, LayerNorm statistics, softmax and probabilities, the loss,
+// norms, reductions and split-K partials. Kernels with a bf16 instance take their matmul-side
+// tensors as `vitk_bf16` and compute in fp32.
 // bf16 values are stored as their 16 bits; arithmetic is always fp32. Rounding is written out
 // (round to nearest even, NaN kept quiet) so that the device and the emulator give the same
 // bits; it costs a few integer operations per element, nothing next to the memory traffic.

@@ -5,6 +5,7 @@
 //!     vitk eval --data DIR --checkpoint runs/run-1/model.safetensors
 //!     vitk predict --checkpoint runs/run-1/model.safetensors cat.png
 //!     vitk synth --out synth-bin
+//!     vitk profile --model seed --batch-size 128 --precision bf16
 //!     vitk info
 
 mod cli;
@@ -33,6 +34,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Write the synthetic data set in the CIFAR-10 binary layout.
     Synth(cli::synth::SynthArgs),
+    /// Time a device training step kernel by kernel (without a GPU: count it and model it).
+    Profile(cli::profile::ProfileArgs),
     /// Presets, parameter counts, threads and devices.
     Info,
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Profile(a) => cli::profile::run(a),
         Command::Info => cli::info::run(),
     };
     match result {

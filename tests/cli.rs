@@ -404,3 +404,70 @@ fn predict_lists_top_classes() {
         "{out}"
     );
 }
+
+/// `vitk profile` without a GPU: the dry run counts the launches of a `seed` step in both
+/// precisions (every matmul of a bf16 step on tensor cores, none of an fp32 step) and models
+/// them; on the emulator it runs a tiny model's step.
+#[test]
+fn profile_counts_and_models_a_step_without_a_gpu() {
+    let bf16 = ok(&[
+        "profile",
+        "--device",
+        "dry",
+        "--model",
+        "seed",
+        "--precision",
+        "bf16",
+    ]);
+    let fp32 = ok(&[
+        "profile",
+        "--device",
+        "dry",
+        "--model",
+        "seed",
+        "--precision",
+        "fp32",
+    ]);
+    for t in [&bf16, &fp32] {
+        assert!(
+            t.contains("step: launches=") && t.contains("roofline model of an H200"),
+            "{t}"
+        );
+        assert!(
+            t.contains("a model, not a measurement") && t.contains("nothing timed"),
+            "{t}"
+        );
+    }
+    assert!(
+        bf16.contains("vitk_mm_tc_") && !bf16.contains("vitk_matmul "),
+        "{bf16}"
+    );
+    assert!(
+        fp32.contains("vitk_matmul ") && !fp32.contains("vitk_mm_tc_"),
+        "{fp32}"
+    );
+    let emu = ok(&[
+        "profile",
+        "--device",
+        "emu",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "24",
+        "--patch-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(
+        emu.contains("emulator") && emu.contains("vitk_mm_tc_"),
+        "{emu}"
+    );
+    fails(&["profile", "--device", "tpu"], &["--device 'tpu'"]);
+}

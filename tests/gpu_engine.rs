@@ -288,12 +288,18 @@ fn cli_train_bf16_on_the_emulator_learns_as_the_cpu_does() {
     println!("cpu fp32 losses: {cpu:.4?}\nemu bf16 losses: {emu:.4?}");
     assert_eq!(emu.len(), 12);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    assert!(mean(&emu[9..]) < mean(&emu[..3]), "bf16 loss must decrease: {emu:?}");
+    assert!(
+        mean(&emu[9..]) < mean(&emu[..3]),
+        "bf16 loss must decrease: {emu:?}"
+    );
     let worst = cpu
         .iter()
         .zip(&emu)
         .map(|(c, e)| (c - e).abs() / c.abs())
         .fold(0.0f64, f64::max);
     println!("largest relative loss difference: {worst:.2e}");
-    assert!(worst <= 3e-2, "bf16 losses drift from the CPU run: {worst:e}");
+    assert!(
+        worst <= 3e-2,
+        "bf16 losses drift from the CPU run: {worst:e}"
+    );
 }

@@ -24,7 +24,10 @@ pub fn run() -> Result<ExitCode> {
         rayon::current_num_threads()
     );
     println!("kernels: {}", vitk::gpu::embedded::KERNEL_BUILD);
-    println!("devices: cpu, emu (the CUDA emulator)");
+    println!("devices: cpu (fp32), emu (the CUDA emulator; --precision fp32 by default, bf16 too)");
+    println!(
+        "precision on CUDA: bf16 by default (tensor-core matmuls, fp32 master weights), or fp32"
+    );
     match vitk::gpu::cuda::CudaRuntime::device_names() {
         Ok(names) if names.is_empty() => println!("cuda: no devices"),
         Ok(names) => {

@@ -3,6 +3,8 @@
 pub mod device;
 pub mod eval;
 pub mod info;
+pub mod model_args;
 pub mod predict;
+pub mod profile;
 pub mod synth;
 pub mod train;

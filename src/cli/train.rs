@@ -1,6 +1,7 @@
 //! `vitk train`: flags -> TrainConfig, data, engine, run directory, the loop, the final line.
 
 use super::device::{self, Device};
+use super::model_args::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::IsTerminal;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vitk::data::{self, synthetic, Normalize, Splits};
 use vitk::engine::Precision;
-use vitk::model::{init_params, load_weights, ModelConfig, ParamLayout, Pool};
+use vitk::model::{init_params, load_weights, ParamLayout};
 use vitk::optim::AdamWConfig;
 use vitk::train::{
     self, DataSource, LoopPosition, Outcome, RunDir, RunOptions, ScheduleKind, TrainConfig,
@@ -36,30 +37,8 @@ pub struct TrainArgs {
     /// [default: 10% of the training records, at most 5000].
     #[arg(long)]
     val_split: Option<usize>,
-    /// Model preset: micro, seed, lite, tiny, small [default: micro].
-    #[arg(long)]
-    model: Option<String>,
-    /// Override the preset's width D.
-    #[arg(long)]
-    embed_dim: Option<usize>,
-    /// Override the preset's depth L.
-    #[arg(long)]
-    depth: Option<usize>,
-    /// Override the preset's number of heads H.
-    #[arg(long)]
-    num_heads: Option<usize>,
-    /// Override the preset's MLP width M.
-    #[arg(long)]
-    mlp_dim: Option<usize>,
-    /// Override the patch size P.
-    #[arg(long)]
-    patch_size: Option<usize>,
-    /// Override the input side S (images are resized to it).
-    #[arg(long)]
-    image_size: Option<usize>,
-    /// Pooling: cls (class token, `norm`) or mean (no class token, `fc_norm`) [default: cls].
-    #[arg(long)]
-    pool: Option<Pool>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Epochs [default: 4 on the synthetic set, 100 on a data directory].
     #[arg(long)]
     epochs: Option<usize>,
@@ -139,19 +118,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The run config these flags describe (for a new run).
     fn config(&self, data_classes: usize, data_channels: usize) -> Result<TrainConfig> {
-        let mut model = ModelConfig::preset(self.model.as_deref().unwrap_or("micro"))?;
-        let set = |dst: &mut usize, v: Option<usize>| {
-            if let Some(v) = v {
-                *dst = v
-            }
-        };
-        set(&mut model.embed_dim, self.embed_dim);
-        set(&mut model.depth, self.depth);
-        set(&mut model.num_heads, self.num_heads);
-        set(&mut model.mlp_dim, self.mlp_dim);
-        set(&mut model.patch_size, self.patch_size);
-        set(&mut model.image_size, self.image_size);
-        model.pool = self.pool.unwrap_or(Pool::Cls);
+        let mut model = self.model.config("micro")?;
         model.num_classes = data_classes;
         model.in_chans = data_channels;
         let data = match &self.data {
@@ -201,17 +168,11 @@ impl TrainArgs {
 
     /// Flags that define a run, which --resume takes from the run's config.json instead.
     fn run_defining_flags(&self) -> Vec<&'static str> {
-        let flags = [
+        let data = [
             ("--data", self.data.is_some()),
             ("--val-split", self.val_split.is_some()),
-            ("--model", self.model.is_some()),
-            ("--embed-dim", self.embed_dim.is_some()),
-            ("--depth", self.depth.is_some()),
-            ("--num-heads", self.num_heads.is_some()),
-            ("--mlp-dim", self.mlp_dim.is_some()),
-            ("--patch-size", self.patch_size.is_some()),
-            ("--image-size", self.image_size.is_some()),
-            ("--pool", self.pool.is_some()),
+        ];
+        let flags = [
             ("--epochs", self.epochs.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--lr", self.lr.is_some()),
@@ -231,7 +192,10 @@ impl TrainArgs {
             ("--init-from", self.init_from.is_some()),
             ("--out", self.out.is_some()),
         ];
-        flags.iter().filter(|f| f.1).map(|f| f.0).collect()
+        let given = |f: &[(&'static str, bool)]| -> Vec<&'static str> {
+            f.iter().filter(|f| f.1).map(|f| f.0).collect()
+        };
+        [given(&data), self.model.given(), given(&flags)].concat()
     }
 }
 
@@ -278,7 +242,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             (cfg, run_dir, splits, params, Some((opt, pos)))
         }
         None => {
-            let side = a.image_size.unwrap_or(32);
+            let side = a.model.image_size.unwrap_or(32);
             let splits = match &a.data {
                 Some(path) => data::load(path, side, a.val_split)?,
                 None => synthetic::generate_splits(

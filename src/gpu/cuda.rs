@@ -41,7 +41,51 @@ fn driver<T>(op: &str, r: Result<T, result::DriverError>) -> GpuResult<T> {
     })
 }
 
+/// A CUDA event of a runtime's context (timing), destroyed on drop.
+pub struct CudaEvent(sys::CUevent);
+
+// SAFETY: an event handle is a process-wide driver object; the driver API is thread-safe.
+unsafe impl Send for CudaEvent {}
+unsafe impl Sync for CudaEvent {}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        // SAFETY: created by `CudaRuntime::event`, not used after this.
+        let _ = unsafe { result::event::destroy(self.0) };
+    }
+}
+
 impl CudaRuntime {
+    /// A fresh event (for timing device work).
+    pub fn event(&self) -> GpuResult<CudaEvent> {
+        self.current()?;
+        let e = driver(
+            "cuEventCreate",
+            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT),
+        )?;
+        Ok(CudaEvent(e))
+    }
+
+    /// Records `e` on the default stream, after the work enqueued so far.
+    pub fn record(&self, e: &CudaEvent) -> GpuResult<()> {
+        self.current()?;
+        // SAFETY: the event belongs to this context; null is the default stream, on which
+        // every launch of this runtime goes.
+        driver("cuEventRecord", unsafe {
+            result::event::record(e.0, std::ptr::null_mut())
+        })
+    }
+
+    /// Milliseconds between two recorded events (waits for the second).
+    pub fn elapsed_ms(&self, a: &CudaEvent, b: &CudaEvent) -> GpuResult<f64> {
+        self.current()?;
+        // SAFETY: both events were recorded on this context.
+        unsafe {
+            driver("cuEventSynchronize", result::event::synchronize(b.0))?;
+            Ok(driver("cuEventElapsedTime", result::event::elapsed(a.0, b.0))? as f64)
+        }
+    }
+
     /// Names of the CUDA devices ("NVIDIA H200 (sm_90)"), or why there are none; opens no
     /// context.
     pub fn device_names() -> GpuResult<Vec<String>> {

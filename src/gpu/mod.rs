@@ -8,6 +8,7 @@ pub mod emu;
 pub mod engine;
 pub mod error;
 pub mod kernels;
+pub mod profile;
 pub mod runtime;
 
 use std::sync::Arc;

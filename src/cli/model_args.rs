@@ -1,0 +1,71 @@
+//! The model flags shared by `train` and `profile`: a preset and per-field overrides.
+
+use anyhow::Result;
+use clap::Args;
+use vitk::model::{ModelConfig, Pool};
+
+#[derive(Args, Default)]
+pub struct ModelArgs {
+    /// Model preset: micro, seed, lite, tiny, small [default: micro for train].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override the preset's width D.
+    #[arg(long)]
+    pub embed_dim: Option<usize>,
+    /// Override the preset's depth L.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Override the preset's number of heads H.
+    #[arg(long)]
+    pub num_heads: Option<usize>,
+    /// Override the preset's MLP width M.
+    #[arg(long)]
+    pub mlp_dim: Option<usize>,
+    /// Override the patch size P.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Override the input side S (images are resized to it).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Pooling: cls (class token, `norm`) or mean (no class token, `fc_norm`) [default: cls].
+    #[arg(long)]
+    pub pool: Option<Pool>,
+}
+
+impl ModelArgs {
+    /// The preset (`default` when --model is absent) with every override applied.
+    pub fn config(&self, default: &str) -> Result<ModelConfig> {
+        let mut model = ModelConfig::preset(self.model.as_deref().unwrap_or(default))?;
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *dst = v
+            }
+        };
+        set(&mut model.embed_dim, self.embed_dim);
+        set(&mut model.depth, self.depth);
+        set(&mut model.num_heads, self.num_heads);
+        set(&mut model.mlp_dim, self.mlp_dim);
+        set(&mut model.patch_size, self.patch_size);
+        set(&mut model.image_size, self.image_size);
+        model.pool = self.pool.unwrap_or(Pool::Cls);
+        Ok(model)
+    }
+
+    /// The flags that were given.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--model", self.model.is_some()),
+            ("--embed-dim", self.embed_dim.is_some()),
+            ("--depth", self.depth.is_some()),
+            ("--num-heads", self.num_heads.is_some()),
+            ("--mlp-dim", self.mlp_dim.is_some()),
+            ("--patch-size", self.patch_size.is_some()),
+            ("--image-size", self.image_size.is_some()),
+            ("--pool", self.pool.is_some()),
+        ]
+        .iter()
+        .filter(|f| f.1)
+        .map(|f| f.0)
+        .collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! What a device step does, kernel by kernel: launches, FLOPs and bytes from each launcher's
+//! cost figures, device time from CUDA events where there is a GPU, and a roofline model of an
+//! H200 (the time no implementation of that kernel can beat) where there is none.
+//!
+//! [`Profiler`] wraps any runtime and records the launches of a step; [`DryRuntime`] is a
+//! device that runs nothing (allocations are address ranges, copies do nothing), so that the
+//! engine's exact launch sequence at any model size can be counted in an instant on a machine
+//! without a GPU.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::cuda::{CudaEvent, CudaRuntime};
+use super::emu::EMULATED_SMS;
+use super::error::GpuResult;
+use super::runtime::{Cost, DevicePtr, Launch, Runtime};
+
+/// The H200 (SXM) figures the roofline model uses, from the vendor's datasheet: leads, not
+/// measurements.
+pub mod h200 {
+    /// Dense bf16 tensor-core peak, FLOP/s. mma.sync (HMMA) kernels reach well under it on
+    /// Hopper (wgmma is the full-rate path), so their bound is optimistic.
+    pub const BF16_FLOPS: f64 = 990e12;
+    /// fp32 (non-tensor) peak, FLOP/s.
+    pub const FP32_FLOPS: f64 = 67e12;
+    /// HBM3e bandwidth, bytes/s.
+    pub const BYTES_PER_S: f64 = 4.8e12;
+}
+
+/// The fastest an H200 could run a launch of `kernel` with this cost: the larger of its
+/// arithmetic at the unit's peak (tensor cores for the bf16 matmuls, fp32 otherwise) and its
+/// bytes at the memory bandwidth. Seconds.
+pub fn roofline_seconds(kernel: &str, cost: Cost) -> f64 {
+    let peak = if kernel.starts_with("vitk_mm_tc_") {
+        h200::BF16_FLOPS
+    } else {
+        h200::FP32_FLOPS
+    };
+    (cost.flops / peak).max(cost.bytes / h200::BYTES_PER_S)
+}
+
+/// A device that executes nothing: launches are checked by the launchers and recorded by a
+/// [`Profiler`], memory is address ranges (downloads read zeros). Reports an H200's 132 SMs,
+/// so launch plans are the ones a GPU would run.
+#[derive(Default)]
+pub struct DryRuntime {
+    next: AtomicU64,
+}
+
+impl DryRuntime {
+    pub fn new() -> Self {
+        DryRuntime {
+            next: AtomicU64::new(1 << 20),
+        }
+    }
+}
+
+impl Runtime for DryRuntime {
+    fn describe(&self) -> String {
+        "dry run (an H200's launch plans, nothing executed)".into()
+    }
+    fn sm_count(&self) -> usize {
+        EMULATED_SMS
+    }
+    fn alloc_bytes(&self, bytes: usize) -> GpuResult<DevicePtr> {
+        // 256-byte aligned ranges, as cuMemAlloc gives.
+        let len = (bytes.max(1) as u64).div_ceil(256) * 256;
+        Ok(DevicePtr(self.next.fetch_add(len, Ordering::Relaxed)))
+    }
+    fn free_bytes(&self, _: DevicePtr) -> GpuResult<()> {
+        Ok(())
+    }
+    fn upload_bytes(&self, _: DevicePtr, _: &[u8]) -> GpuResult<()> {
+        Ok(())
+    }
+    fn download_bytes(&self, dst: &mut [u8], _: DevicePtr) -> GpuResult<()> {
+        dst.fill(0);
+        Ok(())
+    }
+    fn memset_bytes(&self, _: DevicePtr, _: u8, _: usize) -> GpuResult<()> {
+        Ok(())
+    }
+    fn launch(&self, _: &Launch) -> GpuResult<()> {
+        Ok(())
+    }
+    fn synchronize(&self) -> GpuResult<()> {
+        Ok(())
+    }
+}
+
+/// One recorded launch; with CUDA, the events around it.
+struct Record {
+    kernel: &'static str,
+    cost: Cost,
+    events: Option<(CudaEvent, CudaEvent)>,
+}
+
+/// Per-kernel totals of the recorded launches.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelStats {
+    pub calls: usize,
+    pub flops: f64,
+    pub bytes: f64,
+    /// Device time from CUDA events, ms (None without a GPU).
+    pub ms: Option<f64>,
+    /// The roofline model's lower bound on an H200, ms.
+    pub bound_ms: f64,
+}
+
+/// What the recorded steps did.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub kernels: BTreeMap<&'static str, KernelStats>,
+    pub launches: usize,
+    pub host_syncs: usize,
+    pub copies: usize,
+}
+
+/// A runtime that records every launch (and host synchronisation and copy) of `inner` while
+/// recording is on; with `cuda`, each launch is bracketed by CUDA events.
+pub struct Profiler {
+    inner: Arc<dyn Runtime>,
+    cuda: Option<Arc<CudaRuntime>>,
+    recording: Mutex<Option<Vec<Record>>>,
+    syncs: AtomicUsize,
+    copies: AtomicUsize,
+}
+
+impl Profiler {
+    pub fn new(inner: Arc<dyn Runtime>, cuda: Option<Arc<CudaRuntime>>) -> Self {
+        Profiler {
+            inner,
+            cuda,
+            recording: Mutex::new(None),
+            syncs: AtomicUsize::new(0),
+            copies: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts recording (forgetting anything recorded before).
+    pub fn start(&self) {
+        *self.recording.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        self.syncs.store(0, Ordering::Relaxed);
+        self.copies.store(0, Ordering::Relaxed);
+    }
+
+    /// Stops recording and sums the launches per kernel (waiting for the device first).
+    pub fn finish(&self) -> GpuResult<Profile> {
+        self.inner.synchronize()?;
+        let records = self
+            .recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let mut p = Profile {
+            launches: records.len(),
+            host_syncs: self.syncs.load(Ordering::Relaxed),
+            copies: self.copies.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for r in records {
+            let k = p.kernels.entry(r.kernel).or_default();
+            k.calls += 1;
+            k.flops += r.cost.flops;
+            k.bytes += r.cost.bytes;
+            k.bound_ms += 1e3 * roofline_seconds(r.kernel, r.cost);
+            if let (Some((a, b)), Some(cuda)) = (&r.events, &self.cuda) {
+                *k.ms.get_or_insert(0.0) += cuda.elapsed_ms(a, b)?;
+            }
+        }
+        Ok(p)
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.lock().map(|r| r.is_some()).unwrap_or(false)
+    }
+}
+
+impl Runtime for Profiler {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn sm_count(&self) -> usize {
+        self.inner.sm_count()
+    }
+    fn alloc_bytes(&self, bytes: usize) -> GpuResult<DevicePtr> {
+        self.inner.alloc_bytes(bytes)
+    }
+    fn free_bytes(&self, ptr: DevicePtr) -> GpuResult<()> {
+        self.inner.free_bytes(ptr)
+    }
+    fn upload_bytes(&self, dst: DevicePtr, src: &[u8]) -> GpuResult<()> {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.inner.upload_bytes(dst, src)
+    }
+    fn download_bytes(&self, dst: &mut [u8], src: DevicePtr) -> GpuResult<()> {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.inner.download_bytes(dst, src)
+    }
+    fn memset_bytes(&self, dst: DevicePtr, byte: u8, bytes: usize) -> GpuResult<()> {
+        self.inner.memset_bytes(dst, byte, bytes)
+    }
+    fn launch(&self, launch: &Launch) -> GpuResult<()> {
+        if !self.recording() {
+            return self.inner.launch(launch);
+        }
+        let events = match &self.cuda {
+            Some(cuda) => {
+                let (a, b) = (cuda.event()?, cuda.event()?);
+                cuda.record(&a)?;
+                self.inner.launch(launch)?;
+                cuda.record(&b)?;
+                Some((a, b))
+            }
+            None => {
+                self.inner.launch(launch)?;
+                None
+            }
+        };
+        if let Some(r) = self
+            .recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            r.push(Record {
+                kernel: launch.kernel,
+                cost: launch.cost,
+                events,
+            });
+        }
+        Ok(())
+    }
+    fn synchronize(&self) -> GpuResult<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.synchronize()
+    }
+}
