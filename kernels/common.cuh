@@ -48,11 +48,15 @@ inline T* vitk_dynamic_shared() {
 #endif
 
 #define VITK_FULL_MASK 0xffffffffu
-// `#pragma unroll` for the device compilers only (the host compiler warns on it).
+// `#pragma unroll` (and `#pragma unroll n`) for the device compilers only (the host compiler
+// warns on it).
 #if VITK_EMU
 #define VITK_UNROLL
+#define VITK_UNROLL_BY(n)
 #else
 #define VITK_UNROLL _Pragma("unroll")
+#define VITK_PRAGMA(x) _Pragma(#x)
+#define VITK_UNROLL_BY(n) VITK_PRAGMA(unroll n)
 #endif
 
 // ---- bf16 storage -----------------------------------------------------------------------------

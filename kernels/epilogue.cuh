@@ -31,6 +31,37 @@ __device__ __forceinline__ float vitk_gelu_grad(float x) {
   return 0.5f * erfcf(-x * VITK_INV_SQRT2) + x * expf(-0.5f * x * x) * VITK_INV_SQRT_2PI;
 }
 
+// One element of the epilogue. Not inlined: a tile's 32-64 calls would otherwise each carry
+// the whole epilogue (erfc, exp, the QKV index arithmetic): the tensor-core kernels were 20k
+// instructions long. Every argument by value, so the call needs no stack frame.
+template <typename OutT>
+__device__ __noinline__ void vitk_epilogue_apply(OutT* c, OutT* aux, const float* bias,
+                                                 const float* residual, int m, int n, int flags,
+                                                 int qkv_tokens, int qkv_heads, int i, int j,
+                                                 float v) {
+  if (i >= m || j >= n) return;
+  const long long rowmajor = (long long)i * n + j;
+  if (bias) v += bias[j];
+  if (flags & VITK_MM_GELU) {
+    vitk_st(aux + rowmajor, v);
+    v = vitk_gelu(v);
+  }
+  if (flags & VITK_MM_GELU_GRAD) v *= vitk_gelu_grad(vitk_ld(aux + rowmajor));
+  if (residual) v += residual[rowmajor];
+  long long dst = rowmajor;
+  if (flags & VITK_MM_QKV) {
+    const int d = n / 3, hd = d / qkv_heads;
+    const int s = j / d, h = (j - s * d) / hd, e = j - s * d - h * hd;
+    const int b = i / qkv_tokens, t = i - b * qkv_tokens;
+    const long long batch = m / qkv_tokens;
+    dst = (((long long)s * batch + b) * qkv_heads + h) * (long long)qkv_tokens * hd +
+          (long long)t * hd + e;
+  }
+  if (flags & VITK_MM_ACCUMULATE) v += vitk_ld(c + dst);
+  vitk_st(c + dst, v);
+}
+
+// The epilogue's arguments, gathered once per kernel.
 template <typename OutT>
 struct VitkEpilogue {
   OutT* c;
@@ -40,25 +71,7 @@ struct VitkEpilogue {
   int m, n, flags, qkv_tokens, qkv_heads;
 
   __device__ __forceinline__ void apply(int i, int j, float v) const {
-    if (i >= m || j >= n) return;
-    const long long rowmajor = (long long)i * n + j;
-    if (bias) v += bias[j];
-    if (flags & VITK_MM_GELU) {
-      vitk_st(aux + rowmajor, v);
-      v = vitk_gelu(v);
-    }
-    if (flags & VITK_MM_GELU_GRAD) v *= vitk_gelu_grad(vitk_ld(aux + rowmajor));
-    if (residual) v += residual[rowmajor];
-    long long dst = rowmajor;
-    if (flags & VITK_MM_QKV) {
-      const int d = n / 3, hd = d / qkv_heads;
-      const int s = j / d, h = (j - s * d) / hd, e = j - s * d - h * hd;
-      const int b = i / qkv_tokens, t = i - b * qkv_tokens;
-      const long long batch = m / qkv_tokens;
-      dst = (((long long)s * batch + b) * qkv_heads + h) * (long long)qkv_tokens * hd +
-            (long long)t * hd + e;
-    }
-    if (flags & VITK_MM_ACCUMULATE) v += vitk_ld(c + dst);
-    vitk_st(c + dst, v);
+    vitk_epilogue_apply<OutT>(c, aux, bias, residual, m, n, flags, qkv_tokens, qkv_heads, i, j,
+                              v);
   }
 };

@@ -81,7 +81,7 @@ struct BlockActs {
     ln1_mean: DView, // [R]
     ln1_rstd: DView, // [R]
     qkv: Operand,    // [3, B, H, T, hd] head-major q | k | v
-    probs: DView,    // [B, H, T, T]
+    lse: DView,      // [B, H, T] log-sum-exp of each score row
     attn: Operand,   // [R, D] heads concatenated (proj input)
     x_mid: DView,    // [R, D] x + proj(attn)
     ln2: Operand,    // [R, D]
@@ -111,7 +111,7 @@ struct Acts {
     dattn: Operand,        // [R, D]
     dqkv: Operand,         // [R, 3D] token-major
     dfc1: Operand,         // [R, M] gradient of fc1's pre-activation
-    ds: DView,             // [B, H, T, T]
+    rowdot: DView,         // [B, H, T] sum of dO * O per attention row
     dpooled: DView,        // [B, D]
     dnormed: DView,        // [B, D]
     dpatch: Operand,       // [B·N, D]
@@ -123,7 +123,7 @@ impl Acts {
     /// Carves the views for `z`; `splitk` elements of split-K workspace.
     fn carve(c: &mut Carvers, z: &BatchDims, splitk: usize) -> Self {
         let (r, d, m) = (z.rows(), z.d, z.m);
-        let probs = z.b * z.h * z.t * z.t;
+        let rows = z.b * z.h * z.t;
         let images = c.f32(z.b * z.image);
         let patches = c.low(z.b * z.n * z.cpp);
         let patch_out = c.f32(z.b * z.n * d);
@@ -134,7 +134,7 @@ impl Acts {
                 ln1_mean: c.f32(r),
                 ln1_rstd: c.f32(r),
                 qkv: c.low(3 * r * d),
-                probs: c.f32(probs),
+                lse: c.f32(rows),
                 attn: c.low(r * d),
                 x_mid: c.f32(r * d),
                 ln2: c.low(r * d),
@@ -162,7 +162,7 @@ impl Acts {
             dattn: c.low(r * d),
             dqkv: c.low(3 * r * d),
             dfc1: c.low(r * m),
-            ds: c.f32(probs),
+            rowdot: c.f32(rows),
             dpooled: c.f32(z.b * d),
             dnormed: c.f32(z.b * d),
             dpatch: c.low(z.b * z.n * d),
@@ -426,12 +426,11 @@ impl GpuTrainer {
             k::attention_forward(
                 rt,
                 blk.attn,
-                blk.probs,
+                blk.lse,
                 blk.qkv.slice(0, hl),
                 blk.qkv.slice(hl, hl),
                 blk.qkv.slice(2 * hl, hl),
                 z.attn_dims(),
-                true,
             )?;
             k::linear_forward(
                 rt,
@@ -647,14 +646,14 @@ impl GpuTrainer {
             k::attention_backward(
                 rt,
                 a.dqkv,
-                a.ds,
+                a.rowdot,
                 a.dattn,
-                blk.probs,
+                blk.attn,
+                blk.lse,
                 blk.qkv.slice(0, hl),
                 blk.qkv.slice(hl, hl),
                 blk.qkv.slice(2 * hl, hl),
                 z.attn_dims(),
-                true,
             )?;
             k::linear_backward_dx(
                 rt,

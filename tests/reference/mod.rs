@@ -371,3 +371,122 @@ pub fn hostile_layernorm_rows(r: usize, d: usize, offset: f64, seed: u64) -> Vec
     }
     x
 }
+
+/// The log-sum-exp of each scaled score row of [`attention`]: [B, H, T].
+pub fn attention_lse(qkv: &[f64], b: usize, t: usize, h: usize, hd: usize) -> Vec<f64> {
+    let d = h * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut lse = Vec::with_capacity(b * h * t);
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        scale
+                            * (0..hd)
+                                .map(|e| {
+                                    qkv[(bi * t + i) * 3 * d + hi * hd + e]
+                                        * qkv[(bi * t + j) * 3 * d + d + hi * hd + e]
+                                })
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push(mx + s.iter().map(|v| (v - mx).exp()).sum::<f64>().ln());
+            }
+        }
+    }
+    lse
+}
+
+/// Rounding bounds of a bf16 fused attention (P and dS enter their products as bf16, every
+/// output is stored as bf16, everything else is fp32), element by element: (out [B, T, D],
+/// dqkv [B, T, 3D]). `u16` bounds one bf16 rounding, `g` the fp32 rounding of a sum of the
+/// lengths involved. Each P_ij carries the fp32 error of its score and of lse (relative
+/// g·(scale·Σ|q k| + |lse| + 1), 4x), and the bf16 rounding where it enters P·V and Pᵀ·dO;
+/// each dS_ij the errors of P, dP and D (D = rowsum(dO ⊙ O) from the bf16-rounded O: u16 of
+/// Σ|dO O|), and its bf16 rounding; the products add g of their magnitudes and the output its
+/// bf16 rounding.
+pub fn attention_bf16_bounds(
+    qkv: &[f64],
+    dout: &[f64],
+    (b, t, h, hd): (usize, usize, usize, usize),
+    u16: f64,
+    g: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let d = h * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (out, probs) = attention(qkv, b, t, h, hd);
+    let lse = attention_lse(qkv, b, t, h, hd);
+    let grad = attention_grad(qkv, dout, b, t, h, hd);
+    let at = |bi: usize, ti: usize, s: usize, hi: usize, e: usize| {
+        qkv[(bi * t + ti) * 3 * d + s * d + hi * hd + e]
+    };
+    let mut bo = vec![0.0; out.len()];
+    let mut bg = vec![0.0; grad.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            let p = &probs[(bi * h + hi) * t * t..][..t * t];
+            let dov = |i: usize, e: usize| dout[(bi * t + i) * d + hi * hd + e];
+            let ov = |i: usize, e: usize| out[(bi * t + i) * d + hi * hd + e];
+            // per (i, j): the error of P (fp32) and of P as bf16, and of dS as bf16
+            let (mut e_p, mut e_ds, mut ds) =
+                (vec![0.0; t * t], vec![0.0; t * t], vec![0.0; t * t]);
+            for i in 0..t {
+                let dot: f64 = (0..hd).map(|e| dov(i, e) * ov(i, e)).sum();
+                let adot: f64 = (0..hd).map(|e| (dov(i, e) * ov(i, e)).abs()).sum();
+                let l = lse[(bi * h + hi) * t + i].abs();
+                for j in 0..t {
+                    let k = i * t + j;
+                    let aqk: f64 = (0..hd)
+                        .map(|e| (at(bi, i, 0, hi, e) * at(bi, j, 1, hi, e)).abs())
+                        .sum();
+                    let fp32 = p[k] * 4.0 * g * (scale * aqk + l + 1.0);
+                    e_p[k] = u16 * p[k] + fp32;
+                    let dp: f64 = (0..hd).map(|e| dov(i, e) * at(bi, j, 2, hi, e)).sum();
+                    let adp: f64 = (0..hd)
+                        .map(|e| (dov(i, e) * at(bi, j, 2, hi, e)).abs())
+                        .sum();
+                    ds[k] = p[k] * (dp - dot);
+                    // D is computed from the bf16 output: u16 of Σ|dO O| besides the fp32 terms
+                    e_ds[k] = u16 * ds[k].abs()
+                        + fp32 * (dp - dot).abs()
+                        + p[k] * (u16 * adot + 4.0 * g * (adp + adot));
+                }
+            }
+            for i in 0..t {
+                for e in 0..hd {
+                    let o = (bi * t + i) * d + hi * hd + e;
+                    let err: f64 = (0..t)
+                        .map(|j| (e_p[i * t + j] + g * p[i * t + j]) * at(bi, j, 2, hi, e).abs())
+                        .sum();
+                    bo[o] = err + u16 * out[o].abs();
+                    // dQ_i = scale Σ_j dS_ij K_j
+                    let gq = (bi * t + i) * 3 * d + hi * hd + e;
+                    let err: f64 = (0..t)
+                        .map(|j| {
+                            (e_ds[i * t + j] + g * ds[i * t + j].abs()) * at(bi, j, 1, hi, e).abs()
+                        })
+                        .sum();
+                    bg[gq] = scale * err + u16 * grad[gq].abs();
+                    // dK_j = scale Σ_i dS_ij Q_i and dV_j = Σ_i P_ij dO_i, with j = i here
+                    let j = i;
+                    let gk = (bi * t + j) * 3 * d + d + hi * hd + e;
+                    let err: f64 = (0..t)
+                        .map(|ii| {
+                            (e_ds[ii * t + j] + g * ds[ii * t + j].abs())
+                                * at(bi, ii, 0, hi, e).abs()
+                        })
+                        .sum();
+                    bg[gk] = scale * err + u16 * grad[gk].abs();
+                    let gv = gk + d;
+                    let err: f64 = (0..t)
+                        .map(|ii| (e_p[ii * t + j] + g * p[ii * t + j]) * dov(ii, e).abs())
+                        .sum();
+                    bg[gv] = err + u16 * grad[gv].abs();
+                }
+            }
+        }
+    }
+    (bo, bg)
+}
