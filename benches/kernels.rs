@@ -491,22 +491,24 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
         };
         let qkv = operand(&mem, p, 3 * hl, 0.01, &mut keep);
         let (q, kv, v) = (qkv.slice(0, hl), qkv.slice(hl, hl), qkv.slice(2 * hl, hl));
-        let probs = mem.f32(B * h * t * t, 0.0);
-        let ds = mem.f32(B * h * t * t, 0.0);
+        let lse = mem.f32(B * h * t, 0.0);
+        let rowdot = mem.f32(B * h * t, 0.0);
         let out = operand(&mem, p, hl, 0.0, &mut keep);
         let attn_flops = 4.0 * (B * h * t * t * (d / h)) as f64;
         bench.run(
             &format!("{p} attention forward"),
             0.0,
             attn_flops,
-            &mut || k::attention_forward(r, out, probs.view(), q, kv, v, s, true),
+            &mut || k::attention_forward(r, out, lse.view(), q, kv, v, s),
         );
         let dqkv = operand(&mem, p, 3 * hl, 0.0, &mut keep);
         bench.run(
             &format!("{p} attention backward"),
             0.0,
-            2.0 * attn_flops,
-            &mut || k::attention_backward(r, dqkv, ds.view(), out, probs.view(), q, kv, v, s, true),
+            3.5 * attn_flops,
+            &mut || {
+                k::attention_backward(r, dqkv, rowdot.view(), out, out, lse.view(), q, kv, v, s)
+            },
         );
         let (mean, rstd, lw, lb) = (
             mem.f32(rows, 0.0),
