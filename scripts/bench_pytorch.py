@@ -264,13 +264,20 @@ def build_twin(model):
 def build_reference(model, impl, attn):
     """(network, description): timm's when impl is 'timm' or 'auto' with timm importable, else
     the twin; attention through F.scaled_dot_product_attention (attn='sdpa') or explicit math."""
-    if impl == "auto":
-        impl = "timm" if timm_available() else "twin"
-    if impl == "timm":
+    net = None
+    if impl in ("auto", "timm") and (impl == "timm" or timm_available()):
         import timm
-        net, desc = build_timm(model), f"timm {timm.__version__} VisionTransformer"
+        try:
+            net, desc = build_timm(model), f"timm {timm.__version__} VisionTransformer"
+        except (TypeError, AssertionError) as e:
+            # An older timm without some of the keyword arguments: the twin is the same model.
+            if impl == "timm":
+                raise
+            reason = f"timm {timm.__version__} cannot build it: {e}"
     else:
-        net, desc = build_twin(model), "the plain-PyTorch twin of timm's VisionTransformer"
+        reason = "timm cannot be imported" if impl == "auto" else "--impl twin"
+    if net is None:
+        net, desc = build_twin(model), f"the plain-PyTorch twin of timm's VisionTransformer ({reason})"
     for blk in net.blocks:
         blk.attn.fused_attn = attn == "sdpa"
     return net, desc
@@ -866,7 +873,8 @@ def gpu_main(args, models, workdir):
                     f"(compilation; a step takes {r['step_ms_median']:.1f} ms after it), "
                     f"warm-up of {r['warmup_steps']} steps {r['warmup_s']:.1f} s")
     if compile_lines:
-        print("\ntorch.compile time (not in the img/s figures):")
+        print("\ntorch.compile time (not in the img/s figures; the first compilation on a machine "
+              "is the slowest, later ones reuse PyTorch's on-disk caches):")
         print("\n".join(compile_lines))
     print(f"\nvitk: its per-step img_per_s (RUN_DIR/metrics.jsonl) over the {args.steps} steps "
           f"after {args.warmup} warm-up steps; each vitk step includes the host-side upload of "
