@@ -4,6 +4,11 @@
 #
 #   scripts/bench-vs-pytorch.sh [bench_pytorch.py options]    e.g. --steps 8 --reps 2
 #
+# On the CPU by default; `--device cuda` compares training on the GPU instead (vitk bf16/fp32
+# against PyTorch eager fp32, eager bf16 and torch.compile bf16; the GPU bundle's run.sh runs
+# it on machines without Rust). `--check-twin` checks the script's plain-PyTorch twin of the
+# reference model against timm on the CPU.
+#
 # Python: $PYTHON if set, else python3 on PATH.
 # Peak RSS comes from GNU time (/usr/bin/time -v), installed with apt-get when missing.
 set -euo pipefail

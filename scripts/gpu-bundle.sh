@@ -29,9 +29,11 @@
 #                cubins and compute_80 PTX, embedded)
 #   tests/       the test executables (`cargo test --release --no-run`), named by target
 #   benches/     the kernel bench executable (benches/kernels.rs)
+#   scripts/     bench_pytorch.py, the side-by-side training benchmark against PyTorch
 #   data/        the data (archive or compressed batches) and data/manifest describing it
 #   run.sh       `bash run.sh LOG_DIR` on the device: every test executable with
-#                VITK_TEST_DEVICE=cuda, the kernel benches, and a 1-epoch
+#                VITK_TEST_DEVICE=cuda, the kernel benches, vitk side by side with PyTorch
+#                on the GPU (when the machine's python has torch with CUDA), and a 1-epoch
 #                `vitk train --device cuda --model seed --val-split 5000` on all the bundled
 #                data, one log each in LOG_DIR, then a summary table
 #                (`bash run.sh --help` for its options).
@@ -258,8 +260,9 @@ cargo test --release --no-run --message-format=json >"$work/tests.json"
 cargo bench --bench kernels --no-run --message-format=json >"$work/bench.json"
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/benches" "$bundle/data"
+mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/benches" "$bundle/scripts" "$bundle/data"
 cp target/release/vitk "$bundle/bin/"
+cp scripts/bench_pytorch.py "$bundle/scripts/"
 # Each test executable once, named after its target (lib/bin unit tests get a prefix so
 # that `vitk` the library and `vitk` the binary do not collide).
 python3 - "$work/tests.json" "$bundle/tests" <<'PY'
@@ -346,10 +349,15 @@ fi
 cat >"$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the bundle on a GPU machine; every log goes to LOG_DIR, then a summary table.
-#   bash run.sh [--train-only] [--device DEV] [--steps N] LOG_DIR
+#   bash run.sh [--train-only] [--device DEV] [--steps N] [--bench-args "ARGS"] LOG_DIR
 # 1. every test executable with VITK_TEST_DEVICE=cuda (skipped by --train-only);
 # 2. the kernel benches (skipped by --train-only);
-# 3. `vitk train --model seed --epochs 1 --val-split 5000` on all the bundled data (a tenth
+# 3. vitk side by side with PyTorch on the GPU: scripts/bench_pytorch.py --device cuda
+#    (img/s of vitk bf16/fp32 and PyTorch eager fp32, eager bf16, torch.compile bf16, and
+#    their ratios; --bench-args adds options, e.g. "--models seed,small --steps 100") with
+#    $PYTHON (default python3); skipped by --train-only, and skipped, not failed, when that
+#    python has no torch with CUDA. Log: LOG_DIR/bench-vs-pytorch.log;
+# 4. `vitk train --model seed --epochs 1 --val-split 5000` on all the bundled data (a tenth
 #    of a set smaller than 50,000 images is held out instead)
 #    (data/manifest says what it is), on --device (default cuda), stopped after --steps N
 #    optimizer steps when given. A bundle built without data skips this and says so.
@@ -359,18 +367,20 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 train_only=0
 device=cuda
 steps=""
+bench_args=""
 logs=""
 while (($#)); do
   case "$1" in
     --train-only) train_only=1; shift ;;
     --device) device="${2:?--device needs a value (cuda, cuda:N, cpu)}"; shift 2 ;;
     --steps) steps="${2:?--steps needs a number}"; shift 2 ;;
-    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --bench-args) bench_args="${2?--bench-args needs a value (options of bench_pytorch.py)}"; shift 2 ;;
+    -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "error: unknown option '$1' (see bash run.sh --help)" >&2; exit 2 ;;
     *) logs="$1"; shift ;;
   esac
 done
-[[ -n "$logs" ]] || { echo "usage: bash run.sh [--train-only] [--device DEV] [--steps N] LOG_DIR" >&2; exit 2; }
+[[ -n "$logs" ]] || { echo "usage: bash run.sh [--train-only] [--device DEV] [--steps N] [--bench-args \"ARGS\"] LOG_DIR" >&2; exit 2; }
 mkdir -p "$logs" || exit 1
 logs="$(cd "$logs" && pwd)"
 export VITK_TEST_DEVICE=cuda
@@ -403,6 +413,36 @@ if ((!train_only)); then
   rc=$?
   row "bench kernels" "-" "-" "$rc"
   [[ $rc -eq 0 ]] || total_failed=$((total_failed + 1))
+
+  # vitk side by side with PyTorch on the GPU. The side-by-side runs on CUDA whatever
+  # --device says (cuda:N is passed on). PyTorch is not part of the bundle: without torch
+  # built with CUDA this step is skipped, not failed; timm is used when present, else the
+  # script's plain-PyTorch twin of its VisionTransformer.
+  bench_log="$logs/bench-vs-pytorch.log"
+  bench_dev=cuda
+  [[ $device != cuda:* ]] || bench_dev="$device"
+  py="${PYTHON:-python3}"
+  torch_probe="$("$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -n 1)"
+  if [[ "$torch_probe" != "torch "*" cuda True" ]]; then
+    if [[ "$torch_probe" == "torch "* ]]; then
+      reason="$py has $torch_probe (no CUDA device for PyTorch)"
+    else
+      reason="$py cannot import torch: $torch_probe"
+    fi
+    echo "PyTorch not available, vitk vs PyTorch skipped: $reason" | tee "$bench_log" >&2
+    row "bench vs PyTorch ($bench_dev)" "-" "-" "skipped"
+  else
+    read -r -a extra <<<"$bench_args"
+    echo "running vitk vs PyTorch on $bench_dev (${torch_probe% cuda True})" >&2
+    "$py" -u "$here/scripts/bench_pytorch.py" --device "$bench_dev" --vitk "$here/bin/vitk" \
+      ${extra[@]+"${extra[@]}"} >"$bench_log" 2>&1
+    rc=$?
+    # The tables, from their heading to the end.
+    sed -n '/^img\/s side by side/,$p' "$bench_log" >&2
+    [[ $rc -eq 0 ]] || tail -n 20 "$bench_log" >&2
+    row "bench vs PyTorch ($bench_dev)" "-" "-" "$rc"
+    [[ $rc -eq 0 ]] || total_failed=$((total_failed + 1))
+  fi
 fi
 
 # Training on the bundled data.
@@ -471,7 +511,7 @@ chmod +x "$bundle/run.sh"
 # Sizes: what travels is the sum of the files.
 size_of() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 echo "bundle: $bundle" >&2
-for part in bin tests benches data; do
+for part in bin tests benches scripts data; do
   [[ $part != data || $check_size -eq 0 ]] || continue
   printf '  %-8s %12s\n' "$part/" "$(mib "$(size_of "$bundle/$part")")" >&2
 done
