@@ -7,6 +7,7 @@
 #   stack     stack frame, bytes
 #   spill_st  spill stores, bytes;  spill_ld  spill loads, bytes
 #   HMMA      tensor-core mma instructions in the SASS (mma.sync);  HGMMA  sm_90 wgmma ones
+#   instrs    SASS instructions (code size: 16 bytes each)
 # It fails (exit 1) when any function has a stack frame or spills, and when a vitk_mm_tc_*
 # kernel has no HMMA instruction in its sm_90 SASS (or no vitk_mm_tc_* kernel is found).
 #
@@ -105,7 +106,7 @@ grep -vE '^ptxas info +: (Compiling entry function|Function properties for|Used 
   "$work/ptxas.log" || true
 
 # ---- the table ----------------------------------------------------------------------------------
-# Records: name kind arch regs smem stack spill_st spill_ld hmma hgmma (tab-separated).
+# Records: name kind arch regs smem stack spill_st spill_ld hmma hgmma instrs (tab-separated).
 awk -v OFS='\t' -v ptxlog="$work/ptxas.log" '
   function num_before(line, what) { # the number in front of `what` in line, 0 if absent
     return match(line, "[0-9]+ " what) ? substr(line, RSTART, RLENGTH) + 0 : 0
@@ -128,6 +129,7 @@ awk -v OFS='\t' -v ptxlog="$work/ptxas.log" '
   file == 2 && /code for sm_/ { sarch = $NF }
   file == 2 && /Function : / { sfn = $NF; sass[sfn SUBSEP sarch] = 1 }
   file == 2 && /^ *\/\*[0-9a-f]+\*\/ / {
+    instrs[sfn SUBSEP sarch]++
     if ($0 ~ /[^A-Z]HMMA[. ]/) hmma[sfn SUBSEP sarch]++
     if ($0 ~ /[^A-Z]HGMMA[. ]/) hgmma[sfn SUBSEP sarch]++
   }
@@ -137,23 +139,25 @@ awk -v OFS='\t' -v ptxlog="$work/ptxas.log" '
       split(key, p, SUBSEP)
       kind = (key in entry) ? "kernel" : "device_fn"
       h = (key in sass) ? hmma[key] + 0 : "-"; g = (key in sass) ? hgmma[key] + 0 : "-"
-      print p[1], kind, p[2], (key in regs) ? regs[key] : "-", smem[key] + 0, stack[key], st[key], ld[key], h, g
+      ni = (key in sass) ? instrs[key] + 0 : "-"
+      print p[1], kind, p[2], (key in regs) ? regs[key] : "-", smem[key] + 0, stack[key], st[key], ld[key], h, g, ni
     }
   }' "$work/ptxas.log" "$work/sass.txt" | LC_ALL=C sort -t $'\t' -k1,1 -k3,3 >"$work/rows.tsv"
 
 awk -F '\t' -v archs="${archs[*]}" -v seconds="$seconds" '
   {
-    n++; for (i = 1; i <= 10; i++) c[n, i] = $i
+    n++; for (i = 1; i <= 11; i++) c[n, i] = $i
     len = length($1) + ($2 == "kernel" ? 0 : 18); if (len > w) w = len
   }
   $2 == "kernel" { kernels[$1] = 1; arch_rows[$3]++ }
   $2 == "kernel" && $1 ~ /^vitk_mm_tc_/ { tc[$1] = 1 }
   END {
-    fmt = "%-" w "s  %-6s %5s %6s %6s %8s %8s %5s %6s\n"
-    printf fmt, "kernel", "arch", "regs", "smem", "stack", "spill_st", "spill_ld", "HMMA", "HGMMA"
+    fmt = "%-" w "s  %-6s %5s %6s %6s %8s %8s %5s %6s %7s\n"
+    printf fmt, "kernel", "arch", "regs", "smem", "stack", "spill_st", "spill_ld", "HMMA", "HGMMA", "instrs"
     for (r = 1; r <= n; r++) {
       name = c[r, 1] (c[r, 2] == "kernel" ? "" : " (device function)")
-      printf fmt, name, c[r, 3], c[r, 4], c[r, 5], c[r, 6], c[r, 7], c[r, 8], c[r, 9], c[r, 10]
+      printf fmt, name, c[r, 3], c[r, 4], c[r, 5], c[r, 6], c[r, 7], c[r, 8], c[r, 9], c[r, 10], c[r, 11]
+      if (c[r, 11] != "-") total_instrs += c[r, 11]
       if (c[r, 4] + 0 > max_regs) max_regs = c[r, 4] + 0
       if (c[r, 6] + 0 > 0 || c[r, 7] + 0 > 0 || c[r, 8] + 0 > 0)
         problems[++np] = c[r, 1] " (" c[r, 3] "): " c[r, 6] " bytes stack frame, spills " \
@@ -175,7 +179,9 @@ awk -F '\t' -v archs="${archs[*]}" -v seconds="$seconds" '
     }
     if (!has_sm90) problems[++np] = "build.rs compiles no sm_90 code: the HMMA check has nothing to read"
     print ""
-    printf "%d kernels x %d archs (%s): max %d registers; %d vitk_mm_tc_* kernels, %d with HMMA on sm_90; compiled and disassembled in %ds\n", nk, na, arch_list, max_regs, ntc, tc_ok, seconds
+    printf "%d kernels x %d archs (%s): max %d registers; %d SASS instructions (%.1f MiB); " \
+      "%d vitk_mm_tc_* kernels, %d with HMMA on sm_90; compiled and disassembled in %ds\n",
+      nk, na, arch_list, max_regs, total_instrs, total_instrs * 16 / 1048576, ntc, tc_ok, seconds
     if (np == 0) { print "kernel report: OK (no spills, no stack frames, tensor-core kernels use HMMA)"; exit 0 }
     for (i = 1; i <= np; i++) print "FAIL: " problems[i]
     printf "kernel report: FAILED (%d problems)\n", np
