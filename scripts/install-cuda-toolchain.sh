@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the pinned CUDA 13.0 compiler (nvcc, ptxas, cicc, fatbinary, headers) from PyPI
-# into a project-local folder, so kernels build the same everywhere without root or a
-# system CUDA. Usage: scripts/install-cuda-toolchain.sh [DIR]   (default: .cuda-toolchain)
-# The last line printed is the absolute path of nvcc; re-running is a fast no-op.
+# Installs the pinned CUDA 13.0 compiler (nvcc, ptxas, cicc, fatbinary, headers) and the
+# cuobjdump / nvdisasm disassemblers from PyPI into a project-local folder, so kernels build
+# the same everywhere without root or a system CUDA.
+# Usage: scripts/install-cuda-toolchain.sh [DIR]   (default: .cuda-toolchain)
+# The last line printed is the absolute path of nvcc; cuobjdump and nvdisasm are beside it
+# (DIR/cuda/bin). Re-running is a fast no-op.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,20 +13,26 @@ mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
 # The exact pins: nvcc drives cicc (nvvm) and ptxas; crt and cccl headers are needed by every
-# translation unit; the runtime package carries cuda_runtime.h and friends.
+# translation unit; the runtime package carries cuda_runtime.h and friends. cuobjdump (which
+# runs nvdisasm for -sass) serves scripts/kernel-report.sh: PyPI has no 13.0 or 13.1 release
+# of either, 13.2.86 is the newest of the oldest series there; it reads 13.0's cubins.
 pins=(
   nvidia-cuda-nvcc==13.0.88
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-cccl==13.0.85
   nvidia-nvvm==13.0.88
   nvidia-cuda-crt==13.0.88
+  nvidia-cuda-cuobjdump==13.2.86
+  nvidia-cuda-nvdisasm==13.2.86
 )
 stamp="$dir/.installed"
 home="$dir/cuda" # stable CUDA_HOME-like path, a symlink into the wheel layout
 nvcc="$home/bin/nvcc"
+cuobjdump="$home/bin/cuobjdump"
 
 want="$(printf '%s\n' "${pins[@]}")"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$nvcc" ]] && "$nvcc" --version >/dev/null 2>&1; then
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$nvcc" && -x "$cuobjdump" && -x "$home/bin/nvdisasm" ]] &&
+  "$nvcc" --version >/dev/null 2>&1; then
   echo "pinned CUDA toolchain already installed in $dir" >&2
   echo "$nvcc"
   exit 0
@@ -66,6 +74,8 @@ link_into nvvm/libdevice
 link_into include/crt
 link_into include/cccl
 link_into include/cuda_runtime.h
+link_into bin/cuobjdump
+link_into bin/nvdisasm
 
 # Prove it works: one translation unit to a fatbin for the architectures build.rs uses.
 probe="$(mktemp -d)"
@@ -81,7 +91,12 @@ CU
   -gencode arch=compute_80,code=compute_80 -Werror all-warnings \
   -o "$probe/probe.fatbin" "$probe/probe.cu" >&2
 [[ -s "$probe/probe.fatbin" ]] || { echo "error: nvcc produced no fatbin" >&2; exit 1; }
+# ... and that cuobjdump disassembles it (through nvdisasm, found beside it on PATH).
+PATH="$home/bin:$PATH" "$cuobjdump" -sass "$probe/probe.fatbin" >"$probe/probe.sass"
+grep -q 'Function : probe' "$probe/probe.sass" ||
+  { echo "error: cuobjdump -sass did not disassemble the probe" >&2; exit 1; }
 
 echo "$want" >"$stamp"
 "$nvcc" --version | tail -n 2 >&2
+echo "cuobjdump: $cuobjdump" >&2
 echo "$nvcc"
