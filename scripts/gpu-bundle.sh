@@ -263,11 +263,12 @@ rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/benches" "$bundle/scripts" "$bundle/data"
 cp target/release/vitk "$bundle/bin/"
 cp scripts/bench_pytorch.py "$bundle/scripts/"
-# Each test executable once, named after its target (lib/bin unit tests get a prefix so
-# that `vitk` the library and `vitk` the binary do not collide).
+# The test executables that exercise the device (the others test the CPU engine, the data
+# layer and the repository, which a GPU machine adds nothing to), named after their targets.
 python3 - "$work/tests.json" "$bundle/tests" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
+DEVICE_TESTS = {"kernels_parity", "matmul_parity", "tensor_core_wrappers", "gpu_engine", "gpu_runtime"}
 seen = set()
 for line in open(src):
     try:
@@ -279,13 +280,15 @@ for line in open(src):
     if not msg.get("profile", {}).get("test"):
         continue
     t = msg["target"]
-    kind = t["kind"][0]
-    name = t["name"] if kind == "test" else f"unit-{kind}-{t['name']}"
-    if name in seen:
+    name = t["name"]
+    if t["kind"][0] != "test" or name not in DEVICE_TESTS or name in seen:
         continue
     seen.add(name)
     shutil.copy2(msg["executable"], os.path.join(dst, name))
     print(f"  tests/{name}", file=sys.stderr)
+missing = DEVICE_TESTS - seen
+if missing:
+    sys.exit(f"error: cargo built no test executable for {sorted(missing)}")
 PY
 
 python3 - "$work/bench.json" "$bundle/benches" <<'PY'
@@ -304,8 +307,11 @@ if not found:
 PY
 
 # Debug info (line tables of the release profile) is most of each executable's size; the
-# device machine only runs them.
+# device machine only runs them. Each executable embeds the kernels' fatbin, which xz shrinks
+# about 4x: run.sh unpacks them before running anything.
 strip --strip-debug "$bundle"/bin/* "$bundle"/tests/* "$bundle"/benches/*
+command -v xz >/dev/null || die "xz is needed to compress the bundle's executables"
+xz -T0 -9 "$bundle"/bin/* "$bundle"/tests/* "$bundle"/benches/*
 
 case "$data_kind" in
   imagefolder-tar)
@@ -384,6 +390,17 @@ done
 mkdir -p "$logs" || exit 1
 logs="$(cd "$logs" && pwd)"
 export VITK_TEST_DEVICE=cuda
+# The executables travel xz-compressed: unpack them into a scratch folder first.
+exes="$(mktemp -d "${TMPDIR:-/tmp}/vitk-bundle.XXXXXX")" || exit 1
+trap 'rm -rf "$exes"' EXIT
+for f in "$here"/bin/*.xz "$here"/tests/*.xz "$here"/benches/*.xz; do
+  sub="$(basename "$(dirname "$f")")"
+  mkdir -p "$exes/$sub"
+  xz -dc "$f" >"$exes/$sub/$(basename "${f%.xz}")" && chmod +x "$exes/$sub/$(basename "${f%.xz}")" ||
+    { echo "error: cannot unpack $f" >&2; exit 1; }
+done
+# The CLI-driven tests run this binary instead of the build machine's path.
+export VITK_BIN="$exes/bin/vitk"
 {
   echo "bundle: $here"
   date -u
@@ -394,7 +411,7 @@ total_failed=0
 row() { rows+=("$(printf '%-36s %8s %8s %8s' "$@")"); }
 
 if ((!train_only)); then
-  for exe in "$here"/tests/*; do
+  for exe in "$exes"/tests/*; do
     name="$(basename "$exe")"
     log="$logs/$name.log"
     echo "running $name" >&2
@@ -409,7 +426,7 @@ if ((!train_only)); then
   done
   # Kernel benches (CUDA events; prints its own table).
   echo "running kernel benches" >&2
-  "$here/benches/kernels" --bench >"$logs/bench-kernels.log" 2>&1
+  "$exes/benches/kernels" --bench >"$logs/bench-kernels.log" 2>&1
   rc=$?
   row "bench kernels" "-" "-" "$rc"
   [[ $rc -eq 0 ]] || total_failed=$((total_failed + 1))
@@ -434,7 +451,7 @@ if ((!train_only)); then
   else
     read -r -a extra <<<"$bench_args"
     echo "running vitk vs PyTorch on $bench_dev (${torch_probe% cuda True})" >&2
-    "$py" -u "$here/scripts/bench_pytorch.py" --device "$bench_dev" --vitk "$here/bin/vitk" \
+    "$py" -u "$here/scripts/bench_pytorch.py" --device "$bench_dev" --vitk "$exes/bin/vitk" \
       ${extra[@]+"${extra[@]}"} >"$bench_log" 2>&1
     rc=$?
     # The tables, from their heading to the end.
@@ -457,7 +474,7 @@ else
   declare -A m=()
   while IFS='=' read -r k v; do [[ -n "$k" ]] && m[$k]="$v"; done <"$manifest"
   data_dir="$(mktemp -d "${TMPDIR:-/tmp}/vitk-data.XXXXXX")" || exit 1
-  trap 'rm -rf "$data_dir"' EXIT
+  trap 'rm -rf "$exes" "$data_dir"' EXIT
   rc=0
   case "${m[kind]:-}" in
     imagefolder-tar | imagefolder-dir)
@@ -488,7 +505,7 @@ else
       --out "$logs/train-run")
     [[ -z "$steps" ]] || args+=(--steps "$steps")
     rm -rf "$logs/train-run"
-    "$here/bin/vitk" "${args[@]}" >"$logs/train-seed.log" 2>&1
+    "$exes/bin/vitk" "${args[@]}" >"$logs/train-seed.log" 2>&1
     rc=$?
     # vitk's first line: "model ... ; train N images, validation M (where from); run DIR".
     val_line="$(sed -n 's/^model .*; \(train [0-9]* images, validation .*\); run .*/\1/p' "$logs/train-seed.log" | head -n 1)"

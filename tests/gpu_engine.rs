@@ -200,7 +200,10 @@ fn bf16_training_steps_match_cpu_mean_pool() {
 /// Runs a short `vitk train` on the synthetic set and returns the per-step losses.
 fn train_losses(device: &str, precision: &str, dir: &std::path::Path) -> Vec<f64> {
     let run = dir.join(format!("{device}-{precision}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitk"))
+    // VITK_BIN: the binary of a GPU bundle (scripts/gpu-bundle.sh), elsewhere than where
+    // cargo built it.
+    let bin = std::env::var("VITK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vitk").into());
+    let out = std::process::Command::new(bin)
         .args(["train", "--device", device, "--precision", precision])
         .args(["--model", "micro"])
         .args([
