@@ -26,13 +26,30 @@ TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers"
 # mutant must still build (a mutant that leaves a parameter unused would fail -Werror and
 # prove nothing): the script reports those as BUILD-FAILED, not as killed.
 MUTANTS = [
-    # attention.cu
-    ("softmax without the max subtraction", "kernels/attention.cu",
-     "const float p = expf(pr[j] - mx);", "const float p = expf(pr[j] + 0.0f * mx);"),
-    ("softmax backward drops the row dot product", "kernels/attention.cu",
-     "dsr[j] = pr[j] * (dsr[j] - dot);", "dsr[j] = pr[j] * (dsr[j] - 0.0f * dot);"),
-    ("dQ without the scale", "kernels/attention.cu",
-     "vitk_st(dq + e, scale * s);", "vitk_st(dq + e, s);"),
+    # attention.cu (fp32, fused)
+    ("fp32 attention forward without the running-max rescale", "kernels/attention.cu",
+     "      for (int c = 0; c < VITK_ATT_COLS; c++) o[i][c] *= corr;", "      for (int c = 0; c < VITK_ATT_COLS; c++) o[i][c] *= 1.0f + 0.0f * corr;"),
+    ("fp32 attention backward reads one lse for the whole tile", "kernels/attention.cu",
+     "const float p = query ? expf(sd * scale - lse_s[lane]) : 0.0f;", "const float p = query ? expf(sd * scale - lse_s[0]) : 0.0f;"),
+    ("fp32 dQ without the scale", "kernels/attention.cu",
+     "      if (lane + 32 * c < hd) dst[lane + 32 * c] = scale * dq[i][c];", "      if (lane + 32 * c < hd) dst[lane + 32 * c] = dq[i][c];"),
+    ("fp32 attention keys past T not masked", "kernels/attention.cu",
+     "      const float s = key ? sd * scale : -3.402823466e38f;", "      const float s = (key || true) ? sd * scale : -3.402823466e38f;"),
+    # attention_tc.cu (bf16, fused, tensor cores)
+    ("bf16 attention forward without the running-max rescale", "kernels/attention_tc.cu",
+     "      for (int r = 0; r < 4; r++) o[n][r] *= corr[r >> 1];", "      for (int r = 0; r < 4; r++) o[n][r] *= 1.0f + 0.0f * corr[r >> 1];"),
+    ("bf16 attention keys past T not masked", "kernels/attention_tc.cu",
+     "const float x = k0 + col_of(j, r) < t ? s[j][r] * c : VITK_NEG_INF;", "const float x = s[j][r] * c;"),
+    ("bf16 softmax backward without rowdot", "kernels/attention_tc.cu",
+     "        dp[j][r] = pr * (dp[j][r] - dot_s[col]);  // dS^T", "        dp[j][r] = pr * (dp[j][r] - 0.0f * dot_s[col]);  // dS^T"),
+    ("bf16 dQ without the scale", "kernels/attention_tc.cu",
+     "vitk_st(dqkv + ((long long)b * t + row) * row3 + h * hd + col, scale * dq[n][r]);", "vitk_st(dqkv + ((long long)b * t + row) * row3 + h * hd + col, dq[n][r]);"),
+    ("P fragments packed with the halves swapped", "kernels/attention_tc.cu",
+     "  const unsigned a[4] = {vitk_pack_bf16x2(p[2 * kc][0], p[2 * kc][1]),", "  const unsigned a[4] = {vitk_pack_bf16x2(p[2 * kc][1], p[2 * kc][0]),"),
+    ("lse kept in log2 units", "kernels/attention_tc.cu",
+     "if (row < t) lse[(long long)bh * t + row] = (m[i] + log2f(l[i])) * VITK_FA_LN2;", "if (row < t) lse[(long long)bh * t + row] = (m[i] + log2f(l[i])) * (VITK_FA_LN2 * 0.0f + 1.0f);"),
+    ("rowdot skips the last head column", "kernels/attention_tc.cu",
+     "for (int e = lane; e < hd; e += 32) s += vitk_ld(dout + at + e) * vitk_ld(out + at + e);", "for (int e = lane; e < hd - 1; e += 32) s += vitk_ld(dout + at + e) * vitk_ld(out + at + e);"),
     # optim.cu
     ("gradient norm ignores elements past 256x256", "kernels/optim.cu",
      "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;\n       i += (long long)gridDim.x * blockDim.x) {\n    const double x = g[i];",
@@ -47,8 +64,8 @@ MUTANTS = [
      "    p[i] = pi;\n    if (p_low) vitk_st(p_low + i, pi);", "    if (p_low) vitk_st(p_low + i, p[i]);\n    p[i] = pi;"),
     # epilogue.cuh (both matmuls)
     ("bias added after GELU", "kernels/epilogue.cuh",
-     "    if (bias) v += bias[j];\n    if (flags & VITK_MM_GELU) {\n      vitk_st(aux + rowmajor, v);\n      v = vitk_gelu(v);\n    }",
-     "    if (flags & VITK_MM_GELU) {\n      vitk_st(aux + rowmajor, v);\n      v = vitk_gelu(v);\n    }\n    if (bias) v += bias[j];"),
+     "  if (bias) v += bias[j];\n  if (flags & VITK_MM_GELU) {\n    vitk_st(aux + rowmajor, v);\n    v = vitk_gelu(v);\n  }",
+     "  if (flags & VITK_MM_GELU) {\n    vitk_st(aux + rowmajor, v);\n    v = vitk_gelu(v);\n  }\n  if (bias) v += bias[j];"),
     ("GELU backward multiplies by gelu instead of gelu'", "kernels/epilogue.cuh",
      "v *= vitk_gelu_grad(vitk_ld(aux + rowmajor));", "v *= vitk_gelu(vitk_ld(aux + rowmajor));"),
     ("matmul ignores ACCUMULATE", "kernels/epilogue.cuh",
@@ -60,8 +77,8 @@ MUTANTS = [
     # matmul.cu (fp32)
     ("fp32 matmul A tile load bounded by the tile, not the matrix", "kernels/matmul.cu",
      "(gi < m && gk < k_end) ? a[", "(gk < k_end) ? a["),
-    ("fp32 split-K reads past its K range", "kernels/matmul.cu",
-     "(gj < n && gk < k_end) ? b[", "(gj < n && gk < k) ? b["),
+    ("fp32 split-K blocks overlap (each runs to the end of K)", "kernels/matmul.cu",
+     "const int k_end = min(k, k_begin + k_chunk);", "const int k_end = k + 0 * k_chunk;"),
     ("split-K reduction drops the last split", "kernels/matmul.cu",
      "for (int z = 0; z < splits; z++) s += ws[z * mn + i];", "for (int z = 0; z < splits - 1; z++) s += ws[z * mn + i];"),
     ("fp32 bias row sums drop a quarter of each tile", "kernels/matmul.cu",
