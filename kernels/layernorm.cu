@@ -11,42 +11,42 @@
 //             dweight += sum_rows dout * xhat,  dbias += sum_rows dout   (accumulated)
 //             dx_low (optional, bf16): a copy of the updated dx, the next matmul's dY on the
 //             bf16 path.
-//             Deterministic without float atomics: vitk_layernorm_backward writes per-block
-//             column partials into `partial` [G, 2, D] (block b owns rows
-//             [b*rows_per_block, (b+1)*rows_per_block)), then vitk_layernorm_backward_reduce
-//             adds them in block order.
-// Launch: forward and backward: one block per row (backward: per row range), 1-D block of any
-//         size <= 1024 (the launchers use min(256, D rounded up to 32)); reduce: one thread
-//         per column, blocks of 256.
-// Memory traffic: forward reads x twice (mean, then variance; the second pass hits L1/L2)
-//         and writes out once; backward reads x, dout and weight twice per row, read-modify-
-//         writes dx once and partial once per row; reduce reads G*2*D floats.
+//             Deterministic without float atomics: block b owns rows [b*ROWS, (b+1)*ROWS),
+//             one warp per row for dx, then one thread per column sums the block's rows in
+//             order into `partial` [G, 2, D]; vitk_layernorm_backward_reduce adds the G block
+//             partials in block order.
+// Launch: forward: one warp per row, blocks of 8 warps (grid ceil(R / 8)); backward: blocks
+//         of 8 warps owning 32 rows each (grid G = ceil(R / 32)); reduce: one thread per
+//         column, blocks of 256.
+// Memory traffic: forward reads x twice (mean, then variance; the second pass from L1) and
+//         writes out once; backward reads x and dout twice (the column pass hits L2) and
+//         read-modify-writes dx once, writes G*2*D partials; reduce reads them once.
 #include "reduce.cuh"
 
 #define VITK_LN_EPS 1e-6f
+
+#define VITK_LN_WARPS 8
+#define VITK_LN_ROWS 32  // rows per block of the backward
 
 template <typename OutT>
 __device__ __forceinline__ void vitk_layernorm_forward(OutT* out, float* mean, float* rstd,
                                                        const float* x, const float* weight,
                                                        const float* bias, int rows, int dim) {
-  VITK_SHARED(float, scratch, 32);
-  const int r = blockIdx.x;
-  if (r >= rows) return;  // uniform across the block: no barrier is skipped by some threads
+  const int r = blockIdx.x * VITK_LN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (r >= rows) return;  // the whole warp: no block-wide barrier follows
   const float* xr = x + (long long)r * dim;
   float s = 0.0f;
-  for (int c = threadIdx.x; c < dim; c += blockDim.x) s += xr[c];
-  const float m = vitk_block_sum(s, scratch) / dim;
+  for (int c = lane; c < dim; c += 32) s += xr[c];
+  const float m = vitk_warp_sum(s) / dim;
   float q = 0.0f;
-  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+  for (int c = lane; c < dim; c += 32) {
     const float d = xr[c] - m;
     q += d * d;
   }
-  const float var = vitk_block_sum(q, scratch) / dim;
-  const float rs = rsqrtf(var + VITK_LN_EPS);
+  const float rs = rsqrtf(vitk_warp_sum(q) / dim + VITK_LN_EPS);
   OutT* orow = out + (long long)r * dim;
-  for (int c = threadIdx.x; c < dim; c += blockDim.x)
-    vitk_st(orow + c, (xr[c] - m) * rs * weight[c] + bias[c]);
-  if (threadIdx.x == 0) {
+  for (int c = lane; c < dim; c += 32) vitk_st(orow + c, (xr[c] - m) * rs * weight[c] + bias[c]);
+  if (lane == 0) {
     mean[r] = m;
     rstd[r] = rs;
   }
@@ -63,42 +63,45 @@ VITK_LN_FORWARD(vitk_layernorm_forward_f32, float)
 VITK_LN_FORWARD(vitk_layernorm_forward_bf16, vitk_bf16)
 
 extern "C" __global__ void vitk_layernorm_backward(float* dx, vitk_bf16* dx_low, float* partial,
-                                                   const float* dout,
-                                                   const float* x, const float* mean,
-                                                   const float* rstd, const float* weight,
-                                                   int rows, int dim, int rows_per_block) {
-  VITK_SHARED(float, scratch, 32);
-  float* pw = partial + (long long)blockIdx.x * 2 * dim;
-  float* pb = pw + dim;
-  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-    pw[c] = 0.0f;
-    pb[c] = 0.0f;
-  }
-  const int r0 = blockIdx.x * rows_per_block;
-  const int r1 = min(rows, r0 + rows_per_block);
-  for (int r = r0; r < r1; r++) {
+                                                   const float* dout, const float* x,
+                                                   const float* mean, const float* rstd,
+                                                   const float* weight, int rows, int dim) {
+  const int r0 = blockIdx.x * VITK_LN_ROWS;
+  const int r1 = min(rows, r0 + VITK_LN_ROWS);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // dx: one warp per row.
+  for (int r = r0 + warp; r < r1; r += VITK_LN_WARPS) {
     const float* xr = x + (long long)r * dim;
     const float* gr = dout + (long long)r * dim;
     const float m = mean[r], rs = rstd[r];
     float sg = 0.0f, sgx = 0.0f;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-      const float xhat = (xr[c] - m) * rs;
+    for (int c = lane; c < dim; c += 32) {
       const float g = gr[c] * weight[c];
       sg += g;
-      sgx += g * xhat;
-      pw[c] += gr[c] * xhat;  // each column belongs to one thread: no race, fixed order
-      pb[c] += gr[c];
+      sgx += g * (xr[c] - m) * rs;
     }
-    const float mean_g = vitk_block_sum(sg, scratch) / dim;
-    const float mean_gx = vitk_block_sum(sgx, scratch) / dim;
+    const float mean_g = vitk_warp_sum(sg) / dim;
+    const float mean_gx = vitk_warp_sum(sgx) / dim;
     float* dxr = dx + (long long)r * dim;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    for (int c = lane; c < dim; c += 32) {
       const float xhat = (xr[c] - m) * rs;
-      const float g = gr[c] * weight[c];
-      const float v = dxr[c] + rs * (g - mean_g - xhat * mean_gx);
+      const float v = dxr[c] + rs * (gr[c] * weight[c] - mean_g - xhat * mean_gx);
       dxr[c] = v;
       if (dx_low) vitk_st(dx_low + (long long)r * dim + c, v);
     }
+  }
+  // The block's weight and bias gradient partials: one thread per column, rows in order.
+  float* pw = partial + (long long)blockIdx.x * 2 * dim;
+  float* pb = pw + dim;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    float w = 0.0f, b = 0.0f;
+    for (int r = r0; r < r1; r++) {
+      const float g = dout[(long long)r * dim + c];
+      w += g * (x[(long long)r * dim + c] - mean[r]) * rstd[r];
+      b += g;
+    }
+    pw[c] = w;
+    pb[c] = b;
   }
 }
 VITK_EXPORT(vitk_layernorm_backward)

@@ -1,9 +1,7 @@
 //! kernels/layernorm.cu: LayerNorm forward (fp32 or bf16 output) and backward (deterministic
 //! weight/bias gradients, optional bf16 copy of the updated dx).
 
-use super::{
-    expect_count, expect_len, instance, per_row, row_block, shape_err, Operand, OperandArg, BLOCK,
-};
+use super::{expect_count, expect_len, instance, per_row, shape_err, Operand, OperandArg, BLOCK};
 use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{BView, DView, Launch, LaunchConfig, Runtime};
 
@@ -46,7 +44,7 @@ pub fn layernorm_forward(
         ["vitk_layernorm_forward_f32", "vitk_layernorm_forward_bf16"],
     );
     let n = x.len() as f64;
-    Launch::new(name, per_row(rows, row_block(dim)))
+    Launch::new(name, per_row(rows.div_ceil(WARPS), 32 * WARPS as u32))
         .operand(out)
         .ptr(mean)
         .ptr(rstd)
@@ -62,17 +60,18 @@ pub fn layernorm_forward(
         .run(rt)
 }
 
-/// Blocks used by `layernorm_backward` for `rows` rows: at most 128, each owning a contiguous
-/// row range.
-fn layernorm_backward_blocks(rows: usize) -> (usize, usize) {
-    let blocks = rows.clamp(1, 128);
-    let per_block = rows.div_ceil(blocks).max(1);
-    (rows.div_ceil(per_block).max(1), per_block)
+/// Warps per block of both kernels, and rows per block of the backward (kernels/layernorm.cu).
+const WARPS: usize = 8;
+const BACKWARD_ROWS: usize = 32;
+
+/// Blocks of `layernorm_backward` for `rows` rows.
+fn layernorm_backward_blocks(rows: usize) -> usize {
+    rows.div_ceil(BACKWARD_ROWS).max(1)
 }
 
 /// Length of the scratch buffer `layernorm_backward` needs for (rows, dim).
 pub fn layernorm_backward_scratch_len(rows: usize, dim: usize) -> usize {
-    layernorm_backward_blocks(rows).0 * 2 * dim
+    layernorm_backward_blocks(rows) * 2 * dim
 }
 
 /// LayerNorm backward: dx, dweight and dbias are ACCUMULATED into (see kernels/layernorm.cu);
@@ -108,7 +107,7 @@ pub fn layernorm_backward(
     if rows == 0 {
         return Ok(());
     }
-    let (blocks, per_block) = layernorm_backward_blocks(rows);
+    let blocks = layernorm_backward_blocks(rows);
     if scratch.len() < blocks * 2 * dim {
         return Err(shape_err(
             K,
@@ -121,7 +120,7 @@ pub fn layernorm_backward(
     }
     let n = x.len() as f64;
     let low_bytes = if dx_low.is_some() { 2.0 * n } else { 0.0 };
-    Launch::new(K, per_row(blocks, row_block(dim)))
+    Launch::new(K, per_row(blocks, 32 * WARPS as u32))
         .ptr(dx)
         .opt(dx_low)
         .ptr(scratch)
@@ -132,7 +131,6 @@ pub fn layernorm_backward(
         .ptr(weight)
         .int("rows", rows)
         .int("dim", dim)
-        .int("rows per block", per_block)
         .cost(
             14.0 * n,
             16.0 * n + low_bytes + (blocks * 2 * dim * 4) as f64,

@@ -177,11 +177,6 @@ fn same_precision(kernel: &str, p: Precision, ops: &[(&str, Operand)]) -> GpuRes
     Ok(())
 }
 
-/// Threads per block for row-wise kernels: one warp multiple covering the row, at most 256.
-fn row_block(dim: usize) -> u32 {
-    (dim.div_ceil(32) * 32).clamp(32, BLOCK as usize) as u32
-}
-
 /// Blocks for elementwise kernels: grid-stride loops, so the grid is capped.
 fn elementwise(n: usize) -> LaunchConfig {
     let mut cfg = LaunchConfig::for_items(n, BLOCK);
