@@ -356,7 +356,9 @@ cat >"$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the bundle on a GPU machine; every log goes to LOG_DIR, then a summary table.
 #   bash run.sh [--train-only] [--device DEV] [--steps N] [--bench-args "ARGS"] LOG_DIR
-# 1. every test executable with VITK_TEST_DEVICE=cuda (skipped by --train-only);
+# 1. every device test with VITK_TEST_DEVICE=cuda, one process per test (skipped by
+#    --train-only), then the kernel tests under compute-sanitizer (memcheck, racecheck,
+#    synccheck) when the machine has it;
 # 2. the kernel benches (skipped by --train-only);
 # 3. vitk side by side with PyTorch on the GPU: scripts/bench_pytorch.py --device cuda
 #    (img/s of vitk bf16/fp32 and PyTorch eager fp32, eager bf16, torch.compile bf16, and
@@ -389,7 +391,7 @@ done
 [[ -n "$logs" ]] || { echo "usage: bash run.sh [--train-only] [--device DEV] [--steps N] [--bench-args \"ARGS\"] LOG_DIR" >&2; exit 2; }
 mkdir -p "$logs" || exit 1
 logs="$(cd "$logs" && pwd)"
-export VITK_TEST_DEVICE=cuda
+export VITK_TEST_DEVICE="${VITK_TEST_DEVICE:-cuda}" # the emulator with VITK_TEST_DEVICE=emu
 # The executables travel xz-compressed: unpack them into a scratch folder first.
 exes="$(mktemp -d "${TMPDIR:-/tmp}/vitk-bundle.XXXXXX")" || exit 1
 trap 'rm -rf "$exes"' EXIT
@@ -411,19 +413,43 @@ total_failed=0
 row() { rows+=("$(printf '%-36s %8s %8s %8s' "$@")"); }
 
 if ((!train_only)); then
+  # One process per test: a kernel that faults poisons its CUDA context, which would fail
+  # every later test of the same process.
   for exe in "$exes"/tests/*; do
     name="$(basename "$exe")"
     log="$logs/$name.log"
     echo "running $name" >&2
-    (cd "$here" && "$exe" --nocapture) >"$log" 2>&1
-    rc=$?
-    # Sum the "test result:" lines (one per executable).
-    passed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-    failed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-    if [[ $rc -ne 0 && $failed -eq 0 ]]; then failed=1; fi # crashed or could not start
+    : >"$log"
+    passed=0 failed=0
+    mapfile -t cases < <("$exe" --list --format terse 2>>"$log" | sed -n 's/: test$//p')
+    ((${#cases[@]})) || failed=1 # could not list: crashed or could not start
+    for case in "${cases[@]}"; do
+      echo "=== $case" >>"$log"
+      (cd "$here" && "$exe" --exact "$case" --nocapture) >>"$log" 2>&1
+      if (($? == 0)); then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $case" >&2; fi
+    done
     total_failed=$((total_failed + failed))
-    row "$name" "$passed" "$failed" "$rc"
+    row "$name" "$passed" "$failed" "$((failed > 0))"
   done
+  # The kernel parity tests under compute-sanitizer (memory errors, shared-memory races,
+  # barrier misuse) where the machine has it; findings are reported, the run goes on.
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck synccheck; do
+      for t in kernels_parity matmul_parity tensor_core_wrappers; do
+        log="$logs/sanitizer-$tool-$t.log"
+        echo "running $t under compute-sanitizer --tool $tool" >&2
+        (cd "$here" && compute-sanitizer --tool "$tool" --error-exitcode 99 "$exes/tests/$t" \
+          --test-threads 1) >"$log" 2>&1
+        rc=$?
+        errors="$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')"
+        row "sanitizer $tool $t" "-" "$errors" "$rc"
+        [[ $rc -eq 0 ]] || total_failed=$((total_failed + 1))
+      done
+    done
+  else
+    echo "compute-sanitizer not found: memcheck/racecheck/synccheck skipped" | tee "$logs/sanitizer.log" >&2
+    row "compute-sanitizer" "-" "-" "skipped"
+  fi
   # Kernel benches (CUDA events; prints its own table).
   echo "running kernel benches" >&2
   "$exes/benches/kernels" --bench >"$logs/bench-kernels.log" 2>&1
