@@ -112,7 +112,8 @@ MUTANTS = [
     ("LayerNorm weight-gradient reduce drops the last block", "kernels/layernorm.cu",
      "for (int i = 0; i < blocks; i++) {", "for (int i = 0; i < blocks - 1; i++) {"),
     ("LayerNorm bf16 copy of dx before its update", "kernels/layernorm.cu",
-     "if (dx_low) vitk_st(dx_low + (long long)r * dim + c, v);", "if (dx_low) vitk_st(dx_low + (long long)r * dim + c, dxr[c] - v + v);"),
+     "      dxr[c] = v;\n      if (dx_low) vitk_st(dx_low + (long long)r * dim + c, v);",
+     "      if (dx_low) vitk_st(dx_low + (long long)r * dim + c, dxr[c] + 0.0f * v);\n      dxr[c] = v;"),
     # loss.cu, reduce.cuh, tokens.cu, patch_embed.cu
     ("cross-entropy arg-max loses the lowest-index tie-break", "kernels/loss.cu",
      "if (ov > v || (ov == v && oi < idx)) {", "if (ov > v || (ov == v && oi > idx)) {"),
@@ -122,7 +123,7 @@ MUTANTS = [
     ("cross-entropy through log_z = m + lse (loses precision on large logits)", "kernels/loss.cu",
      "vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_b);", "vitk_st(drow + c, (expf(row[c] - (mx + lse)) - target) * inv_b);"),
     ("block sum reads lanes past the end of a partial warp", "kernels/reduce.cuh",
-     "if (lane + offset < lanes) v += other;", "v += other;"),
+     "if (lane + offset < lanes) v += other;", "if (lane + offset < lanes || true) v += other;"),
     ("tokens forward adds position 0 everywhere", "kernels/tokens.cu",
      "x[i] = e + pos[(long long)tok * dim + c];", "x[i] = e + pos[c + 0 * tok];"),
     ("position gradient skips the last image", "kernels/tokens.cu",

@@ -329,31 +329,37 @@ pub fn pool_grad(dp: &[f64], b: usize, t: usize, d: usize, mean: bool) -> Vec<f6
     dx
 }
 
-/// Logits [B, K] (K ≥ 4, B ≥ 14) and labels with the cases a loss kernel gets wrong first:
-/// row 0 an exact tie between classes 1 and 2 labelled 1 (correct: the first arg-max counts),
-/// row 1 the same tie labelled 2 (wrong), rows 2 and 3 all equal labelled 0 (correct) and
-/// K − 1 (wrong), rows 4..14 logits of size ~1e4 (exp overflows without the max
-/// subtraction); the rest random in ±4. Every value is an exact f32.
+/// Logits [B, K] (K ≥ 4, B ≥ 16) and labels with the cases a loss kernel gets wrong first:
+/// rows 0 and 1 an exact tie between classes 1 and 2 labelled 1, row 2 the same tie labelled 2
+/// (the first arg-max counts: rows 0 and 1 correct, row 2 wrong), rows 3 and 4 all equal
+/// labelled 0 (correct) and K − 1 (wrong): the rows are not symmetric, so a kernel that breaks
+/// ties the other way, or counts every tied class, changes the count. Rows 5..16 have logits
+/// of ±1e4 within a few units of each other: exp overflows without the max subtraction, and
+/// log Σ exp is a few units on top of 1e4, where computing log_z = max + lse before
+/// subtracting it rounds the probabilities by ~1e-3. The rest are random in ±4. Every value
+/// is an exact f32.
 pub fn hostile_logits(b: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<u32>) {
-    assert!(k >= 4 && b >= 14);
+    assert!(k >= 4 && b >= 16);
     let mut logits: Vec<f64> = crate::common::rand_vec(b * k, seed, 4.0)
         .iter()
         .map(|&v| v as f32 as f64)
         .collect();
     let mut labels: Vec<u32> = (0..b).map(|i| ((i * 7 + 3) % k) as u32).collect();
-    let tie = |row: &mut [f64]| {
-        row.fill(0.0);
-        row[..3].copy_from_slice(&[-1.0, 2.0, 2.0]);
-    };
-    tie(&mut logits[..k]);
-    labels[0] = 1;
-    tie(&mut logits[k..2 * k]);
-    labels[1] = 2;
-    logits[2 * k..4 * k].fill(0.75);
-    labels[2] = 0;
-    labels[3] = (k - 1) as u32;
-    for v in &mut logits[4 * k..14 * k] {
-        *v = (*v * 2500.0).round();
+    for (row, label) in [(0, 1), (1, 1), (2, 2)] {
+        let r = &mut logits[row * k..(row + 1) * k];
+        r.fill(0.0);
+        r[..3].copy_from_slice(&[-1.0, 2.0, 2.0]);
+        labels[row] = label;
+    }
+    logits[3 * k..5 * k].fill(0.75);
+    labels[3] = 0;
+    labels[4] = (k - 1) as u32;
+    for row in 5..16 {
+        let sign = if row % 2 == 0 { 1.0 } else { -1.0 };
+        for v in &mut logits[row * k..(row + 1) * k] {
+            // 1e4 ± 2 in steps of 1/8: exact in f32
+            *v = sign * 1e4 + (*v * 4.0).round() / 8.0;
+        }
     }
     (logits, labels)
 }
