@@ -4,7 +4,7 @@ kernels/ or src/gpu) to a scratch copy of the working tree, runs the device test
 emulator, and expects them to fail. Prints one line per mutant and the killed/total count;
 exits non-zero when a mutant survives (or no longer applies: the list must follow the code).
 
-    python3 scripts/mutate_kernels.py [--only SUBSTRING] [--keep-scratch]
+    python3 scripts/mutate_kernels.py [--only SUBSTRING ...] [--keep-scratch]
 
 Not part of CI (about a minute per mutant on two cores). cargo-mutants covers src/cpu and
 src/train (see README, "Tests and benchmarks"); it cannot mutate CUDA sources, hence this list.
@@ -19,8 +19,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The tests every mutant runs against (the emulator is the default device).
-TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers"]
+# The tests every mutant runs against (the emulator is the default device; `training` holds
+# the CPU optimizer's tests against PyTorch's formula, for mutants of code both engines share).
+TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "training"]
 
 # (name, file, original text, mutated text). The original must occur exactly once, and the
 # mutant must still build (a mutant that leaves a parameter unused would fail -Werror and
@@ -155,7 +156,7 @@ def run(cmd, cwd, env, log):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", help="run the mutants whose name contains this")
+    ap.add_argument("--only", action="append", help="run the mutants whose name contains this (repeatable)")
     ap.add_argument("--keep-scratch", action="store_true")
     args = ap.parse_args()
 
@@ -171,7 +172,7 @@ def main():
     if run(test_cmd, tree, env, log) != 0:
         sys.exit(f"the unmutated tree fails its tests: see {log}")
 
-    selected = [m for m in MUTANTS if not args.only or args.only in m[0]]
+    selected = [m for m in MUTANTS if not args.only or any(o in m[0] for o in args.only)]
     killed, problems = 0, []
     for name, rel, old, new in selected:
         path = os.path.join(tree, rel)
