@@ -29,10 +29,12 @@ pub mod h200 {
 }
 
 /// The fastest an H200 could run a launch of `kernel` with this cost: the larger of its
-/// arithmetic at the unit's peak (tensor cores for the bf16 matmuls, fp32 otherwise) and its
+/// arithmetic at the unit's peak (tensor cores for the bf16 matmuls and attention, fp32
+/// otherwise) and its
 /// bytes at the memory bandwidth. Seconds.
 pub fn roofline_seconds(kernel: &str, cost: Cost) -> f64 {
-    let peak = if kernel.starts_with("vitk_mm_tc_") {
+    // The tensor-core kernels: vitk_mm_tc_* and vitk_attention_*_tc<hd>.
+    let peak = if kernel.starts_with("vitk_mm_tc_") || kernel.contains("_tc") {
         h200::BF16_FLOPS
     } else {
         h200::FP32_FLOPS
