@@ -429,7 +429,7 @@ fn main() {
     println!("kernels bench on {}", cuda.describe());
     let cuda = Arc::new(cuda);
     let rt: Arc<dyn Runtime> = cuda.clone();
-    let lt = match CublasLt::new(&rt) {
+    let lt = match CublasLt::new(&cuda) {
         Ok(lt) => Some(lt),
         Err(e) => {
             println!("cuBLASLt unavailable ({e}): no reference column");
@@ -614,7 +614,11 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
     bench.run("grad norm + clip coef", f4 * np as f64, 0.0, &mut || {
         k::grad_norm_clip(r, stats.view(), &partial, g.view(), 1.0)
     });
-    let step = AdamWScalars::new(&AdamWConfig::default(), 1, 1e-3);
+    let hyper = DeviceBuffer::from_slice(
+        rt,
+        &AdamWScalars::new(&AdamWConfig::default(), 1, 1e-3).to_f32s(),
+    )
+    .expect("AdamW scalars");
     bench.run("adamw (+ bf16 copies)", 31.0 * np as f64, 0.0, &mut || {
         k::adamw(
             r,
@@ -625,11 +629,12 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
             g.view(),
             &mask,
             Some(stats.view()),
-            step,
+            hyper.view(),
         )
     });
 
-    // The whole step, host round trip of the statistics included.
+    // Whole steps queued as training queues them (one graph replay each, statistics read one
+    // step late), timed between two events.
     let params = init_params(cfg, &layout, 0);
     for precision in [Precision::Fp32, Precision::Bf16] {
         match GpuTrainer::new(
@@ -644,7 +649,7 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
                 let imgs = vec![0.1f32; B * 3 * 32 * 32];
                 let lbl: Vec<u32> = (0..B as u32).map(|i| i % 10).collect();
                 let mut step = || {
-                    e.try_train_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
+                    e.submit_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
                         .map(|_| ())
                 };
                 // Throughput in elements = images.

@@ -9,7 +9,8 @@
 //                         m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
 //                         p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 //                       with step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) computed
-//                       in double on the host (src/optim.rs), as the CPU optimizer does;
+//                       in double on the host (src/optim.rs), as the CPU optimizer does, and
+//                       read from a device buffer (hyper);
 //                       p_low (optional): the bf16 copy of the updated parameters that the
 //                       bf16 path's matmuls read, written in the same pass.
 // Launch: sumsq: VITK_NORM_BLOCKS blocks of 256 (grid-stride); clip: 1 thread; adamw: 1-D
@@ -56,11 +57,13 @@ extern "C" __global__ void vitk_clip_coef(float* stats, const double* partial, i
 }
 VITK_EXPORT(vitk_clip_coef)
 
+// hyper [VITK_ADAMW_SCALARS]: keep, step_size, bc2_sqrt, b1c, b2, b2c, eps (src/optim.rs,
+// AdamWScalars), copied to the device before each step: a replayed graph reads this step's.
 extern "C" __global__ void vitk_adamw(float* p, vitk_bf16* p_low, float* m, float* v,
                                       const float* g, const unsigned char* decay,
-                                      const float* stats,
-                                      long long n, float keep, float step_size, float bc2_sqrt,
-                                      float b1c, float b2, float b2c, float eps) {
+                                      const float* stats, const float* hyper, long long n) {
+  const float keep = hyper[0], step_size = hyper[1], bc2_sqrt = hyper[2], b1c = hyper[3],
+              b2 = hyper[4], b2c = hyper[5], eps = hyper[6];
   const float coef = stats ? stats[3] : 1.0f;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {

@@ -14,8 +14,9 @@ batch 128 with the same thread count, this script alternates runs (vitk, torch, 
          same batches, torch.set_num_threads(T).
 
 Throughput on both sides = images / seconds over the N steps after the WARMUP first ones,
-timing only the training step (forward, backward, optimizer): vitk's per-step img_per_s
-from RUN_DIR/metrics.jsonl (its loader prepares batches on a background thread), and the
+timing only the training steps (forward, backward, optimizer): vitk's per-step img_per_s
+from RUN_DIR/metrics.jsonl (the time between two steps' ends; its loader prepares batches on
+a background thread), and the
 same span in the worker (batches normalised before the clock starts). vitk's own `final:`
 figure, which leaves out only its first step, is shown too.
 
@@ -32,9 +33,9 @@ request) and batch size (default 128 and 512), one process per measurement, in t
          (--compile-warmup for torch.compile, whose compilation happens in the first step and
          is reported separately), N steps run back to back and are timed with CUDA events.
 
-vitk's figure is again its per-step img_per_s over the steps after WARMUP: each of its steps
-includes the host-side upload of the batch and a read-back of the loss, which the PyTorch side
-does not do. The table gives img/s of every cell and the ratios vitk/PyTorch for each pair of
+vitk's figure is again its per-step img_per_s over the steps after WARMUP: the time between two
+consecutive steps' ends, which includes the upload of each batch (from pinned memory, one step
+ahead) and the read-back of each loss (one step late), which the PyTorch side does not do. The table gives img/s of every cell and the ratios vitk/PyTorch for each pair of
 the same precision. fp32 matmuls stay IEEE fp32 on the PyTorch side unless --tf32.
 
 The reference is timm's VisionTransformer when timm can be imported, else (or with

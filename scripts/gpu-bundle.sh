@@ -268,7 +268,7 @@ cp scripts/bench_pytorch.py "$bundle/scripts/"
 python3 - "$work/tests.json" "$bundle/tests" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-DEVICE_TESTS = {"kernels_parity", "matmul_parity", "tensor_core_wrappers", "gpu_engine", "gpu_runtime"}
+DEVICE_TESTS = {"kernels_parity", "matmul_parity", "tensor_core_wrappers", "gpu_engine", "gpu_runtime", "step_pipeline"}
 seen = set()
 for line in open(src):
     try:

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests every mutant runs against (the emulator is the default device; `training` holds
 # the CPU optimizer's tests against PyTorch's formula, for mutants of code both engines share).
-TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "training"]
+TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "step_pipeline", "training"]
 
 # (name, file, original text, mutated text). The original must occur exactly once, and the
 # mutant must still build (a mutant that leaves a parameter unused would fail -Werror and
@@ -34,8 +34,10 @@ MUTANTS = [
      "const float p = query ? expf(sd * scale - lse_s[lane]) : 0.0f;", "const float p = query ? expf(sd * scale - lse_s[0]) : 0.0f;"),
     ("fp32 dQ without the scale", "kernels/attention.cu",
      "      if (lane + 32 * c < hd) dst[lane + 32 * c] = scale * dq[i][c];", "      if (lane + 32 * c < hd) dst[lane + 32 * c] = dq[i][c];"),
+    # (the score mask alone is redundant with the probability mask: both go together)
     ("fp32 attention keys past T not masked", "kernels/attention.cu",
-     "      const float s = key ? sd * scale : -3.402823466e38f;", "      const float s = (key || true) ? sd * scale : -3.402823466e38f;"),
+     "      const float s = key ? sd * scale : -3.402823466e38f;\n      const float m_new = fmaxf(m[i], warp_max(s));\n      const float corr = expf(m[i] - m_new);\n      const float p = key ? expf(s - m_new) : 0.0f;",
+     "      const float s = sd * scale;\n      const float m_new = fmaxf(m[i], warp_max(s));\n      const float corr = expf(m[i] - m_new);\n      const float p = expf(s - m_new) + 0.0f * key;"),
     # attention_tc.cu (bf16, fused, tensor cores)
     ("bf16 attention forward without the running-max rescale", "kernels/attention_tc.cu",
      "      for (int r = 0; r < 4; r++) o[n][r] *= corr[r >> 1];", "      for (int r = 0; r < 4; r++) o[n][r] *= 1.0f + 0.0f * corr[r >> 1];"),
@@ -140,6 +142,14 @@ MUTANTS = [
      "        self.step += 1;\n", ""),
     ("bias-correction scalars at step t - 1", "src/optim.rs",
      "        let t = i32::try_from(t).unwrap_or(i32::MAX);", "        let t = i32::try_from(t.saturating_sub(1).max(1)).unwrap_or(i32::MAX);"),
+    ("queued step: AdamW step counter not advanced", "src/gpu/engine/pipeline.rs",
+     "        self.step += 1;\n", ""),
+    ("queued step: AdamW scalars not copied to the device", "src/gpu/engine/pipeline.rs",
+     "        slot.hyper.upload_to(self.hyper.view())?;\n", ""),
+    ("queued step: one graph for clipped and unclipped steps", "src/gpu/engine/pipeline.rs",
+     "            clip: clip.map(f64::to_bits),", "            clip: None,"),
+    ("queued step: statistics read from the other slot", "src/gpu/engine/pipeline.rs",
+     "        let slot = &self.pipeline.slots[q.slot];", "        let slot = &self.pipeline.slots[1 - q.slot];"),
     ("split-K plans one split too few", "src/gpu/kernels/matmul.rs",
      "    (k.div_ceil(chunk).max(1), chunk)", "    (k.div_ceil(chunk).max(2) - 1, chunk)"),
     ("bf16 path reads the fp32 weights' bits as bf16", "src/gpu/engine.rs",

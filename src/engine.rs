@@ -31,8 +31,12 @@ pub trait TrainEngine {
     fn describe(&self) -> String;
     /// Largest batch the engine's buffers hold.
     fn max_batch(&self) -> usize;
-    /// Forward, loss, backward, optional clipping and one AdamW update at rate `lr`.
-    /// images [B, C, S, S] normalised, labels [B].
+    /// Queues one step: forward, loss, backward, optional clipping and one AdamW update at
+    /// rate `lr`; images [B, C, S, S] normalised, labels [B]. Returns the output of the step
+    /// queued before this one (`None` for the first): every engine reports one step late, so
+    /// that the device engine keeps a step in flight and the host never waits inside one
+    /// (the host prepares the next batch while the device runs this step).
+    /// [`TrainEngine::finish_steps`] waits for and returns the last one.
     fn train_step(
         &mut self,
         images: &[f32],
@@ -40,7 +44,9 @@ pub trait TrainEngine {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> Result<StepOutput>;
+    ) -> Result<Option<StepOutput>>;
+    /// Waits for the queued step and returns its output (`None` when there is none).
+    fn finish_steps(&mut self) -> Result<Option<StepOutput>>;
     /// Logits [B, K] of images [B, C, S, S] (no state kept for backward is needed).
     fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>>;
     /// The parameters, flat in the [`ParamLayout`] order.

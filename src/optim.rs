@@ -47,7 +47,24 @@ pub struct AdamWScalars {
     pub eps: f64,
 }
 
+/// Length of [`AdamWScalars::to_f32s`].
+pub const ADAMW_SCALARS: usize = 7;
+
 impl AdamWScalars {
+    /// keep, step_size, bc2_sqrt, b1c, b2, b2c, eps in f32: the device kernel's `hyper`.
+    pub fn to_f32s(&self) -> [f32; ADAMW_SCALARS] {
+        [
+            self.keep,
+            self.step_size,
+            self.bc2_sqrt,
+            self.b1c,
+            self.b2,
+            self.b2c,
+            self.eps,
+        ]
+        .map(|x| x as f32)
+    }
+
     pub fn new(cfg: &AdamWConfig, t: u64, lr: f64) -> Self {
         let t = i32::try_from(t).unwrap_or(i32::MAX);
         AdamWScalars {

@@ -437,6 +437,12 @@ fn profile_counts_and_models_a_step_without_a_gpu() {
             t.contains("a model, not a measurement") && t.contains("nothing timed"),
             "{t}"
         );
+        // a queued step: one graph replay, no host wait, nothing pageable
+        assert!(
+            t.contains("step: launches=0 graphs=1 (")
+                && t.contains(" host_syncs=0 fence_waits=1 copies: 4 pinned, 0 pageable"),
+            "{t}"
+        );
     }
     assert!(
         bf16.contains("vitk_mm_tc_") && !bf16.contains("vitk_matmul "),

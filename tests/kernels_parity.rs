@@ -490,6 +490,7 @@ fn adamw_case(
             );
         }
         cpu_opt.update(layout, &mut p, &g64, lr);
+        let hyper = dev.f32(&AdamWScalars::new(&cfg, t, lr).to_f32s());
         kernels::adamw(
             &**rt,
             gp,
@@ -499,7 +500,7 @@ fn adamw_case(
             gg,
             &decay,
             clip.map(|_| stats),
-            AdamWScalars::new(&cfg, t, lr),
+            hyper,
         )
         .unwrap();
     }

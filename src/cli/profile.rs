@@ -99,11 +99,6 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
     let labels: Vec<u32> = (0..b)
         .map(|_| rng.random_range(0..cfg.num_classes as u32))
         .collect();
-    let mut step = || {
-        engine
-            .try_train_step(&images, &labels, 1e-3, 0.1, Some(1.0))
-            .map(|_| ())
-    };
     println!(
         "profile: {} (D{} L{} H{} M{} T{}), batch {b}, {precision}, on {}",
         a.model.model.as_deref().unwrap_or("seed"),
@@ -114,23 +109,64 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
         cfg.num_tokens(),
         rt.describe()
     );
-    // Wall time of whole steps (CUDA events around them, no per-launch events), then one
-    // recorded step for the per-kernel table.
+    let err = |e: vitk::gpu::GpuError| anyhow!("{e}");
+    // Steps as training runs them (queued one ahead, one graph replay each unless
+    // VITK_NO_GRAPH=1): the warm-up (the first step captures the graph), the counts of one
+    // step, then on CUDA the timed steps between two events.
+    let submit = |engine: &mut GpuTrainer| {
+        engine
+            .submit_step(&images, &labels, 1e-3, 0.1, Some(1.0))
+            .map(|_| ())
+    };
+    for _ in 0..a.warmup.max(1) {
+        submit(&mut engine).map_err(err)?;
+    }
+    let before = rt.counts();
+    submit(&mut engine).map_err(err)?;
+    let queued = rt.counts().since(&before);
     let step_ms = match &cuda {
         Some(c) => Some(
-            c.time_ms(a.warmup, a.steps, &mut step)
-                .map_err(|e| anyhow!("{e}"))?,
+            c.time_ms(0, a.steps, &mut || submit(&mut engine))
+                .map_err(err)?,
         ),
         None => None,
     };
+    engine.finish_steps().map_err(err)?;
+    let graph_kernels = engine.graph_kernels().first().copied();
+    // Then one step of direct launches, recorded kernel by kernel (CUDA events around each).
+    engine.set_graphs(false);
     profiler.start();
-    step().map_err(|e| anyhow!("{e}"))?;
-    let p = profiler.finish().map_err(|e| anyhow!("{e}"))?;
-    print_table(&p, step_ms, b);
+    engine
+        .try_train_step(&images, &labels, 1e-3, 0.1, Some(1.0))
+        .map_err(err)?;
+    let p = profiler.finish().map_err(err)?;
+    print_table(&p, b);
+    println!(
+        "direct step: launches={} host_syncs={} fence_waits={} copies: {} pinned, {} pageable",
+        p.counts.launches,
+        p.counts.host_syncs,
+        p.counts.fence_waits,
+        p.counts.async_copies,
+        p.counts.pageable_copies
+    );
+    let timed = match step_ms {
+        Some(ms) => format!(" ms={ms:.3} img_per_s={:.0}", b as f64 / (ms * 1e-3)),
+        None => " ms=- img_per_s=- (no GPU: nothing timed)".into(),
+    };
+    let kernels = graph_kernels.map_or(String::new(), |k| format!(" ({k} kernels each)"));
+    println!(
+        "step: launches={} graphs={}{kernels} host_syncs={} fence_waits={} copies: {} pinned, {} pageable{timed}",
+        queued.launches,
+        queued.graph_launches,
+        queued.host_syncs,
+        queued.fence_waits,
+        queued.async_copies,
+        queued.pageable_copies
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn print_table(p: &Profile, step_ms: Option<f64>, batch: usize) {
+fn print_table(p: &Profile, batch: usize) {
     println!(
         "{:<34} {:>5} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}",
         "kernel", "calls", "GFLOP", "MB", "ms", "TFLOP/s", "GB/s", "bound ms", "% roof"
@@ -177,13 +213,5 @@ fn print_table(p: &Profile, step_ms: Option<f64>, batch: usize) {
         flops / 1e9,
         bytes / 1e6,
         batch as f64 / (bound * 1e-3)
-    );
-    let timed = match step_ms {
-        Some(ms) => format!(" ms={ms:.3} img_per_s={:.0}", batch as f64 / (ms * 1e-3)),
-        None => " ms=- img_per_s=- (no GPU: nothing timed)".into(),
-    };
-    println!(
-        "step: launches={} graphs=0 host_syncs={} copies={}{timed}",
-        p.launches, p.host_syncs, p.copies
     );
 }

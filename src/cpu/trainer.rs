@@ -15,6 +15,9 @@ pub struct CpuTrainer {
     params: Vec<f32>,
     grads: Vec<f32>,
     opt: AdamW<f32>,
+    /// The last step's output, returned by the next call (the engine interface reports one
+    /// step late).
+    reported_late: Option<StepOutput>,
 }
 
 impl CpuTrainer {
@@ -40,6 +43,7 @@ impl CpuTrainer {
             params,
             grads: vec![0.0; n],
             opt: AdamW::new(adamw, n),
+            reported_late: None,
         })
     }
 }
@@ -60,7 +64,7 @@ impl TrainEngine for CpuTrainer {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> Result<StepOutput> {
+    ) -> Result<Option<StepOutput>> {
         self.engine.forward(&self.params, images);
         let stats = self.engine.loss(labels, smoothing);
         self.grads.fill(0.0);
@@ -68,11 +72,16 @@ impl TrainEngine for CpuTrainer {
         let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads, max));
         self.opt
             .update(&self.layout, &mut self.params, &self.grads, lr);
-        Ok(StepOutput {
+        let out = StepOutput {
             loss: stats.loss,
             correct: stats.correct,
             grad_norm,
-        })
+        };
+        Ok(self.reported_late.replace(out))
+    }
+
+    fn finish_steps(&mut self) -> Result<Option<StepOutput>> {
+        Ok(self.reported_late.take())
     }
 
     fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {

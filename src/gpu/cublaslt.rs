@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys};
 
+use super::cuda::CudaRuntime;
 use super::error::{GpuError, GpuResult};
 use super::runtime::{DeviceBuffer, Elem, Runtime, View};
 use crate::engine::Precision;
@@ -33,25 +34,32 @@ fn err(op: &str, e: impl std::fmt::Debug) -> GpuError {
     }
 }
 
-/// A cuBLASLt handle and its workspace on the device of `rt` (the current context).
+/// A cuBLASLt handle and its workspace on the device of `cuda`, issuing on its stream (so
+/// that the runtime's events time it).
 pub struct CublasLt {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer<u8>,
+    cuda: Arc<CudaRuntime>,
 }
 
 impl CublasLt {
     /// Opens cuBLASLt, or says why it cannot (no library, no device).
-    pub fn new(rt: &Arc<dyn Runtime>) -> GpuResult<Self> {
+    pub fn new(cuda: &Arc<CudaRuntime>) -> GpuResult<Self> {
         // SAFETY: only probes for the shared library; calling into it without one panics.
         if !unsafe { sys::is_culib_present() } {
             return Err(GpuError::Unavailable("libcublasLt is not installed".into()));
         }
-        let workspace = DeviceBuffer::<u8>::new(rt, WORKSPACE)?;
+        let rt: Arc<dyn Runtime> = cuda.clone();
+        let workspace = DeviceBuffer::<u8>::new(&rt, WORKSPACE)?;
         let handle = lt::create_handle().map_err(|e| err("create", e))?;
-        Ok(CublasLt { handle, workspace })
+        Ok(CublasLt {
+            handle,
+            workspace,
+            cuda: cuda.clone(),
+        })
     }
 
-    /// Enqueues C = product(A, B) on the default stream, with fp32 accumulation; A and B of
+    /// Enqueues C = product(A, B) on the runtime's stream, with fp32 accumulation; A and B of
     /// `precision` (bf16 or fp32), C of type `Out`.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul<In: Elem, Out: Elem>(
@@ -148,7 +156,7 @@ impl CublasLt {
                 &heuristic.algo,
                 addr(self.workspace.view().device_address()),
                 WORKSPACE,
-                std::ptr::null_mut(),
+                self.cuda.stream() as _,
             )
             .map_err(|e| err("matmul", e))
         };

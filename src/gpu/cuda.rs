@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use cudarc::driver::{result, sys};
@@ -13,6 +14,7 @@ use super::embedded;
 use super::emu::arg_ptr;
 use super::error::{GpuError, GpuResult};
 use super::runtime::{DevicePtr, KernelArg, Launch, Runtime};
+use super::stream::{not_while_capturing, Counters, FenceId, GraphId, HostPtr, RuntimeCounts};
 
 /// Above this much dynamic shared memory a kernel needs the opt-in attribute (up to 227 KiB
 /// on sm_90), as the emulator assumes.
@@ -25,7 +27,14 @@ pub struct CudaRuntime {
     sync_launches: bool,
     ctx: sys::CUcontext,
     module: sys::CUmodule,
-    functions: Mutex<HashMap<String, sys::CUfunction>>,
+    /// The one stream everything goes on: non-blocking, so nothing else in the process (the
+    /// legacy default stream) orders with it.
+    stream: sys::CUstream,
+    /// Between begin_capture and end_capture.
+    capturing: AtomicBool,
+    /// Each kernel's function handle and the dynamic shared memory it is opted in to.
+    functions: Mutex<HashMap<&'static str, (sys::CUfunction, u32)>>,
+    counters: Counters,
     description: String,
 }
 
@@ -66,14 +75,18 @@ impl CudaRuntime {
         Ok(CudaEvent(e))
     }
 
-    /// Records `e` on the default stream, after the work enqueued so far.
+    /// Records `e` on the runtime's stream, after the work enqueued so far.
     pub fn record(&self, e: &CudaEvent) -> GpuResult<()> {
         self.current()?;
-        // SAFETY: the event belongs to this context; null is the default stream, on which
-        // every launch of this runtime goes.
+        // SAFETY: the event and the stream belong to this context.
         driver("cuEventRecord", unsafe {
-            result::event::record(e.0, std::ptr::null_mut())
+            result::event::record(e.0, self.stream)
         })
+    }
+
+    /// The stream every operation of this runtime goes on (for libraries: cuBLASLt).
+    pub fn stream(&self) -> sys::CUstream {
+        self.stream
     }
 
     /// Milliseconds between two recorded events (waits for the second).
@@ -105,7 +118,7 @@ impl CudaRuntime {
             .collect()
     }
 
-    /// Milliseconds per call of `f` (which enqueues device work on the default stream),
+    /// Milliseconds per call of `f` (which enqueues device work on the runtime's stream),
     /// measured with CUDA events around `iters` calls after `warmup` untimed ones.
     pub fn time_ms(
         &self,
@@ -121,20 +134,14 @@ impl CudaRuntime {
         let start = driver("cuEventCreate", result::event::create(flags))?;
         let end = driver("cuEventCreate", result::event::create(flags))?;
         let mut run = || -> GpuResult<f64> {
-            // SAFETY: both events were just created in the current context; null is the
-            // default stream, on which every launch of this runtime goes.
+            // SAFETY: both events were just created in the current context, on whose
+            // stream every operation of this runtime goes.
             unsafe {
-                driver(
-                    "cuEventRecord",
-                    result::event::record(start, std::ptr::null_mut()),
-                )?;
+                driver("cuEventRecord", result::event::record(start, self.stream))?;
                 for _ in 0..iters {
                     f()?;
                 }
-                driver(
-                    "cuEventRecord",
-                    result::event::record(end, std::ptr::null_mut()),
-                )?;
+                driver("cuEventRecord", result::event::record(end, self.stream))?;
                 driver("cuEventSynchronize", result::event::synchronize(end))?;
                 let ms = driver("cuEventElapsedTime", result::event::elapsed(start, end))?;
                 Ok(ms as f64 / iters.max(1) as f64)
@@ -218,13 +225,30 @@ impl CudaRuntime {
                 return Err(e);
             }
         };
+        let stream = match driver(
+            "cuStreamCreate",
+            result::stream::create(result::stream::StreamKind::NonBlocking),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: balances the load and the retain above.
+                unsafe {
+                    let _ = result::module::unload(module);
+                    let _ = result::primary_ctx::release(device);
+                }
+                return Err(e);
+            }
+        };
         Ok(CudaRuntime {
             device,
             sms: sms.max(1) as usize,
             sync_launches: std::env::var_os("VITK_SYNC_LAUNCHES").is_some_and(|v| v != "0"),
             ctx,
             module,
+            stream,
+            capturing: AtomicBool::new(false),
             functions: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
             description: format!("cuda: {name} (sm_{major}{minor}), kernels from {how}"),
         })
     }
@@ -236,24 +260,57 @@ impl CudaRuntime {
         })
     }
 
-    fn function(&self, kernel: &str) -> GpuResult<sys::CUfunction> {
+    /// The kernel's function, opted in to `shared_bytes` of dynamic shared memory when that is
+    /// above the default limit (once per kernel and size: one map lookup per launch).
+    fn function(&self, kernel: &'static str, shared_bytes: u32) -> GpuResult<sys::CUfunction> {
         let mut map = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get(kernel) {
-            return Ok(*f);
-        }
-        let name = CString::new(kernel).map_err(|_| GpuError::Kernel {
-            kernel: kernel.into(),
-            message: "kernel name contains a NUL byte".into(),
-        })?;
-        // SAFETY: the module is loaded for the lifetime of self.
-        let f = unsafe { result::module::get_function(self.module, name) }.map_err(|e| {
-            GpuError::Kernel {
-                kernel: kernel.into(),
-                message: format!("not in the module: {e}"),
+        let (f, opted) = match map.get(kernel) {
+            Some(&entry) => entry,
+            None => {
+                let name = CString::new(kernel).map_err(|_| GpuError::Kernel {
+                    kernel: kernel.into(),
+                    message: "kernel name contains a NUL byte".into(),
+                })?;
+                // SAFETY: the module is loaded for the lifetime of self.
+                let f =
+                    unsafe { result::module::get_function(self.module, name) }.map_err(|e| {
+                        GpuError::Kernel {
+                            kernel: kernel.into(),
+                            message: format!("not in the module: {e}"),
+                        }
+                    })?;
+                (f, DEFAULT_SHARED_LIMIT)
             }
-        })?;
-        map.insert(kernel.into(), f);
+        };
+        let opted = if shared_bytes > opted {
+            // SAFETY: f is a function of the loaded module.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+            }
+            .map_err(|e| GpuError::Kernel {
+                kernel: kernel.into(),
+                message: format!("{shared_bytes} bytes of shared memory: {e}"),
+            })?;
+            shared_bytes
+        } else {
+            opted
+        };
+        map.insert(kernel, (f, opted));
         Ok(f)
+    }
+
+    fn capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the stream (a host wait).
+    fn drain(&self, op: &str) -> GpuResult<()> {
+        // SAFETY: the stream belongs to this runtime's context.
+        driver(op, unsafe { result::stream::synchronize(self.stream) })
     }
 }
 
@@ -309,9 +366,12 @@ fn load_module(major: i32, minor: i32) -> GpuResult<(sys::CUmodule, String)> {
 
 impl Drop for CudaRuntime {
     fn drop(&mut self) {
-        // SAFETY: module and context were created in `new` and are not used afterwards.
+        // SAFETY: stream, module and context were created in `new` and are not used
+        // afterwards.
         unsafe {
             let _ = result::ctx::set_current(self.ctx);
+            let _ = result::stream::synchronize(self.stream);
+            let _ = result::stream::destroy(self.stream);
             let _ = result::module::unload(self.module);
             let _ = result::primary_ctx::release(self.device);
         }
@@ -337,26 +397,38 @@ impl Runtime for CudaRuntime {
     }
 
     fn upload_bytes(&self, dst: DevicePtr, src: &[u8]) -> GpuResult<()> {
+        if self.capturing() {
+            return Err(not_while_capturing("cuMemcpyHtoDAsync (pageable)"));
+        }
         self.current()?;
-        // SAFETY: DeviceBuffer checked that dst holds src.len() bytes; the copy is synchronous.
-        driver("cuMemcpyHtoD", unsafe {
-            result::memcpy_htod_sync(dst.0, src)
-        })
+        self.counters.pageable_copy();
+        // SAFETY: DeviceBuffer checked that dst holds src.len() bytes; the stream is drained
+        // before returning, so src outlives the copy.
+        driver("cuMemcpyHtoDAsync", unsafe {
+            result::memcpy_htod_async(dst.0, src, self.stream)
+        })?;
+        self.drain("cuStreamSynchronize (after an upload)")
     }
 
     fn download_bytes(&self, dst: &mut [u8], src: DevicePtr) -> GpuResult<()> {
+        if self.capturing() {
+            return Err(not_while_capturing("cuMemcpyDtoHAsync (pageable)"));
+        }
         self.current()?;
-        // SAFETY: DeviceBuffer checked that src holds dst.len() bytes; synchronous.
-        driver("cuMemcpyDtoH", unsafe {
-            result::memcpy_dtoh_sync(dst, src.0)
-        })
+        self.counters.pageable_copy();
+        // SAFETY: DeviceBuffer checked that src holds dst.len() bytes; drained before
+        // returning, so dst is written before it is read.
+        driver("cuMemcpyDtoHAsync", unsafe {
+            result::memcpy_dtoh_async(dst, src.0, self.stream)
+        })?;
+        self.drain("cuStreamSynchronize (after a download)")
     }
 
     fn memset_bytes(&self, dst: DevicePtr, byte: u8, bytes: usize) -> GpuResult<()> {
         self.current()?;
-        // SAFETY: DeviceBuffer passes its own size.
-        driver("cuMemsetD8", unsafe {
-            result::memset_d8_sync(dst.0, byte, bytes)
+        // SAFETY: DeviceBuffer passes its own size; stream-ordered.
+        driver("cuMemsetD8Async", unsafe {
+            result::memset_d8_async(dst.0, byte, bytes, self.stream)
         })
     }
 
@@ -367,25 +439,21 @@ impl Runtime for CudaRuntime {
     fn launch(&self, launch: &Launch) -> GpuResult<()> {
         let (kernel, cfg) = (launch.kernel, launch.cfg);
         self.current()?;
-        let f = self.function(kernel)?;
+        let f = self.function(kernel, cfg.shared_bytes)?;
         let err = |e: result::DriverError| GpuError::Kernel {
             kernel: kernel.into(),
             message: e.to_string(),
         };
-        if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
-            // SAFETY: f is a function of the loaded module.
-            unsafe {
-                result::function::set_function_attribute(
-                    f,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    cfg.shared_bytes as i32,
-                )
-            }
-            .map_err(err)?;
+        let mut values = [KernelArg::I32(0); super::runtime::MAX_KERNEL_ARGS];
+        let args = launch.args();
+        values[..args.len()].copy_from_slice(args);
+        let mut params = [std::ptr::null_mut::<c_void>(); super::runtime::MAX_KERNEL_ARGS];
+        for (p, v) in params.iter_mut().zip(values.iter_mut()) {
+            *p = arg_ptr(v);
         }
-        let mut values: Vec<KernelArg> = launch.args().to_vec();
-        let mut params: Vec<*mut c_void> = values.iter_mut().map(arg_ptr).collect();
-        // SAFETY: the typed launchers in kernels.rs match each kernel's signature; `values`
+        let capturing = self.capturing();
+        self.counters.launch(capturing);
+        // SAFETY: the typed launchers in kernels/ match each kernel's signature; `values`
         // outlives the call (cuLaunchKernel copies the parameters before returning).
         unsafe {
             result::launch_kernel(
@@ -393,19 +461,161 @@ impl Runtime for CudaRuntime {
                 cfg.grid,
                 cfg.block,
                 cfg.shared_bytes,
-                std::ptr::null_mut(),
-                &mut params,
+                self.stream,
+                &mut params[..args.len()],
             )
         }
         .map_err(err)?;
-        if self.sync_launches || cfg!(debug_assertions) {
-            result::ctx::synchronize().map_err(err)?;
+        if (self.sync_launches || cfg!(debug_assertions)) && !capturing {
+            self.drain("cuStreamSynchronize (VITK_SYNC_LAUNCHES)")
+                .map_err(|e| GpuError::Kernel {
+                    kernel: kernel.into(),
+                    message: e.to_string(),
+                })?;
         }
         Ok(())
     }
 
     fn synchronize(&self) -> GpuResult<()> {
+        if self.capturing() {
+            return Err(not_while_capturing("cuStreamSynchronize"));
+        }
         self.current()?;
-        driver("cuCtxSynchronize", result::ctx::synchronize())
+        self.counters.host_sync();
+        self.drain("cuStreamSynchronize")
+    }
+
+    fn alloc_host(&self, bytes: usize) -> GpuResult<HostPtr> {
+        self.current()?;
+        // SAFETY: context is current; page-locked, page-aligned memory.
+        let p = driver("cuMemHostAlloc", unsafe {
+            result::malloc_host(bytes.max(1), 0)
+        })?;
+        Ok(HostPtr(p as usize))
+    }
+
+    fn free_host(&self, ptr: HostPtr) -> GpuResult<()> {
+        self.current()?;
+        // SAFETY: ptr came from alloc_host and is freed once (PinnedBuffer's drop, after the
+        // stream drained).
+        driver("cuMemFreeHost", unsafe {
+            result::free_host(ptr.0 as *mut c_void)
+        })
+    }
+
+    fn upload_async(&self, dst: DevicePtr, src: HostPtr, bytes: usize) -> GpuResult<()> {
+        self.current()?;
+        self.counters.async_copy();
+        // SAFETY: PinnedBuffer checked that src holds `bytes` and the view dst spans them;
+        // pinned memory stays valid until its buffer drops, which drains the stream first.
+        let src = unsafe { std::slice::from_raw_parts(src.0 as *const u8, bytes) };
+        driver("cuMemcpyHtoDAsync (pinned)", unsafe {
+            result::memcpy_htod_async(dst.0, src, self.stream)
+        })
+    }
+
+    fn download_async(&self, dst: HostPtr, src: DevicePtr, bytes: usize) -> GpuResult<()> {
+        self.current()?;
+        self.counters.async_copy();
+        // SAFETY: as upload_async.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.0 as *mut u8, bytes) };
+        driver("cuMemcpyDtoHAsync (pinned)", unsafe {
+            result::memcpy_dtoh_async(dst, src.0, self.stream)
+        })
+    }
+
+    fn fence_create(&self) -> GpuResult<FenceId> {
+        self.current()?;
+        let e = driver(
+            "cuEventCreate",
+            result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING),
+        )?;
+        Ok(FenceId(e as usize as u64))
+    }
+
+    fn fence_record(&self, fence: FenceId) -> GpuResult<()> {
+        if self.capturing() {
+            return Err(not_while_capturing("cuEventRecord (fence)"));
+        }
+        self.current()?;
+        // SAFETY: the id is an event of fence_create, alive until fence_destroy.
+        driver("cuEventRecord", unsafe {
+            result::event::record(fence.0 as usize as sys::CUevent, self.stream)
+        })
+    }
+
+    fn fence_wait(&self, fence: FenceId) -> GpuResult<()> {
+        if self.capturing() {
+            return Err(not_while_capturing("cuEventSynchronize (fence)"));
+        }
+        self.current()?;
+        self.counters.fence_wait();
+        // SAFETY: as fence_record.
+        driver("cuEventSynchronize", unsafe {
+            result::event::synchronize(fence.0 as usize as sys::CUevent)
+        })
+    }
+
+    fn fence_destroy(&self, fence: FenceId) {
+        let _ = self.current();
+        // SAFETY: as fence_record; not used after this.
+        let _ = unsafe { result::event::destroy(fence.0 as usize as sys::CUevent) };
+    }
+
+    fn begin_capture(&self) -> GpuResult<()> {
+        self.current()?;
+        // Global mode: a call from any thread that would wait for the device fails the
+        // capture instead of silently breaking it.
+        // SAFETY: the stream belongs to this runtime.
+        driver("cuStreamBeginCapture", unsafe {
+            result::stream::begin_capture(
+                self.stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL,
+            )
+        })?;
+        self.capturing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn end_capture(&self) -> GpuResult<GraphId> {
+        self.current()?;
+        self.capturing.store(false, Ordering::Relaxed);
+        // SAFETY: the stream belongs to this runtime; the graph is destroyed once the
+        // executable exists (which does not refer to it).
+        unsafe {
+            let graph = driver(
+                "cuStreamEndCapture",
+                result::stream::end_capture(self.stream),
+            )?;
+            let exec = driver(
+                "cuGraphInstantiate",
+                result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)),
+            );
+            let _ = result::graph::destroy(graph);
+            Ok(GraphId(exec? as usize as u64))
+        }
+    }
+
+    fn graph_launch(&self, graph: GraphId) -> GpuResult<()> {
+        self.current()?;
+        self.counters.graph_launch();
+        // SAFETY: the id is an executable graph of end_capture, alive until graph_destroy.
+        driver("cuGraphLaunch", unsafe {
+            result::graph::launch(graph.0 as usize as sys::CUgraphExec, self.stream)
+        })?;
+        if self.sync_launches {
+            self.drain("cuStreamSynchronize (VITK_SYNC_LAUNCHES, after a graph)")?;
+        }
+        Ok(())
+    }
+
+    fn graph_destroy(&self, graph: GraphId) {
+        let _ = self.current();
+        // SAFETY: as graph_launch; not used after this.
+        let _ = unsafe { result::graph::exec_destroy(graph.0 as usize as sys::CUgraphExec) };
+    }
+
+    fn counts(&self) -> RuntimeCounts {
+        self.counters.snapshot()
     }
 }

@@ -16,7 +16,10 @@ use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::optim::{AdamWConfig, AdamWScalars};
+use crate::optim::{AdamWConfig, AdamWScalars, ADAMW_SCALARS};
+
+mod pipeline;
+use pipeline::Pipeline;
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {
@@ -210,10 +213,14 @@ pub struct GpuTrainer {
     splitk: usize,
     labels: DeviceBuffer<u32>,
     stats: DeviceBuffer<f32>,
+    /// The step's AdamW scalars ([`AdamWScalars::to_f32s`]), read by the update kernel.
+    hyper: DeviceBuffer<f32>,
     norm_partial: DeviceBuffer<f64>,
     step: u64,
     /// Batch size of the last forward pass (0 before the first).
     batch: usize,
+    /// The queued-step machinery of [`Self::submit_step`] (pipeline.rs).
+    pipeline: Pipeline,
 }
 
 impl GpuTrainer {
@@ -273,6 +280,7 @@ impl GpuTrainer {
         let acts_low = alloc::<bf16>(&rt, count.low.used(), "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
+        let hyper = alloc::<f32>(&rt, ADAMW_SCALARS, "AdamW scalars")?;
         let norm_partial = alloc::<f64>(&rt, k::NORM_BLOCKS, "gradient norm partials")?;
         let mut engine = GpuTrainer {
             rt,
@@ -293,9 +301,11 @@ impl GpuTrainer {
             splitk,
             labels,
             stats,
+            hyper,
             norm_partial,
             step: 0,
             batch: 0,
+            pipeline: Pipeline::new(),
         };
         engine.upload_params(params)?;
         Ok(engine)
@@ -349,6 +359,13 @@ impl GpuTrainer {
 
     /// Forward pass of `images` [B, C, S, S] (normalised); keeps the activations.
     pub fn try_forward(&mut self, images: &[f32]) -> GpuResult<()> {
+        let batch = self.batch_of(images)?;
+        self.acts(batch).1.images.upload(&*self.rt, images)?;
+        self.forward(batch)
+    }
+
+    /// The batch size of `images` [B, C, S, S], or why it does not fit this engine.
+    fn batch_of(&self, images: &[f32]) -> GpuResult<usize> {
         let image = self.cfg.in_chans * self.cfg.image_size * self.cfg.image_size;
         let batch = images.len() / image;
         if batch == 0 || batch * image != images.len() || batch > self.max_batch {
@@ -361,12 +378,16 @@ impl GpuTrainer {
                 ),
             });
         }
+        Ok(batch)
+    }
+
+    /// Enqueues the forward pass of the `batch` images already in the images view.
+    fn forward(&mut self, batch: usize) -> GpuResult<()> {
         self.batch = batch;
         let rt = &*self.rt;
         let lay = &self.layout;
         let (z, a) = self.acts(batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
-        a.images.upload(rt, images)?;
         let cfg = &self.cfg;
         k::patch_embed_im2col(
             rt,
@@ -517,22 +538,35 @@ impl GpuTrainer {
     /// Loss of the last forward pass against `labels`; prepares dlogits. Runs on the device;
     /// the statistics stay there until [`Self::read_stats`].
     pub fn try_loss(&mut self, labels: &[u32], smoothing: f64) -> GpuResult<()> {
+        self.check_labels(labels, self.batch)?;
+        self.labels
+            .view()
+            .slice(0, labels.len())
+            .upload(&*self.rt, labels)?;
+        self.loss(smoothing)
+    }
+
+    /// Checks `labels` against a batch of `batch` and the model's classes.
+    fn check_labels(&self, labels: &[u32], batch: usize) -> GpuResult<()> {
+        if labels.len() != batch {
+            return Err(GpuError::Shape {
+                kernel: "engine loss".into(),
+                message: format!("{} labels for a batch of {batch}", labels.len()),
+            });
+        }
+        let classes = self.cfg.num_classes;
+        if let Some(&y) = labels.iter().find(|&&y| y as usize >= classes) {
+            return Err(GpuError::Shape {
+                kernel: "engine loss".into(),
+                message: format!("label {y} is not below the {classes} classes"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Enqueues the loss of the last forward pass against the labels already on the device.
+    fn loss(&self, smoothing: f64) -> GpuResult<()> {
         let (z, a) = self.acts(self.batch);
-        if labels.len() != z.b {
-            return Err(GpuError::Shape {
-                kernel: "engine loss".into(),
-                message: format!("{} labels for a batch of {}", labels.len(), z.b),
-            });
-        }
-        if let Some(&y) = labels.iter().find(|&&y| y as usize >= z.k) {
-            return Err(GpuError::Shape {
-                kernel: "engine loss".into(),
-                message: format!("label {y} is not below the {} classes", z.k),
-            });
-        }
-        let mut padded = labels.to_vec();
-        padded.resize(self.max_batch, 0);
-        self.labels.upload(&padded)?;
         k::cross_entropy(
             &*self.rt,
             self.stats.view(),
@@ -703,11 +737,18 @@ impl GpuTrainer {
 
     /// Optional clipping (on device) and one AdamW update at rate `lr`.
     pub fn try_update(&mut self, lr: f64, clip: Option<f64>) -> GpuResult<()> {
+        self.step += 1;
+        let hyper = AdamWScalars::new(&self.adamw, self.step, lr).to_f32s();
+        self.hyper.upload(&hyper)?;
+        self.update(clip)
+    }
+
+    /// Enqueues optional clipping and the AdamW update with the scalars already in `hyper`.
+    fn update(&self, clip: Option<f64>) -> GpuResult<()> {
         let rt = &*self.rt;
         if let Some(max) = clip {
             k::grad_norm_clip(rt, self.stats.view(), &self.norm_partial, self.grads, max)?;
         }
-        self.step += 1;
         k::adamw(
             rt,
             self.params,
@@ -717,19 +758,27 @@ impl GpuTrainer {
             self.grads,
             &self.decay,
             clip.map(|_| self.stats.view()),
-            AdamWScalars::new(&self.adamw, self.step, lr),
+            self.hyper.view(),
         )
+    }
+
+    /// Enqueues a whole step on inputs already on the device: what a step graph holds.
+    fn enqueue_step(&mut self, batch: usize, smoothing: f64, clip: Option<f64>) -> GpuResult<()> {
+        self.forward(batch)?;
+        self.loss(smoothing)?;
+        self.try_backward()?;
+        self.update(clip)
     }
 
     /// [loss, correct, grad norm, clip coefficient] of the last step (one small read-back).
     pub fn read_stats(&self) -> GpuResult<[f32; 4]> {
-        self.rt.synchronize()?;
         let mut s = [0.0f32; 4];
         self.stats.download(&mut s)?;
         Ok(s)
     }
 
-    /// One whole training step.
+    /// One whole training step, waited for: [`Self::submit_step`] then
+    /// [`Self::finish_steps`].
     pub fn try_train_step(
         &mut self,
         images: &[f32],
@@ -738,15 +787,11 @@ impl GpuTrainer {
         smoothing: f64,
         clip: Option<f64>,
     ) -> GpuResult<StepOutput> {
-        self.try_forward(images)?;
-        self.try_loss(labels, smoothing)?;
-        self.try_backward()?;
-        self.try_update(lr, clip)?;
-        let s = self.read_stats()?;
-        Ok(StepOutput {
-            loss: s[0] as f64,
-            correct: s[1] as usize,
-            grad_norm: clip.map(|_| s[2] as f64),
+        self.finish_steps()?;
+        self.submit_step(images, labels, lr, smoothing, clip)?;
+        self.finish_steps()?.ok_or_else(|| GpuError::Driver {
+            op: "train step".into(),
+            message: "the step queued no output".into(),
         })
     }
 
@@ -768,6 +813,7 @@ impl GpuTrainer {
     }
 
     pub fn try_load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> GpuResult<()> {
+        self.finish_steps()?;
         self.upload_params(params)?;
         let rt = &*self.rt;
         if let Some(o) = opt {
@@ -797,9 +843,14 @@ impl TrainEngine for GpuTrainer {
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
-    ) -> anyhow::Result<StepOutput> {
-        self.try_train_step(images, labels, lr, smoothing, clip)
+    ) -> anyhow::Result<Option<StepOutput>> {
+        self.submit_step(images, labels, lr, smoothing, clip)
             .map_err(|e| anyhow::anyhow!("device engine: train step: {e}"))
+    }
+
+    fn finish_steps(&mut self) -> anyhow::Result<Option<StepOutput>> {
+        GpuTrainer::finish_steps(self)
+            .map_err(|e| anyhow::anyhow!("device engine: finish the queued step: {e}"))
     }
 
     fn logits(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {

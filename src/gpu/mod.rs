@@ -10,6 +10,7 @@ pub mod error;
 pub mod kernels;
 pub mod profile;
 pub mod runtime;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub use runtime::{
     BView, Carver, Cost, DView, DeviceBuffer, DevicePtr, Elem, KernelArg, Launch, LaunchConfig,
     Runtime, View,
 };
+pub use stream::{Fence, Graph, PinnedBuffer, RuntimeCounts};
 
 /// Which runtime to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,13 +8,14 @@
 //! without a GPU.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::cuda::{CudaEvent, CudaRuntime};
 use super::emu::EMULATED_SMS;
 use super::error::GpuResult;
 use super::runtime::{Cost, DevicePtr, Launch, Runtime};
+use super::stream::{Counters, FenceId, GraphId, HostHeap, HostPtr, RuntimeCounts};
 
 /// The H200 (SXM) figures the roofline model uses, from the vendor's datasheet: leads, not
 /// measurements.
@@ -48,12 +49,16 @@ pub fn roofline_seconds(kernel: &str, cost: Cost) -> f64 {
 #[derive(Default)]
 pub struct DryRuntime {
     next: AtomicU64,
+    counters: Counters,
+    host: HostHeap,
+    capturing: AtomicBool,
 }
 
 impl DryRuntime {
     pub fn new() -> Self {
         DryRuntime {
             next: AtomicU64::new(1 << 20),
+            ..Default::default()
         }
     }
 }
@@ -74,9 +79,11 @@ impl Runtime for DryRuntime {
         Ok(())
     }
     fn upload_bytes(&self, _: DevicePtr, _: &[u8]) -> GpuResult<()> {
+        self.counters.pageable_copy();
         Ok(())
     }
     fn download_bytes(&self, dst: &mut [u8], _: DevicePtr) -> GpuResult<()> {
+        self.counters.pageable_copy();
         dst.fill(0);
         Ok(())
     }
@@ -84,10 +91,53 @@ impl Runtime for DryRuntime {
         Ok(())
     }
     fn launch(&self, _: &Launch) -> GpuResult<()> {
+        self.counters.launch(self.capturing.load(Ordering::Relaxed));
         Ok(())
     }
     fn synchronize(&self) -> GpuResult<()> {
+        self.counters.host_sync();
         Ok(())
+    }
+    fn alloc_host(&self, bytes: usize) -> GpuResult<HostPtr> {
+        self.host.alloc(bytes)
+    }
+    fn free_host(&self, ptr: HostPtr) -> GpuResult<()> {
+        self.host.free(ptr)
+    }
+    fn upload_async(&self, _: DevicePtr, src: HostPtr, bytes: usize) -> GpuResult<()> {
+        self.counters.async_copy();
+        self.host.check("dry async upload", src, bytes)
+    }
+    fn download_async(&self, dst: HostPtr, _: DevicePtr, bytes: usize) -> GpuResult<()> {
+        self.counters.async_copy();
+        self.host.check("dry async download", dst, bytes)
+    }
+    fn fence_create(&self) -> GpuResult<FenceId> {
+        Ok(FenceId(self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+    fn fence_record(&self, _: FenceId) -> GpuResult<()> {
+        Ok(())
+    }
+    fn fence_wait(&self, _: FenceId) -> GpuResult<()> {
+        self.counters.fence_wait();
+        Ok(())
+    }
+    fn fence_destroy(&self, _: FenceId) {}
+    fn begin_capture(&self) -> GpuResult<()> {
+        self.capturing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    fn end_capture(&self) -> GpuResult<GraphId> {
+        self.capturing.store(false, Ordering::Relaxed);
+        Ok(GraphId(self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+    fn graph_launch(&self, _: GraphId) -> GpuResult<()> {
+        self.counters.graph_launch();
+        Ok(())
+    }
+    fn graph_destroy(&self, _: GraphId) {}
+    fn counts(&self) -> RuntimeCounts {
+        self.counters.snapshot()
     }
 }
 
@@ -114,19 +164,18 @@ pub struct KernelStats {
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     pub kernels: BTreeMap<&'static str, KernelStats>,
-    pub launches: usize,
-    pub host_syncs: usize,
-    pub copies: usize,
+    /// What the recorded steps asked of the runtime (launches, host waits, copies).
+    pub counts: RuntimeCounts,
 }
 
-/// A runtime that records every launch (and host synchronisation and copy) of `inner` while
-/// recording is on; with `cuda`, each launch is bracketed by CUDA events.
+/// A runtime that records every kernel launch of `inner` while recording is on (with `cuda`,
+/// each bracketed by CUDA events); launches into a graph capture are recorded without events.
 pub struct Profiler {
     inner: Arc<dyn Runtime>,
     cuda: Option<Arc<CudaRuntime>>,
     recording: Mutex<Option<Vec<Record>>>,
-    syncs: AtomicUsize,
-    copies: AtomicUsize,
+    counts_at_start: Mutex<RuntimeCounts>,
+    capturing: AtomicBool,
 }
 
 impl Profiler {
@@ -135,20 +184,29 @@ impl Profiler {
             inner,
             cuda,
             recording: Mutex::new(None),
-            syncs: AtomicUsize::new(0),
-            copies: AtomicUsize::new(0),
+            counts_at_start: Mutex::new(RuntimeCounts::default()),
+            capturing: AtomicBool::new(false),
         }
     }
 
     /// Starts recording (forgetting anything recorded before).
     pub fn start(&self) {
         *self.recording.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
-        self.syncs.store(0, Ordering::Relaxed);
-        self.copies.store(0, Ordering::Relaxed);
+        *self
+            .counts_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self.inner.counts();
     }
 
-    /// Stops recording and sums the launches per kernel (waiting for the device first).
+    /// Stops recording and sums the launches per kernel (waiting for the device first, a wait
+    /// not counted).
     pub fn finish(&self) -> GpuResult<Profile> {
+        let counts = self.inner.counts().since(
+            &self
+                .counts_at_start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         self.inner.synchronize()?;
         let records = self
             .recording
@@ -157,9 +215,7 @@ impl Profiler {
             .take()
             .unwrap_or_default();
         let mut p = Profile {
-            launches: records.len(),
-            host_syncs: self.syncs.load(Ordering::Relaxed),
-            copies: self.copies.load(Ordering::Relaxed),
+            counts,
             ..Default::default()
         };
         for r in records {
@@ -194,11 +250,9 @@ impl Runtime for Profiler {
         self.inner.free_bytes(ptr)
     }
     fn upload_bytes(&self, dst: DevicePtr, src: &[u8]) -> GpuResult<()> {
-        self.copies.fetch_add(1, Ordering::Relaxed);
         self.inner.upload_bytes(dst, src)
     }
     fn download_bytes(&self, dst: &mut [u8], src: DevicePtr) -> GpuResult<()> {
-        self.copies.fetch_add(1, Ordering::Relaxed);
         self.inner.download_bytes(dst, src)
     }
     fn memset_bytes(&self, dst: DevicePtr, byte: u8, bytes: usize) -> GpuResult<()> {
@@ -209,14 +263,14 @@ impl Runtime for Profiler {
             return self.inner.launch(launch);
         }
         let events = match &self.cuda {
-            Some(cuda) => {
+            Some(cuda) if !self.capturing.load(Ordering::Relaxed) => {
                 let (a, b) = (cuda.event()?, cuda.event()?);
                 cuda.record(&a)?;
                 self.inner.launch(launch)?;
                 cuda.record(&b)?;
                 Some((a, b))
             }
-            None => {
+            _ => {
                 self.inner.launch(launch)?;
                 None
             }
@@ -236,7 +290,48 @@ impl Runtime for Profiler {
         Ok(())
     }
     fn synchronize(&self) -> GpuResult<()> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.synchronize()
+    }
+    fn alloc_host(&self, bytes: usize) -> GpuResult<HostPtr> {
+        self.inner.alloc_host(bytes)
+    }
+    fn free_host(&self, ptr: HostPtr) -> GpuResult<()> {
+        self.inner.free_host(ptr)
+    }
+    fn upload_async(&self, dst: DevicePtr, src: HostPtr, bytes: usize) -> GpuResult<()> {
+        self.inner.upload_async(dst, src, bytes)
+    }
+    fn download_async(&self, dst: HostPtr, src: DevicePtr, bytes: usize) -> GpuResult<()> {
+        self.inner.download_async(dst, src, bytes)
+    }
+    fn fence_create(&self) -> GpuResult<FenceId> {
+        self.inner.fence_create()
+    }
+    fn fence_record(&self, fence: FenceId) -> GpuResult<()> {
+        self.inner.fence_record(fence)
+    }
+    fn fence_wait(&self, fence: FenceId) -> GpuResult<()> {
+        self.inner.fence_wait(fence)
+    }
+    fn fence_destroy(&self, fence: FenceId) {
+        self.inner.fence_destroy(fence)
+    }
+    fn begin_capture(&self) -> GpuResult<()> {
+        self.inner.begin_capture()?;
+        self.capturing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    fn end_capture(&self) -> GpuResult<GraphId> {
+        self.capturing.store(false, Ordering::Relaxed);
+        self.inner.end_capture()
+    }
+    fn graph_launch(&self, graph: GraphId) -> GpuResult<()> {
+        self.inner.graph_launch(graph)
+    }
+    fn graph_destroy(&self, graph: GraphId) {
+        self.inner.graph_destroy(graph)
+    }
+    fn counts(&self) -> RuntimeCounts {
+        self.inner.counts()
     }
 }

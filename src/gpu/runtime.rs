@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 
 use super::error::{GpuError, GpuResult};
+use super::stream::{FenceId, GraphId, HostPtr, RuntimeCounts};
 
 /// A device address. Opaque to callers: it is only passed back to the runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +180,34 @@ pub trait Runtime: Send + Sync {
     /// Launches a kernel. May return before it finishes (CUDA); errors of the kernel itself
     /// then surface at the next `synchronize` (or at once with VITK_SYNC_LAUNCHES=1).
     fn launch(&self, launch: &Launch) -> GpuResult<()>;
+    /// Waits until the stream has drained (a host wait; refused while capturing).
     fn synchronize(&self) -> GpuResult<()>;
+
+    // The asynchronous side (src/gpu/stream.rs wraps these in owning types).
+
+    /// Page-locked host memory of at least `bytes`, 64-byte aligned.
+    fn alloc_host(&self, bytes: usize) -> GpuResult<HostPtr>;
+    fn free_host(&self, ptr: HostPtr) -> GpuResult<()>;
+    /// Enqueues a copy of `bytes` from pinned `src` (read when the stream gets there).
+    fn upload_async(&self, dst: DevicePtr, src: HostPtr, bytes: usize) -> GpuResult<()>;
+    /// Enqueues a copy of `bytes` into pinned `dst` (written when the stream gets there).
+    fn download_async(&self, dst: HostPtr, src: DevicePtr, bytes: usize) -> GpuResult<()>;
+    fn fence_create(&self) -> GpuResult<FenceId>;
+    /// Marks the current end of the stream on the fence.
+    fn fence_record(&self, fence: FenceId) -> GpuResult<()>;
+    /// Waits until the device has passed the fence's last mark.
+    fn fence_wait(&self, fence: FenceId) -> GpuResult<()>;
+    fn fence_destroy(&self, fence: FenceId);
+    /// From here to `end_capture`, launches, memsets and pinned copies are recorded into a
+    /// graph instead of running; host waits and pageable copies are errors.
+    fn begin_capture(&self) -> GpuResult<()>;
+    /// The graph recorded since `begin_capture`, instantiated.
+    fn end_capture(&self) -> GpuResult<GraphId>;
+    /// Enqueues one replay of the graph.
+    fn graph_launch(&self, graph: GraphId) -> GpuResult<()>;
+    fn graph_destroy(&self, graph: GraphId);
+    /// What this runtime has been asked to do so far.
+    fn counts(&self) -> RuntimeCounts;
 }
 
 /// Element types of device memory: the size and the name used in messages.
@@ -267,6 +295,10 @@ impl<T: Elem> View<T> {
             len,
             _elem: PhantomData,
         }
+    }
+
+    pub(crate) fn device_ptr(&self) -> DevicePtr {
+        self.ptr
     }
 
     /// The device address (for libraries called with raw pointers: cuBLASLt in the benches).

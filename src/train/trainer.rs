@@ -7,7 +7,7 @@ use super::metrics::{draw_curves, MetricsLog, Record};
 use super::run_dir::{LoopPosition, RunDir};
 use super::schedule::LrSchedule;
 use crate::data::{BatchLoader, LoaderConfig, Normalize, Splits};
-use crate::engine::TrainEngine;
+use crate::engine::{StepOutput, TrainEngine};
 use crate::model::{save_checkpoint, CheckpointMeta};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -100,12 +100,25 @@ pub fn train(
     let progress = Progress::new(opts.progress_bar, start.step, stop_at);
     let mut pos = start;
     let mut last_val = None;
-    let (mut timed_images, mut timed_secs, mut first_step_secs) = (0usize, 0.0f64, None);
     let mut saved_at = start.step;
     let mut outcome = if pos.step >= stop_at {
         Outcome::StepLimit
     } else {
         Outcome::Finished
+    };
+    // Engines report each step one call late: `in_flight` is the step queued last, whose
+    // output comes with the next step or from `finish_steps`.
+    let mut in_flight: Option<Queued> = None;
+    let mut reporter = StepReporter {
+        run,
+        log: &mut log,
+        progress: &progress,
+        per_epoch,
+        saved_at: start.step,
+        last_done: None,
+        timed_images: 0,
+        timed_secs: 0.0,
+        first_step_secs: None,
     };
 
     while pos.step < stop_at {
@@ -116,7 +129,16 @@ pub fn train(
             "loader and loop disagree"
         );
         let lr = schedule.lr_at(pos.step);
-        let t0 = Instant::now();
+        let queued = Queued {
+            step: pos.step + 1,
+            pos_after: LoopPosition {
+                step: pos.step + 1,
+                ..pos
+            },
+            lr,
+            images: batch.len(),
+            at: Instant::now(),
+        };
         let out = engine.train_step(
             &batch.images,
             &batch.labels,
@@ -124,35 +146,12 @@ pub fn train(
             cfg.label_smoothing,
             cfg.clip_grad,
         )?;
-        let secs = t0.elapsed().as_secs_f64();
-        if !out.loss.is_finite() {
-            bail!(
-                "training loss is {} at step {} (epoch {}): stopping; the last saved checkpoint in {} (step {saved_at}) is kept. Try a lower --lr or --clip-grad.",
-                out.loss,
-                pos.step + 1,
-                pos.epoch,
-                run.path.display()
-            );
-        }
-        if first_step_secs.is_none() {
-            first_step_secs = Some(secs);
-        } else {
-            timed_images += batch.len();
-            timed_secs += secs;
+        if let (Some(done), Some(out)) = (in_flight.replace(queued), out) {
+            reporter.report(&done, out)?;
         }
         pos.step += 1;
         pos.batch += 1;
         let epoch_done = pos.batch as u64 == per_epoch;
-        let img_per_s = batch.len() as f64 / secs;
-        log.push(Record::Step {
-            step: pos.step,
-            epoch: pos.epoch,
-            loss: out.loss,
-            lr,
-            img_per_s,
-        })
-        .with_context(|| format!("{}: cannot write", log.path().display()))?;
-        progress.step(pos, per_epoch, out.loss, lr, img_per_s);
         let epoch = pos.epoch;
         if epoch_done {
             pos.epoch += 1;
@@ -161,6 +160,9 @@ pub fn train(
         let interrupted = opts.interrupt.load(Ordering::SeqCst);
         let stopping = pos.step >= stop_at || interrupted;
         if epoch_done || stopping {
+            if let (Some(done), Some(out)) = (in_flight.take(), engine.finish_steps()?) {
+                reporter.report(&done, out)?;
+            }
             if !val.is_empty() && (epoch_done || !interrupted) {
                 let r = evaluate(engine, &val, normalize).context("validation")?;
                 if !r.loss.is_finite() {
@@ -175,17 +177,20 @@ pub fn train(
                     "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4}",
                     pos.step, r.loss, r.accuracy
                 ));
-                log.push(Record::Eval {
-                    epoch,
-                    step: pos.step,
-                    val_loss: r.loss,
-                    val_acc: r.accuracy,
-                })
-                .with_context(|| format!("{}: cannot write", log.path().display()))?;
+                reporter
+                    .log
+                    .push(Record::Eval {
+                        epoch,
+                        step: pos.step,
+                        val_loss: r.loss,
+                        val_acc: r.accuracy,
+                    })
+                    .with_context(|| format!("{}: cannot write", reporter.log.path().display()))?;
                 last_val = Some(r);
             }
-            save(run, engine, &meta, pos, &log)?;
+            save(run, engine, &meta, pos, reporter.log)?;
             saved_at = pos.step;
+            reporter.saved_at = saved_at;
         }
         if interrupted && pos.step < stop_at {
             outcome = Outcome::Interrupted;
@@ -195,6 +200,11 @@ pub fn train(
             outcome = Outcome::StepLimit;
         }
     }
+    let (timed_images, timed_secs, first_step_secs) = (
+        reporter.timed_images,
+        reporter.timed_secs,
+        reporter.first_step_secs,
+    );
     progress.finish();
     let img_per_s = if timed_secs > 0.0 {
         timed_images as f64 / timed_secs
@@ -207,6 +217,75 @@ pub fn train(
         val: last_val,
         img_per_s,
     })
+}
+
+/// A step handed to the engine, waiting for its output.
+struct Queued {
+    /// Its number (1-based: the optimizer steps taken once it is done).
+    step: u64,
+    /// Where the loop stands once it is done (epoch and batch of the step itself).
+    pos_after: LoopPosition,
+    lr: f64,
+    images: usize,
+    at: Instant,
+}
+
+/// Logs each step's output as it comes back: the divergence check, the metrics log, the
+/// progress line and the throughput.
+struct StepReporter<'a> {
+    run: &'a RunDir,
+    log: &'a mut MetricsLog,
+    progress: &'a Progress,
+    per_epoch: u64,
+    /// The step of the last checkpoint (named when stopping on a diverged loss).
+    saved_at: u64,
+    /// When the previous output came back: a step's time is the gap between two outputs
+    /// (with one step in flight, the device time per step once the pipeline is full).
+    last_done: Option<Instant>,
+    timed_images: usize,
+    timed_secs: f64,
+    /// The first step (buffers faulted in, the step graph captured), excluded from the
+    /// throughput when there are others.
+    first_step_secs: Option<f64>,
+}
+
+impl StepReporter<'_> {
+    fn report(&mut self, done: &Queued, out: StepOutput) -> Result<()> {
+        if !out.loss.is_finite() {
+            bail!(
+                "training loss is {} at step {} (epoch {}): stopping; the last saved checkpoint in {} (step {}) is kept. Try a lower --lr or --clip-grad.",
+                out.loss,
+                done.step,
+                done.pos_after.epoch,
+                self.run.path.display(),
+                self.saved_at
+            );
+        }
+        let now = Instant::now();
+        let secs = now
+            .duration_since(self.last_done.map_or(done.at, |t| t.max(done.at)))
+            .as_secs_f64();
+        self.last_done = Some(now);
+        if self.first_step_secs.is_none() {
+            self.first_step_secs = Some(secs);
+        } else {
+            self.timed_images += done.images;
+            self.timed_secs += secs;
+        }
+        let img_per_s = done.images as f64 / secs.max(1e-9);
+        self.log
+            .push(Record::Step {
+                step: done.step,
+                epoch: done.pos_after.epoch,
+                loss: out.loss,
+                lr: done.lr,
+                img_per_s,
+            })
+            .with_context(|| format!("{}: cannot write", self.log.path().display()))?;
+        self.progress
+            .step(done.pos_after, self.per_epoch, out.loss, done.lr, img_per_s);
+        Ok(())
+    }
 }
 
 /// model.safetensors, state.safetensors and curves.png, each written atomically.

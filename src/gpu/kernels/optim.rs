@@ -4,7 +4,7 @@
 use super::{elementwise, expect_len, shape_err};
 use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{BView, DView, DeviceBuffer, Launch, LaunchConfig, Runtime};
-use crate::optim::AdamWScalars;
+use crate::optim::ADAMW_SCALARS;
 
 /// Blocks of the first pass of the gradient norm (the length of its f64 partials buffer).
 pub const NORM_BLOCKS: usize = 256;
@@ -52,7 +52,8 @@ pub fn grad_norm_clip(
 
 /// One AdamW update of params, m, v with grads (times stats[3] when `clip_stats` is given);
 /// `decay` [n] is 1 where weight decay applies; `params_low` (optional) receives the bf16
-/// copy of the updated parameters.
+/// copy of the updated parameters; `hyper` [ADAMW_SCALARS] holds the step's
+/// [`AdamWScalars::to_f32s`], on the device so that a captured step reads each step's own.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(
     rt: &dyn Runtime,
@@ -63,10 +64,11 @@ pub fn adamw(
     grads: DView,
     decay: &DeviceBuffer<u8>,
     clip_stats: Option<DView>,
-    s: AdamWScalars,
+    hyper: DView,
 ) -> GpuResult<()> {
     const K: &str = "vitk_adamw";
     let n = params.len();
+    expect_len(K, "hyper", hyper, ADAMW_SCALARS)?;
     for (name, b) in [("m", m), ("v", v), ("grads", grads)] {
         expect_len(K, name, b, n)?;
     }
@@ -91,14 +93,8 @@ pub fn adamw(
         .ptr(grads)
         .ptr(decay.view())
         .opt(clip_stats)
+        .ptr(hyper)
         .i64(n)
-        .f32(s.keep as f32)
-        .f32(s.step_size as f32)
-        .f32(s.bc2_sqrt as f32)
-        .f32(s.b1c as f32)
-        .f32(s.b2 as f32)
-        .f32(s.b2c as f32)
-        .f32(s.eps as f32)
         .cost(12.0 * n as f64, ((29 + low) * n) as f64)
         .run(rt)
 }
