@@ -539,6 +539,15 @@ fn resume_with_moved_data_checks_the_fingerprint() {
         stored.canonicalize().expect("stored"),
         moved.canonicalize().expect("moved")
     );
+    // Data changed in place is refused too.
+    let batch = moved.join("data_batch_1.bin");
+    let mut bytes = read(&batch);
+    bytes[1] ^= 0x40; // a pixel of the first record
+    write(&batch, &bytes);
+    fails(
+        &["train", "--resume", s(&b), "--threads", "2"],
+        &[s(&moved), "changed since the run started", "first"],
+    );
     // Other run-defining flags are still refused.
     fails(
         &[
@@ -583,6 +592,21 @@ fn a_cifar_directory_with_missing_batches_needs_allow_partial() {
         t.contains("warning") && t.contains("2 of 5") && t.contains("120 records"),
         "{t}"
     );
+    // Evaluation asks for the same permission.
+    let ckpt = run.join("model.safetensors");
+    fails(
+        &["eval", "--data", s(&data), "--checkpoint", s(&ckpt)],
+        &["data_batch_2.bin", "--allow-partial"],
+    );
+    let t = ok(&[
+        "eval",
+        "--data",
+        s(&data),
+        "--checkpoint",
+        s(&ckpt),
+        "--allow-partial",
+    ]);
+    assert!(t.contains("warning") && t.contains("2 of 5"), "{t}");
     // The resumed run keeps the permission (it is part of the run's config).
     ok(&[
         "train",
@@ -596,6 +620,17 @@ fn a_cifar_directory_with_missing_batches_needs_allow_partial() {
     fails(
         &["train", "--resume", s(&run), "--allow-partial"],
         &["--allow-partial", "cannot be combined with --resume"],
+    );
+    fails(
+        &[
+            "train",
+            "--allow-partial",
+            "--steps",
+            "1",
+            "--out",
+            s(&tmp.path().join("synthetic")),
+        ],
+        &["--allow-partial", "--data"],
     );
 }
 

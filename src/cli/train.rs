@@ -247,6 +247,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             let side = a.model.image_size.unwrap_or(32);
             let splits = match &a.data {
                 Some(path) => data_source::load_new(path, side, a.val_split, a.allow_partial)?,
+                None if a.allow_partial => bail!(
+                    "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
+                ),
                 None => synthetic::generate_splits(
                     SYNTH_TRAIN,
                     a.val_split.unwrap_or(SYNTH_VAL),
