@@ -335,7 +335,7 @@ fn files_without_checksums_still_load() {
 
 #[test]
 fn non_finite_values_in_the_state_are_refused_naming_the_tensor() {
-    let (_tmp, _, run) = short_run("2");
+    let (_tmp, data, run) = short_run("2");
     let state = run.join("state.safetensors");
     let good = read(&state);
     // Written without a checksum (as by an older vitk), so only the value check can tell.
@@ -368,6 +368,21 @@ fn non_finite_values_in_the_state_are_refused_naming_the_tensor() {
     fails(
         &["train", "--resume", s(&run), "--threads", "2"],
         &["state.safetensors", "'adam_v'", "-1", ">= 0"],
+    );
+    // The same in model.safetensors, for evaluation.
+    let model = run.join("model.safetensors");
+    rewrite(
+        &model,
+        |n, v| {
+            if n == "head.bias" {
+                v[2] = f32::INFINITY;
+            }
+        },
+        no_sum,
+    );
+    fails(
+        &["eval", "--data", s(&data), "--checkpoint", s(&model)],
+        &["model.safetensors", "'head.bias'", "inf at element 2"],
     );
 }
 
