@@ -265,9 +265,18 @@ fn bad_data_fails_cleanly_and_writes_nothing() {
         &[s(&missing), "no such directory"],
     );
 
+    // A copy of the five training batches, one of which is then spoiled.
+    let copy = |name: &str| -> PathBuf {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).expect("mkdir");
+        for k in 1..=5 {
+            let f = format!("data_batch_{k}.bin");
+            std::fs::copy(data.join(&f), d.join(&f)).expect("copy");
+        }
+        d
+    };
     // Truncated training file: named, with its size.
-    let bad = tmp.path().join("truncated");
-    std::fs::create_dir(&bad).expect("mkdir");
+    let bad = copy("truncated");
     let rec = read(&data.join("data_batch_1.bin"));
     std::fs::write(bad.join("data_batch_1.bin"), &rec[..3073 * 4 + 100]).expect("write");
     fails(
@@ -276,8 +285,7 @@ fn bad_data_fails_cleanly_and_writes_nothing() {
     );
 
     // A label byte outside the 10 classes.
-    let bad = tmp.path().join("label");
-    std::fs::create_dir(&bad).expect("mkdir");
+    let bad = copy("label");
     let mut r = rec[..3073 * 4].to_vec();
     r[3073 * 2] = 17;
     std::fs::write(bad.join("data_batch_1.bin"), r).expect("write");
@@ -369,7 +377,7 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
     let at = args.iter().position(|a| *a == "50").expect("batch size");
     args[at] = "300";
     args.extend(["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"]);
-    let t = fails(&args, &["NaN", "step 1", "kept"]);
+    let t = fails(&args, &["NaN", "step 1", "No checkpoint has been saved"]);
     assert!(
         !run.join("model.safetensors").exists(),
         "diverged weights must not be saved:\n{t}"

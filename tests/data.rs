@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use tempfile::TempDir;
 use vitk::data::augment::{crop_flip_into, CropFlip};
 use vitk::data::cifar::{load_cifar_dir, write_cifar_dir, CIFAR10_CLASSES};
+use vitk::data::image_file::read_image;
 use vitk::data::image_folder::load_image_folder;
 use vitk::data::loader::epoch_order;
 use vitk::data::{
@@ -60,7 +61,7 @@ fn cifar_round_trip_with_test_batch() {
     );
     assert_eq!(sizes.iter().sum::<u64>(), 253 * RECORD);
 
-    let back = load_cifar_dir(dir.path(), Some(10)).unwrap();
+    let back = load_cifar_dir(dir.path(), Some(10), false).unwrap();
     assert_eq!(back.train, s.train); // pixels, labels, classes, shape
     assert_eq!(back.val, s.val);
     assert_eq!(back.train.classes, synthetic::CLASSES.to_vec());
@@ -74,39 +75,64 @@ fn cifar_round_trip_with_test_batch() {
 #[test]
 fn cifar_holds_out_last_records_without_test_batch() {
     let (dir, ds) = cifar_dir(120);
-    let s = load_cifar_dir(dir.path(), Some(30)).unwrap();
+    let s = load_cifar_dir(dir.path(), Some(30), false).unwrap();
     assert_eq!(s.train, ds.select(&(0..90).collect::<Vec<_>>()));
     assert_eq!(s.val, ds.select(&(90..120).collect::<Vec<_>>()));
     assert!(s.val_source.contains("last 30 of 120"), "{}", s.val_source);
 
-    let none = load_cifar_dir(dir.path(), Some(0)).unwrap();
+    let none = load_cifar_dir(dir.path(), Some(0), false).unwrap();
     assert_eq!(none.train.len(), 120);
     assert!(none.val.is_empty());
     assert!(none.val_source.starts_with("none"), "{}", none.val_source);
 }
 
 #[test]
-fn cifar_default_class_names_and_missing_batches() {
-    let (dir, ds) = cifar_dir(50);
+fn cifar_default_class_names() {
+    let (dir, _) = cifar_dir(50);
     fs::remove_file(dir.path().join("batches.meta.txt")).unwrap();
-    fs::remove_file(dir.path().join("data_batch_2.bin")).unwrap(); // records 10..20
-    let s = load_cifar_dir(dir.path(), Some(5)).unwrap();
+    let s = load_cifar_dir(dir.path(), Some(5), false).unwrap();
     assert_eq!(s.train.classes, CIFAR10_CLASSES.to_vec());
-    assert_eq!(s.train.len() + s.val.len(), 40);
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+}
+
+#[test]
+fn cifar_missing_batches_are_an_error_unless_partial_is_allowed() {
+    let (dir, ds) = cifar_dir(50);
+    fs::remove_file(dir.path().join("data_batch_2.bin")).unwrap(); // records 10..20
+    fs::remove_file(dir.path().join("data_batch_5.bin")).unwrap(); // records 40..50
+    let (e, msg) = err_text(load(dir.path(), 32, Some(5), false));
+    assert!(
+        matches!(e, DataError::CifarPartial { present: 3, .. }),
+        "{e:?}"
+    );
+    assert!(
+        msg.contains("data_batch_2.bin, data_batch_5.bin missing")
+            && msg.contains("3 of the 5")
+            && msg.contains("--allow-partial"),
+        "{msg}"
+    );
+    let s = load_cifar_dir(dir.path(), Some(5), true).unwrap();
+    assert_eq!(s.train.len() + s.val.len(), 30);
     assert_eq!(s.train.image(10), ds.image(20)); // batch 3 follows batch 1
+    assert_eq!(s.warnings.len(), 1);
+    let w = &s.warnings[0];
+    assert!(
+        w.contains("3 of 5") && w.contains("30 records") && w.contains("data_batch_2.bin"),
+        "{w}"
+    );
 }
 
 #[test]
 fn load_detects_cifar_and_resizes() {
     let (dir, _) = cifar_dir(30);
-    let s = load(dir.path(), 16, Some(6)).unwrap();
+    let s = load(dir.path(), 16, Some(6), false).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (24, 6));
     assert_eq!((s.train.channels, s.train.side), (3, 16));
     assert_eq!(s.train.images.len(), 24 * 3 * 16 * 16);
-    let same = load(dir.path(), 32, Some(6)).unwrap();
+    let same = load(dir.path(), 32, Some(6), false).unwrap();
     assert_eq!(
         same.train,
-        load_cifar_dir(dir.path(), Some(6)).unwrap().train
+        load_cifar_dir(dir.path(), Some(6), false).unwrap().train
     );
 }
 
@@ -116,7 +142,7 @@ fn cifar_truncated_file_names_file_and_size() {
     let f = dir.path().join("data_batch_3.bin");
     let bytes = fs::read(&f).unwrap();
     fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5), false));
     assert!(matches!(e, DataError::CifarSize { .. }), "{e:?}");
     let size = 10 * RECORD - 100;
     assert!(msg.contains("data_batch_3.bin"), "{msg}");
@@ -131,7 +157,7 @@ fn cifar_oversized_and_empty_files() {
     let mut bytes = fs::read(&f).unwrap();
     bytes.extend_from_slice(&[0; 7]);
     fs::write(&f, &bytes).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5), false));
     assert!(matches!(e, DataError::CifarSize { size, .. } if size == 10 * RECORD + 7));
     assert!(
         msg.contains("data_batch_1.bin") && msg.contains("7 bytes left over"),
@@ -139,7 +165,7 @@ fn cifar_oversized_and_empty_files() {
     );
 
     fs::write(&f, b"").unwrap();
-    let (e, msg) = err_text(load(dir.path(), 32, Some(5)));
+    let (e, msg) = err_text(load(dir.path(), 32, Some(5), false));
     assert!(matches!(e, DataError::CifarEmpty { .. }), "{e:?}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
 }
@@ -148,28 +174,28 @@ fn cifar_oversized_and_empty_files() {
 fn missing_dir_and_dir_without_data() {
     let dir = tmp();
     let missing = dir.path().join("nope");
-    let (e, msg) = err_text(load(&missing, 32, Some(0)));
+    let (e, msg) = err_text(load(&missing, 32, Some(0), false));
     assert!(matches!(e, DataError::MissingDir { .. }), "{e:?}");
     assert!(
         msg.contains("nope") && msg.contains("data_batch_1.bin"),
         "{msg}"
     );
     assert!(matches!(
-        load_cifar_dir(&missing, Some(0)),
+        load_cifar_dir(&missing, Some(0), false),
         Err(DataError::MissingDir { .. })
     ));
 
-    let (e, _) = err_text(load(dir.path(), 32, Some(0)));
+    let (e, _) = err_text(load(dir.path(), 32, Some(0), false));
     assert!(matches!(e, DataError::EmptyDir { .. }), "{e:?}");
 
     fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-    let (e, msg) = err_text(load(dir.path(), 32, Some(0)));
+    let (e, msg) = err_text(load(dir.path(), 32, Some(0), false));
     assert!(matches!(e, DataError::UnknownLayout { .. }), "{e:?}");
     assert!(
         msg.contains("notes.txt") && msg.contains("class subfolders"),
         "{msg}"
     );
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(0)));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(0), false));
     assert!(matches!(e, DataError::NoCifarFiles { .. }), "{e:?}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
 }
@@ -181,7 +207,7 @@ fn cifar_label_out_of_range() {
     let mut bytes = fs::read(&f).unwrap();
     bytes[3 * RECORD as usize] = 10; // label of record 3
     fs::write(&f, &bytes).unwrap();
-    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5)));
+    let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(5), false));
     assert!(
         matches!(
             e,
@@ -204,7 +230,7 @@ fn cifar_label_out_of_range() {
     fs::write(&f, &bytes).unwrap();
     fs::write(dir.path().join("batches.meta.txt"), "a\nb\n\n").unwrap();
     assert!(matches!(
-        load_cifar_dir(dir.path(), Some(5)),
+        load_cifar_dir(dir.path(), Some(5), false),
         Err(DataError::LabelOutOfRange { classes: 2, .. })
     ));
 }
@@ -213,21 +239,27 @@ fn cifar_label_out_of_range() {
 fn cifar_val_split_too_large() {
     let (dir, _) = cifar_dir(40);
     for v in [40, 41, 1000] {
-        let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(v)));
+        let (e, msg) = err_text(load_cifar_dir(dir.path(), Some(v), false));
         assert!(
             matches!(e, DataError::ValSplitTooLarge { len: 40, .. }),
             "{e:?}"
         );
         assert!(msg.contains(&format!("val_split {v}")), "{msg}");
     }
-    assert_eq!(load_cifar_dir(dir.path(), Some(39)).unwrap().train.len(), 1);
+    assert_eq!(
+        load_cifar_dir(dir.path(), Some(39), false)
+            .unwrap()
+            .train
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn write_refuses_to_overwrite_unless_asked() {
     let (dir, _) = cifar_dir(50);
     let before = fs::read(dir.path().join("data_batch_1.bin")).unwrap();
-    let other = synthetic::generate(3, 99);
+    let other = synthetic::generate(7, 99);
     let (e, msg) = err_text(write_cifar_dir(&other, None, dir.path(), false));
     assert!(matches!(e, DataError::WouldOverwrite { .. }), "{e:?}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
@@ -236,7 +268,7 @@ fn write_refuses_to_overwrite_unless_asked() {
         before
     );
 
-    // Overwrite with 3 records: 3 files, stale batches 4 and 5 removed, no temp files left.
+    // Overwrite with 7 records: 5 files, no temporary files left.
     write_cifar_dir(&other, None, dir.path(), true).unwrap();
     let mut names: Vec<String> = fs::read_dir(dir.path())
         .unwrap()
@@ -249,10 +281,12 @@ fn write_refuses_to_overwrite_unless_asked() {
             "batches.meta.txt",
             "data_batch_1.bin",
             "data_batch_2.bin",
-            "data_batch_3.bin"
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin"
         ]
     );
-    let back = load_cifar_dir(dir.path(), Some(0)).unwrap();
+    let back = load_cifar_dir(dir.path(), Some(0), false).unwrap();
     assert_eq!(back.train, other);
 }
 
@@ -280,6 +314,23 @@ fn write_rejects_non_cifar_shapes() {
         "{e:?}"
     );
     assert!(msg.contains("1x16x16") && msg.contains("3x32x32"), "{msg}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn write_needs_a_record_for_each_of_the_five_batches() {
+    let dir = tmp();
+    let (e, msg) = err_text(write_cifar_dir(
+        &synthetic::generate(4, 1),
+        None,
+        dir.path(),
+        false,
+    ));
+    assert!(matches!(e, DataError::Invalid { .. }), "{e:?}");
+    assert!(
+        msg.contains("4 images") && msg.contains("at least 5"),
+        "{msg}"
+    );
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
@@ -329,7 +380,7 @@ fn image_folder_happy_path() {
     assert!(s.val.is_empty());
 
     // load() detects the layout the same way.
-    assert_eq!(load(d, 12, Some(0)).unwrap().train, s.train);
+    assert_eq!(load(d, 12, Some(0), false).unwrap().train, s.train);
 }
 
 #[test]
@@ -365,13 +416,13 @@ fn image_folder_holds_out_evenly_and_uses_val_folder() {
     solid_png(&split.path().join("train/b/1.png"), 4, 4, [2, 2, 2]);
     solid_png(&split.path().join("train/b/2.png"), 4, 4, [3, 3, 3]);
     solid_png(&split.path().join("val/b/1.png"), 4, 4, [4, 4, 4]);
-    let s = load(split.path(), 4, Some(1)).unwrap();
+    let s = load(split.path(), 4, Some(1), false).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (3, 1));
     assert_eq!(s.val.labels, [1]); // val/b maps to train's label of b
     assert!(s.val_source.starts_with("val/"), "{}", s.val_source);
 
     solid_png(&split.path().join("val/zebra/1.png"), 4, 4, [4, 4, 4]);
-    let (e, msg) = err_text(load(split.path(), 4, Some(1)));
+    let (e, msg) = err_text(load(split.path(), 4, Some(1), false));
     assert!(matches!(e, DataError::UnknownValClass { .. }), "{e:?}");
     assert!(msg.contains("zebra"), "{msg}");
 }
@@ -400,8 +451,46 @@ fn image_folder_bad_input() {
     assert!(msg.contains("broken.png"), "{msg}");
 
     fs::write(dir.path().join("good/broken.png"), b"").unwrap();
-    let (_, msg) = err_text(load(dir.path(), 8, Some(0)));
+    let (_, msg) = err_text(load(dir.path(), 8, Some(0), false));
     assert!(msg.contains("broken.png"), "{msg}");
+}
+
+#[test]
+fn images_are_decoded_by_content_not_extension() {
+    let dir = tmp();
+    let png = dir.path().join("a.png");
+    solid_png(&png, 6, 4, [10, 20, 30]);
+    let disguised = dir.path().join("a.jpg");
+    fs::copy(&png, &disguised).unwrap();
+    let planes = read_image(&disguised, 4).unwrap();
+    assert_eq!(planes, read_image(&png, 4).unwrap());
+    assert!(planes[..16].iter().all(|&v| v == 10) && planes[32..].iter().all(|&v| v == 30));
+
+    let notes = dir.path().join("notes.png");
+    fs::write(&notes, "shopping list").unwrap();
+    let (e, msg) = err_text(read_image(&notes, 4));
+    assert!(matches!(e, DataError::BadImage { .. }), "{e:?}");
+    assert!(
+        msg.contains("notes.png") && msg.contains("not an image"),
+        "{msg}"
+    );
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn io_errors_carry_their_cause_in_the_message_only() {
+    let (dir, _) = cifar_dir(50);
+    let meta = dir.path().join("batches.meta.txt");
+    fs::remove_file(&meta).unwrap();
+    fs::create_dir(&meta).unwrap();
+    let (e, msg) = err_text(load(dir.path(), 32, Some(5), false));
+    assert!(matches!(e, DataError::Io { .. }), "{e:?}");
+    assert!(msg.contains("batches.meta.txt"), "{msg}");
+    // anyhow's "{:#}" adds the source chain to the message: the cause must not be in both.
+    assert!(std::error::Error::source(&e).is_none(), "{msg}");
+    let chained = format!("{:#}", anyhow::Error::new(e));
+    assert_eq!(chained, msg);
 }
 
 // ---------------------------------------------------------------- augmentation

@@ -23,6 +23,10 @@ pub struct EvalArgs {
     /// (use the value the model was trained with) [default: 10% of the records, at most 5000].
     #[arg(long)]
     val_split: Option<usize>,
+    /// Accept a CIFAR-10 directory with some of data_batch_1..5.bin missing (a warning says
+    /// how many are used); matters when the validation records are held out of them.
+    #[arg(long)]
+    allow_partial: bool,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     #[arg(long)]
@@ -40,7 +44,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     device::set_threads(a.threads)?;
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
     let cfg = &meta.config;
-    let splits = data::load(&a.data, cfg.image_size, a.val_split)?;
+    let splits = data::load(&a.data, cfg.image_size, a.val_split, a.allow_partial)?;
+    super::data_source::warn(&splits);
     let val = &splits.val;
     if val.is_empty() {
         bail!(

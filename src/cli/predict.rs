@@ -2,10 +2,11 @@
 
 use super::device::{self, Device};
 use super::eval::normalize_of;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vitk::data::image_file::read_image;
 use vitk::data::to_tensor;
 use vitk::engine::Precision;
 use vitk::model::load_checkpoint;
@@ -26,7 +27,8 @@ pub struct PredictArgs {
     /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
     #[arg(long)]
     precision: Option<Precision>,
-    /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP); resized to the model's input.
+    /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, recognised by content whatever their
+    /// extension); resized to the model's input as training resizes them.
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -46,20 +48,8 @@ pub fn run(a: PredictArgs) -> Result<ExitCode> {
     let plane = side * side;
     let mut batch = vec![0.0f32; a.images.len() * 3 * plane];
     for (path, out) in a.images.iter().zip(batch.chunks_exact_mut(3 * plane)) {
-        let img = image::open(path)
-            .with_context(|| format!("{}: cannot read the image", path.display()))?;
-        let rgb = image::imageops::resize(
-            &img.to_rgb8(),
-            side as u32,
-            side as u32,
-            image::imageops::FilterType::Triangle,
-        );
-        let mut planes = vec![0u8; 3 * plane];
-        for (i, px) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                planes[c * plane + i] = px[c];
-            }
-        }
+        // Decoded by content and resized as the ImageFolder loader does for training.
+        let planes = read_image(path, side)?;
         to_tensor(&planes, out, 3, &norm)?;
     }
     let mut engine = device::engine(

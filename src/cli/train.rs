@@ -1,5 +1,6 @@
 //! `vitk train`: flags -> TrainConfig, data, engine, run directory, the loop, the final line.
 
+use super::data_source;
 use super::device::{self, Device};
 use super::model_args::ModelArgs;
 use anyhow::{bail, Context, Result};
@@ -9,8 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vitk::data::{self, synthetic, Normalize, Splits};
+use vitk::data::{synthetic, Normalize};
 use vitk::engine::Precision;
+use vitk::model::checksum::Verified;
 use vitk::model::{init_params, load_weights, ParamLayout};
 use vitk::optim::AdamWConfig;
 use vitk::train::{
@@ -30,9 +32,14 @@ const DATA_EPOCHS: usize = 100;
 #[derive(Args, Default)]
 pub struct TrainArgs {
     /// Data directory: CIFAR-10 binary (data_batch_*.bin) or an ImageFolder (one subfolder per
-    /// class). Without it, the built-in synthetic set.
+    /// class). Without it, the built-in synthetic set. With --resume: the run's data at a new
+    /// place (it must be the same data: its fingerprint is checked).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Train on a CIFAR-10 directory with some of data_batch_1..5.bin missing (a warning
+    /// says how many batches and records are used) instead of refusing it.
+    #[arg(long)]
+    allow_partial: bool,
     /// Training records held out for validation when the data has no test/val split
     /// [default: 10% of the training records, at most 5000].
     #[arg(long)]
@@ -125,6 +132,8 @@ impl TrainArgs {
             Some(path) => DataSource::Dir {
                 path: path.clone(),
                 val_split: self.val_split,
+                allow_partial: self.allow_partial,
+                fingerprint: None,
             },
             None => DataSource::Synthetic {
                 train: SYNTH_TRAIN,
@@ -168,9 +177,10 @@ impl TrainArgs {
 
     /// Flags that define a run, which --resume takes from the run's config.json instead.
     fn run_defining_flags(&self) -> Vec<&'static str> {
+        // --data is allowed: it names the run's data at a new place.
         let data = [
-            ("--data", self.data.is_some()),
             ("--val-split", self.val_split.is_some()),
+            ("--allow-partial", self.allow_partial),
         ];
         let flags = [
             ("--epochs", self.epochs.is_some()),
@@ -199,22 +209,6 @@ impl TrainArgs {
     }
 }
 
-/// Loads the data a config names.
-fn load_data(source: &DataSource, side: usize) -> Result<Splits> {
-    Ok(match source {
-        DataSource::Dir { path, val_split } => data::load(path, side, *val_split)?,
-        DataSource::Synthetic { train, val, seed } => {
-            if side != synthetic::SIDE {
-                bail!(
-                    "the synthetic set is {0}x{0}; --image-size {side} needs --data",
-                    synthetic::SIDE
-                );
-            }
-            synthetic::generate_splits(*train, *val, *seed)
-        }
-    })
-}
-
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
     device::set_threads(a.threads)?;
     let (cfg, run_dir, splits, params, state) = match &a.resume {
@@ -222,16 +216,24 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             let flags = a.run_defining_flags();
             if !flags.is_empty() {
                 bail!(
-                    "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --steps, --threads, --device and --log may be given)",
+                    "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --steps, --threads, --device, --log and --data, for data that moved, may be given)",
                     flags.join(", "),
                     dir.join("config.json").display()
                 );
             }
             let run_dir = RunDir::open(dir).map_err(anyhow::Error::msg)?;
-            let cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
-            let splits = load_data(&cfg.data, cfg.model.image_size)?;
-            let n = ParamLayout::new(&cfg.model).len;
-            let (params, opt, pos) = run_dir.load_state(n).map_err(anyhow::Error::msg)?;
+            let mut cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
+            let splits = data_source::load_for_resume(&run_dir, &mut cfg, a.data.as_deref())?;
+            let state = run_dir
+                .load_state(&ParamLayout::new(&cfg.model))
+                .map_err(anyhow::Error::msg)?;
+            if state.verified == Verified::NoChecksum {
+                eprintln!(
+                    "note: {} has no checksums (written by an older vitk): loaded without verification",
+                    run_dir.state_path().display()
+                );
+            }
+            let (params, opt, pos) = (state.params, state.opt, state.pos);
             eprintln!(
                 "resuming {} at step {} (epoch {}, batch {})",
                 dir.display(),
@@ -244,14 +246,18 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         None => {
             let side = a.model.image_size.unwrap_or(32);
             let splits = match &a.data {
-                Some(path) => data::load(path, side, a.val_split)?,
+                Some(path) => data_source::load_new(path, side, a.val_split, a.allow_partial)?,
+                None if a.allow_partial => bail!(
+                    "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
+                ),
                 None => synthetic::generate_splits(
                     SYNTH_TRAIN,
                     a.val_split.unwrap_or(SYNTH_VAL),
                     a.seed.unwrap_or(0),
                 ),
             };
-            let cfg = a.config(splits.train.num_classes(), splits.train.channels)?;
+            let mut cfg = a.config(splits.train.num_classes(), splits.train.channels)?;
+            data_source::pin(&mut cfg.data, &splits)?;
             let layout = ParamLayout::new(&cfg.model);
             let params = match &a.init_from {
                 Some(path) => load_weights(path, &cfg.model)?,

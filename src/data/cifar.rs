@@ -13,7 +13,7 @@ use super::{DataError, Dataset, Splits, CIFAR_RECORD_BYTES};
 pub const SIDE: usize = 32;
 /// C of CIFAR-10 images.
 pub const CHANNELS: usize = 3;
-/// Highest training file index read (data_batch_1.bin..data_batch_5.bin).
+/// Training files of the layout: data_batch_1.bin..data_batch_5.bin.
 pub const MAX_TRAIN_FILES: usize = 5;
 pub const TEST_FILE: &str = "test_batch.bin";
 pub const META_FILE: &str = "batches.meta.txt";
@@ -125,14 +125,20 @@ fn append(a: &mut Dataset, b: Dataset) {
 
 /// Loads a CIFAR-10 binary directory.
 ///
-/// Training records: every data_batch_1.bin..data_batch_5.bin that exists (at least one),
-/// in that order. Validation: `test_batch.bin` when present (`val_split` is then unused);
+/// Training records: data_batch_1.bin..data_batch_5.bin, in that order. All five must be
+/// present unless `allow_partial`, which reads those that exist (at least one) and says so
+/// in [`Splits::warnings`]: a download or copy that stopped half-way must not train on
+/// part of the data unnoticed. Validation: `test_batch.bin` when present (`val_split` is then unused);
 /// otherwise the LAST `val_split` training records are held out (deterministic; the
 /// official files are already shuffled). `val_split = 0` without `test_batch.bin` gives
 /// an empty validation set. Errors name the file for a size that is not a positive
 /// multiple of 3073 bytes, a label not below the number of class names, or
 /// `val_split >= number of training records`. `None` holds out [`super::default_val_split`].
-pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, DataError> {
+pub fn load_cifar_dir(
+    dir: &Path,
+    val_split: Option<usize>,
+    allow_partial: bool,
+) -> Result<Splits, DataError> {
     if !dir.is_dir() {
         return Err(if dir.exists() {
             DataError::NotADir { path: dir.into() }
@@ -141,17 +147,43 @@ pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, Da
         });
     }
     let classes = read_classes(dir)?;
-    let files: Vec<PathBuf> = (1..=MAX_TRAIN_FILES)
+    let (files, missing): (Vec<PathBuf>, Vec<PathBuf>) = (1..=MAX_TRAIN_FILES)
         .map(|k| dir.join(train_file_name(k)))
-        .filter(|p| p.exists())
-        .collect();
+        .partition(|p| p.exists());
     if files.is_empty() {
         return Err(DataError::NoCifarFiles { path: dir.into() });
+    }
+    let names = |paths: &[PathBuf]| -> String {
+        paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !missing.is_empty() && !allow_partial {
+        return Err(DataError::CifarPartial {
+            path: dir.into(),
+            missing: names(&missing),
+            present: files.len(),
+        });
     }
     let mut train = Dataset::empty(classes.clone(), CHANNELS, SIDE);
     for f in &files {
         append(&mut train, read_records(f, &classes)?);
     }
+    let warnings = if missing.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{}: training on {} of {MAX_TRAIN_FILES} CIFAR-10 training batches ({}: {} records); {} missing (allowed by --allow-partial)",
+            dir.display(),
+            files.len(),
+            names(&files),
+            train.len(),
+            names(&missing)
+        )]
+    };
     let test_path = dir.join(TEST_FILE);
     if test_path.exists() {
         let val = read_records(&test_path, &classes)?;
@@ -160,6 +192,7 @@ pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, Da
             train,
             val,
             val_source,
+            warnings,
         });
     }
     let n = train.len();
@@ -169,6 +202,7 @@ pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, Da
             train,
             val: Dataset::empty(classes, CHANNELS, SIDE),
             val_source: format!("none: no {TEST_FILE} and val_split = 0"),
+            warnings,
         });
     }
     if val_split >= n {
@@ -190,6 +224,7 @@ pub fn load_cifar_dir(dir: &Path, val_split: Option<usize>) -> Result<Splits, Da
         train,
         val,
         val_source: format!("held out: last {val_split} of {n} training records (no {TEST_FILE})"),
+        warnings,
     })
 }
 
@@ -243,13 +278,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 /// Writes `train` (and `val` as `test_batch.bin` when given) in the CIFAR-10 binary
 /// layout into `dir` (created if missing), with `batches.meta.txt` holding the class names.
 ///
-/// The training records are split evenly over data_batch_1.bin..data_batch_5.bin (fewer
-/// files when there are fewer than 5 records). Only 3x32x32 sets with at most 256
-/// classes can be written. Each file is written atomically. Unless `overwrite` is true,
-/// nothing is written when any CIFAR file (data_batch_*.bin, test_batch.bin,
-/// batches.meta.txt) already exists in `dir`; with `overwrite`, stale data_batch files
-/// beyond the new count and a stale test_batch.bin are removed so the directory holds
-/// exactly this data. Returns the paths written.
+/// The training records are split evenly over data_batch_1.bin..data_batch_5.bin, so at
+/// least 5 are needed (the loader expects all five files). Only 3x32x32 sets with at most
+/// 256 classes can be written. Each file is written atomically. Unless `overwrite` is
+/// true, nothing is written when any CIFAR file (data_batch_*.bin, test_batch.bin,
+/// batches.meta.txt) already exists in `dir`; with `overwrite`, a stale test_batch.bin is
+/// removed so the directory holds exactly this data. Returns the paths written.
 pub fn write_cifar_dir(
     train: &Dataset,
     val: Option<&Dataset>,
@@ -257,10 +291,13 @@ pub fn write_cifar_dir(
     overwrite: bool,
 ) -> Result<Vec<PathBuf>, DataError> {
     check_writable(train, "training set")?;
-    if train.is_empty() {
+    if train.len() < MAX_TRAIN_FILES {
         return Err(DataError::invalid(
             "training set",
-            "no images (expected at least one record to write)",
+            format!(
+                "{} images cannot fill data_batch_1.bin..data_batch_{MAX_TRAIN_FILES}.bin (expected at least {MAX_TRAIN_FILES})",
+                train.len()
+            ),
         ));
     }
     if let Some(v) = val {
@@ -294,18 +331,12 @@ pub fn write_cifar_dir(
     fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
 
     let n = train.len();
-    let files = n.min(MAX_TRAIN_FILES);
+    let files = MAX_TRAIN_FILES;
     let mut written = Vec::new();
     for k in 0..files {
         let path = dir.join(train_file_name(k + 1));
         write_atomic(&path, &records(train, k * n / files..(k + 1) * n / files))?;
         written.push(path);
-    }
-    for k in files + 1..=MAX_TRAIN_FILES {
-        let stale = dir.join(train_file_name(k));
-        if stale.exists() {
-            fs::remove_file(&stale).map_err(|e| DataError::io(&stale, e))?;
-        }
     }
     let test_path = dir.join(TEST_FILE);
     match val {

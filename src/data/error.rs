@@ -23,11 +23,19 @@ pub enum DataError {
     #[error("{path}: no data_batch_1.bin..data_batch_5.bin (expected at least one CIFAR-10 training file)")]
     NoCifarFiles { path: PathBuf },
 
-    #[error("{path}: {source}")]
+    #[error("{path}: {missing} missing: only {present} of the 5 CIFAR-10 training batches data_batch_1.bin..data_batch_5.bin are present (an interrupted download or copy?); restore them, or pass --allow-partial to train on those present")]
+    CifarPartial {
+        path: PathBuf,
+        missing: String,
+        present: usize,
+    },
+
+    /// The cause is part of the message and deliberately not a `source()`: anyhow's `{:#}`
+    /// prints the source chain too, which would say it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("{path}: size {size} bytes is not a multiple of the {CIFAR_RECORD_BYTES}-byte CIFAR-10 record (1 label + 3072 pixels): {records} whole records and {rest} bytes left over (truncated or not a CIFAR-10 file?)", records = size / CIFAR_RECORD_BYTES as u64, rest = size % CIFAR_RECORD_BYTES as u64)]
@@ -82,10 +90,10 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -5,9 +5,9 @@
 //! - Images are the files under a class folder (recursively, sorted by name) whose
 //!   extension is .png .jpg .jpeg .bmp .gif .tif .tiff or .webp (any case); other files
 //!   and names starting with '.' are ignored. Files are decoded by content, not extension.
-//! - Every image is converted to RGB (grey replicated, alpha dropped, as PIL's
-//!   `convert("RGB")`) and resized to S x S with the Triangle filter (bilinear,
-//!   antialiased when downscaling), ignoring the aspect ratio.
+//! - Every image is decoded by content ([`super::image_file`]), converted to RGB (grey
+//!   replicated, alpha dropped, as PIL's `convert("RGB")`) and resized to S x S with the
+//!   Triangle filter (bilinear, antialiased when downscaling), ignoring the aspect ratio.
 //! - Splits: when `dir/train/` exists it is the training folder, and `dir/val/` (or else
 //!   `dir/test/`) the validation folder, whose class folders must be among train's.
 //!   Without such a folder `val_split` images are held out of the training folder:
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{resize, DataError, Dataset, Splits};
+use super::{image_file, DataError, Dataset, Splits};
 
 /// File extensions read as images (compared lowercase).
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"];
@@ -129,29 +129,6 @@ fn scan_classes(dir: &Path) -> Result<Vec<ClassDir>, DataError> {
     Ok(classes)
 }
 
-/// Decodes one image file into [3, side, side] bytes.
-fn decode_into(path: &Path, side: usize, out: &mut [u8]) -> Result<(), DataError> {
-    let bad = |reason: String| DataError::BadImage {
-        path: path.into(),
-        reason,
-    };
-    let img = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?
-        .decode()
-        .map_err(|e| bad(e.to_string()))?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(bad(format!(
-            "image is {}x{} (expected at least 1x1)",
-            img.width(),
-            img.height()
-        )));
-    }
-    resize::rgb_to_planes(&img.to_rgb8(), side, out);
-    Ok(())
-}
-
 /// Decodes `files` (path, label) into a set; in parallel, reporting the first bad file
 /// in file order so that the error does not depend on thread timing.
 fn decode_all(
@@ -164,7 +141,7 @@ fn decode_all(
     let results: Vec<Result<(), DataError>> = images
         .par_chunks_mut(len)
         .zip(files.par_iter())
-        .map(|(dst, (path, _))| decode_into(path, side, dst))
+        .map(|(dst, (path, _))| image_file::decode_into(path, side, dst))
         .collect();
     if let Some(err) = results.into_iter().find_map(Result::err) {
         return Err(err);
@@ -238,6 +215,7 @@ pub fn load_image_folder(
             train,
             val,
             val_source,
+            warnings: Vec::new(),
         });
     }
 
@@ -249,6 +227,7 @@ pub fn load_image_folder(
             val: Dataset::empty(classes, 3, side),
             train,
             val_source: "none: no val/ folder and val_split = 0".into(),
+            warnings: Vec::new(),
         });
     }
     if val_split >= n {
@@ -271,6 +250,7 @@ pub fn load_image_folder(
         val_source: format!(
             "held out: {val_split} of {n} images, evenly spaced in (class, file name) order (no val/ folder)"
         ),
+        warnings: Vec::new(),
     })
 }
 

@@ -5,6 +5,8 @@
 //!
 //! - [`cifar`]: CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin, batches.meta.txt);
 //! - [`image_folder`]: torchvision's ImageFolder layout (one subfolder of images per class);
+//! - [`image_file`]: one image file decoded by content (ImageFolder and `vitk predict`);
+//! - [`fingerprint`]: what identifies a loaded data set (counts, classes, first records);
 //! - [`synthetic`]: a generated 10-class 32x32 set for quick end-to-end runs;
 //! - [`augment`]: random crop with zero padding, horizontal flip, normalisation;
 //! - [`loader`]: deterministic, prefetching batch loader and the evaluation iterator.
@@ -12,6 +14,8 @@
 pub mod augment;
 pub mod cifar;
 mod error;
+pub mod fingerprint;
+pub mod image_file;
 pub mod image_folder;
 pub mod loader;
 mod resize;
@@ -176,6 +180,9 @@ pub struct Splits {
     /// "test_batch.bin (10000 records)" or
     /// "held out: last 5000 of 50000 training records (no test_batch.bin)".
     pub val_source: String,
+    /// What the caller should tell the user about data it accepted but that is not whole,
+    /// e.g. a CIFAR-10 directory with missing batches read with `allow_partial`.
+    pub warnings: Vec<String>,
 }
 
 /// Loads a data directory, detecting its layout:
@@ -186,7 +193,14 @@ pub struct Splits {
 ///
 /// `val_split` is the number of training samples held out for validation when the
 /// directory has no validation split of its own (`None`: [`default_val_split`]; 0: none).
-pub fn load(dir: &Path, side: usize, val_split: Option<usize>) -> Result<Splits, DataError> {
+/// `allow_partial` accepts a CIFAR-10 directory with some of its five training batches
+/// missing (a warning in [`Splits::warnings`]); without it that is an error.
+pub fn load(
+    dir: &Path,
+    side: usize,
+    val_split: Option<usize>,
+    allow_partial: bool,
+) -> Result<Splits, DataError> {
     if side == 0 {
         return Err(DataError::invalid(
             dir.display().to_string(),
@@ -204,7 +218,7 @@ pub fn load(dir: &Path, side: usize, val_split: Option<usize>) -> Result<Splits,
         });
     }
     if cifar::is_cifar_dir(dir) {
-        let splits = cifar::load_cifar_dir(dir, val_split)?;
+        let splits = cifar::load_cifar_dir(dir, val_split, allow_partial)?;
         if side == cifar::SIDE {
             return Ok(splits);
         }
@@ -212,6 +226,7 @@ pub fn load(dir: &Path, side: usize, val_split: Option<usize>) -> Result<Splits,
             train: resize::resize_dataset(&splits.train, side),
             val: resize::resize_dataset(&splits.val, side),
             val_source: splits.val_source,
+            warnings: splits.warnings,
         });
     }
     image_folder::load_image_folder(dir, side, val_split)

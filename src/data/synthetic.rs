@@ -217,5 +217,6 @@ pub fn generate_splits(n_train: usize, n_val: usize, seed: u64) -> Splits {
         train: generate_stream(n_train, seed, TAG_SYNTH_TRAIN),
         val: generate_stream(n_val, seed, TAG_SYNTH_VAL),
         val_source: format!("synthetic: {n_val} images from the validation stream of seed {seed}"),
+        warnings: Vec::new(),
     }
 }

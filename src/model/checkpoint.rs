@@ -3,8 +3,10 @@
 //!
 //! vitk writes its model config, class names and input normalisation into the safetensors
 //! metadata (`vitk.config`, `vitk.classes`, `vitk.normalize`); a file without them (one
-//! written by timm) loads with a config given by the caller.
+//! written by timm) loads with a config given by the caller. Every tensor's checksum is in
+//! the metadata too ([`super::checksum`]) and is verified when the file carries it.
 
+use super::checksum;
 use super::{ModelConfig, ParamLayout};
 use crate::atomic::write_atomic;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -26,13 +28,18 @@ pub struct CheckpointMeta {
 /// A checkpoint that could not be read or written, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
+    /// The cause is part of the message and deliberately not a `source()`: anyhow's `{:#}`
+    /// prints the source chain too, which would say it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file ({reason})")]
     Corrupt { path: PathBuf, reason: String },
+    /// Tensor bytes that differ from the checksums recorded when the file was written.
+    #[error("{path}: {problem}")]
+    Damaged { path: PathBuf, problem: String },
     #[error("{path}: {problem}")]
     Mismatch { path: PathBuf, problem: String },
 }
@@ -56,12 +63,22 @@ pub fn save_checkpoint(
         layout.len,
         "save_checkpoint: parameter buffer"
     );
-    let views = layout.entries.iter().map(|e| {
-        let bytes: &[u8] = bytemuck::cast_slice(&params[e.range.clone()]);
+    let tensors: Vec<(&str, &[u8])> = layout
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                bytemuck::cast_slice(&params[e.range.clone()]),
+            )
+        })
+        .collect();
+    let mut info = HashMap::new();
+    checksum::stamp(&mut info, tensors.iter().copied());
+    let views = layout.entries.iter().zip(&tensors).map(|(e, (_, bytes))| {
         let view = TensorView::new(Dtype::F32, e.shape.clone(), bytes).expect("shape matches data");
         (e.name.clone(), view)
     });
-    let mut info = HashMap::new();
     info.insert("format".to_string(), "pt".to_string());
     // Serialising these plain structs cannot fail.
     info.insert(
@@ -81,9 +98,9 @@ pub fn save_checkpoint(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
+    write_atomic(path, &bytes).map_err(|cause| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -127,11 +144,19 @@ pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>, CheckpointError>
 
 /// Loads the weights of a checkpoint for a model of `cfg`: every tensor of the layout must
 /// be present with timm's shape (F32, F16 or BF16), and no other tensor may be present
-/// (timm's `load_state_dict(strict=True)`).
+/// (timm's `load_state_dict(strict=True)`). Tensors are checked against the file's
+/// checksums when it has them, and every value must be finite.
 pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, CheckpointError> {
     let layout = ParamLayout::new(cfg);
     let bytes = read(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(path, e))?;
+    checksum::verify(&st, header.metadata().as_ref()).map_err(|problem| {
+        CheckpointError::Damaged {
+            path: path.to_path_buf(),
+            problem,
+        }
+    })?;
     let mut params = vec![0.0f32; layout.len];
     let expected: HashSet<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
     let mut extra: Vec<String> = st
@@ -205,15 +230,13 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, Checkpoi
         }
     }
     if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-        let name = layout
-            .entries
-            .iter()
-            .find(|e| e.range.contains(&i))
-            .map(|e| e.name.as_str())
-            .unwrap_or("?");
+        let (name, k) = locate(&layout, i);
         return Err(mismatch(
             path,
-            format!("tensor '{name}' holds a non-finite value"),
+            format!(
+                "tensor '{name}' holds {} at element {k} (expected finite values)",
+                params[i]
+            ),
         ));
     }
     Ok(params)
@@ -231,10 +254,19 @@ pub fn load_checkpoint(path: &Path) -> Result<(CheckpointMeta, Vec<f32>), Checkp
     Ok((meta, params))
 }
 
+/// The tensor holding element `i` of a flat parameter buffer, and the element's index in it.
+pub(crate) fn locate(layout: &ParamLayout, i: usize) -> (&str, usize) {
+    layout
+        .entries
+        .iter()
+        .find(|e| e.range.contains(&i))
+        .map_or(("?", i), |e| (e.name.as_str(), i - e.range.start))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    std::fs::read(path).map_err(|source| CheckpointError::Io {
+    std::fs::read(path).map_err(|cause| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

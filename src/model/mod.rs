@@ -1,11 +1,13 @@
 //! The model: configuration, parameter layout, initialisation, checkpoints. Knows no engine.
 
 mod checkpoint;
+pub mod checksum;
 mod config;
 mod dims;
 mod init;
 mod params;
 
+pub(crate) use checkpoint::locate;
 pub use checkpoint::{
     load_checkpoint, load_weights, read_meta, save_checkpoint, CheckpointError, CheckpointMeta,
 };

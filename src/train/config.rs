@@ -2,6 +2,7 @@
 //! run can be resumed and reproduced.
 
 use super::schedule::ScheduleKind;
+use crate::data::fingerprint::Fingerprint;
 use crate::model::ModelConfig;
 use crate::optim::AdamWConfig;
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,17 @@ pub enum DataSource {
     /// A CIFAR-10 binary directory or an ImageFolder.
     /// `val_split`: records held out when the data has no validation split (None: the default).
     Dir {
+        /// Absolute (canonical) since fingerprints were added, so that a run resumes from
+        /// any working directory; older configs may hold the path as typed.
         path: PathBuf,
         val_split: Option<usize>,
+        /// A CIFAR-10 directory with missing training batches was accepted (--allow-partial).
+        #[serde(default)]
+        allow_partial: bool,
+        /// The data as loaded at the start of the run; --resume checks the data against it
+        /// (absent in configs of older vitk).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Fingerprint>,
     },
     /// The generated set (data::synthetic), deterministic in `seed`.
     Synthetic { train: usize, val: usize, seed: u64 },

@@ -10,6 +10,6 @@ pub mod trainer;
 
 pub use config::{DataSource, TrainConfig};
 pub use evaluate::{evaluate, EvalResult};
-pub use run_dir::{LoopPosition, RunDir};
+pub use run_dir::{LoopPosition, RunDir, SavedState};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use trainer::{train, Outcome, RunOptions, Summary};

@@ -5,6 +5,8 @@
 use super::config::TrainConfig;
 use crate::atomic::write_atomic;
 use crate::engine::OptimizerState;
+use crate::model::checksum::{self, Verified};
+use crate::model::{locate, ParamLayout};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -103,7 +105,8 @@ impl RunDir {
             .map_err(|e| format!("{}: not a vitk run config: {e}", p.display()))
     }
 
-    /// Saves parameters, optimizer moments and loop position in one file.
+    /// Saves parameters, optimizer moments and loop position in one file, with the
+    /// checksum of each tensor ([`checksum`]).
     pub fn save_state(
         &self,
         params: &[f32],
@@ -111,32 +114,33 @@ impl RunDir {
         pos: LoopPosition,
     ) -> Result<(), String> {
         let p = self.state_path();
-        let tensors = [
-            ("params", params),
-            ("adam_m", &opt.m[..]),
-            ("adam_v", &opt.v[..]),
-        ]
-        .map(|(name, data)| {
-            let view = TensorView::new(Dtype::F32, vec![data.len()], bytemuck::cast_slice(data))
-                .expect("1-D view");
-            (name, view)
-        });
+        let tensors: [(&str, &[u8]); 3] = [
+            ("params", bytemuck::cast_slice(params)),
+            ("adam_m", bytemuck::cast_slice(&opt.m)),
+            ("adam_v", bytemuck::cast_slice(&opt.v)),
+        ];
         let mut meta = HashMap::new();
+        checksum::stamp(&mut meta, tensors);
         meta.insert(
             "vitk.position".to_string(),
             serde_json::to_string(&pos).unwrap_or_default(),
         );
         meta.insert("vitk.adam_step".to_string(), opt.step.to_string());
-        let bytes = safetensors::serialize(tensors, Some(meta))
+        let views = tensors.map(|(name, bytes)| {
+            let view = TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes).expect("1-D view");
+            (name, view)
+        });
+        let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| format!("{}: {e}", p.display()))?;
         write_atomic(&p, &bytes).map_err(|e| format!("{}: {e}", p.display()))
     }
 
-    /// Loads what [`Self::save_state`] wrote, checking sizes against `num_params`.
-    pub fn load_state(
-        &self,
-        num_params: usize,
-    ) -> Result<(Vec<f32>, OptimizerState, LoopPosition), String> {
+    /// Loads what [`Self::save_state`] wrote for a model laid out by `layout`: sizes are
+    /// checked, tensors against their checksums (when the file has them), and values must be
+    /// finite (and the second moments not negative), so that a damaged state is refused
+    /// here rather than trained into NaN.
+    pub fn load_state(&self, layout: &ParamLayout) -> Result<SavedState, String> {
+        let num_params = layout.len;
         let p = self.state_path();
         let bad = |what: String| format!("{}: {what}", p.display());
         let bytes = std::fs::read(&p).map_err(|e| bad(e.to_string()))?;
@@ -144,6 +148,12 @@ impl RunDir {
             .map_err(|e| bad(format!("not a valid state file ({e})")))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
+        let verified = checksum::verify(&st, Some(&meta)).map_err(|problem| {
+            bad(format!(
+                "{problem}. The run cannot continue from it: restore the file from a copy, or start a new run from the weights of the same step with --init-from {}",
+                self.model_path().display()
+            ))
+        })?;
         let pos: LoopPosition = meta
             .get("vitk.position")
             .and_then(|s| serde_json::from_str(s).ok())
@@ -152,7 +162,8 @@ impl RunDir {
             .get("vitk.adam_step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("missing or invalid vitk.adam_step metadata".into()))?;
-        let read = |name: &str| -> Result<Vec<f32>, String> {
+        // `nonneg`: AdamW takes the square root of the second moments.
+        let read = |name: &str, nonneg: bool| -> Result<Vec<f32>, String> {
             let t = st
                 .tensor(name)
                 .map_err(|_| bad(format!("tensor '{name}' is missing")))?;
@@ -163,17 +174,46 @@ impl RunDir {
                     t.shape()
                 )));
             }
-            Ok(t.data()
+            let values: Vec<f32> = t
+                .data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+                .collect();
+            let wrong = |v: f32| !v.is_finite() || (nonneg && v < 0.0);
+            if let Some(i) = values.iter().position(|&v| wrong(v)) {
+                let (param, k) = locate(layout, i);
+                let expected = if nonneg {
+                    "a finite value >= 0"
+                } else {
+                    "a finite value"
+                };
+                return Err(bad(format!(
+                    "tensor '{name}' holds {} at index {i} (element {k} of '{param}'), expected {expected}; the run cannot continue from this state",
+                    values[i]
+                )));
+            }
+            Ok(values)
         };
-        let params = read("params")?;
+        let params = read("params", false)?;
         let opt = OptimizerState {
-            m: read("adam_m")?,
-            v: read("adam_v")?,
+            m: read("adam_m", false)?,
+            v: read("adam_v", true)?,
             step: adam_step,
         };
-        Ok((params, opt, pos))
+        Ok(SavedState {
+            params,
+            opt,
+            pos,
+            verified,
+        })
     }
+}
+
+/// What [`RunDir::load_state`] read.
+pub struct SavedState {
+    pub params: Vec<f32>,
+    pub opt: OptimizerState,
+    pub pos: LoopPosition,
+    /// Whether the file's checksums were checked (older files have none).
+    pub verified: Verified,
 }

@@ -100,7 +100,6 @@ pub fn train(
     let progress = Progress::new(opts.progress_bar, start.step, stop_at);
     let mut pos = start;
     let mut last_val = None;
-    let mut saved_at = start.step;
     let mut outcome = if pos.step >= stop_at {
         Outcome::StepLimit
     } else {
@@ -114,7 +113,8 @@ pub fn train(
         log: &mut log,
         progress: &progress,
         per_epoch,
-        saved_at: start.step,
+        // A resumed run starts from the checkpoint it was saved at; a new one has none yet.
+        saved_at: resuming.then_some(start.step),
         last_done: None,
         timed_images: 0,
         timed_secs: 0.0,
@@ -167,10 +167,10 @@ pub fn train(
                 let r = evaluate(engine, &val, normalize).context("validation")?;
                 if !r.loss.is_finite() {
                     bail!(
-                        "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. The last saved checkpoint in {} (step {saved_at}) is kept. Try a lower --lr or --clip-grad.",
+                        "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. {}",
                         r.loss,
                         pos.step,
-                        run.path.display()
+                        after_divergence(run, reporter.saved_at)
                     );
                 }
                 progress.println(&format!(
@@ -189,8 +189,7 @@ pub fn train(
                 last_val = Some(r);
             }
             save(run, engine, &meta, pos, reporter.log)?;
-            saved_at = pos.step;
-            reporter.saved_at = saved_at;
+            reporter.saved_at = Some(pos.step);
         }
         if interrupted && pos.step < stop_at {
             outcome = Outcome::Interrupted;
@@ -237,8 +236,9 @@ struct StepReporter<'a> {
     log: &'a mut MetricsLog,
     progress: &'a Progress,
     per_epoch: u64,
-    /// The step of the last checkpoint (named when stopping on a diverged loss).
-    saved_at: u64,
+    /// The step of the last checkpoint of this run, if any (named when stopping on a
+    /// diverged loss).
+    saved_at: Option<u64>,
     /// When the previous output came back: a step's time is the gap between two outputs
     /// (with one step in flight, the device time per step once the pipeline is full).
     last_done: Option<Instant>,
@@ -253,12 +253,11 @@ impl StepReporter<'_> {
     fn report(&mut self, done: &Queued, out: StepOutput) -> Result<()> {
         if !out.loss.is_finite() {
             bail!(
-                "training loss is {} at step {} (epoch {}): stopping; the last saved checkpoint in {} (step {}) is kept. Try a lower --lr or --clip-grad.",
+                "training loss is {} at step {} (epoch {}): stopping. {}",
                 out.loss,
                 done.step,
                 done.pos_after.epoch,
-                self.run.path.display(),
-                self.saved_at
+                after_divergence(self.run, self.saved_at)
             );
         }
         let now = Instant::now();
@@ -285,6 +284,22 @@ impl StepReporter<'_> {
         self.progress
             .step(done.pos_after, self.per_epoch, out.loss, done.lr, img_per_s);
         Ok(())
+    }
+}
+
+/// What is left after a divergence, and what to try. Loaded states are verified (checksums,
+/// finite values), so the usual cause is the learning rate; --resume keeps the config.
+fn after_divergence(run: &RunDir, saved_at: Option<u64>) -> String {
+    match saved_at {
+        Some(step) => format!(
+            "The last saved checkpoint in {} (step {step}) is kept. Try a lower --lr or --clip-grad in a new run (--init-from {} starts it from those weights).",
+            run.path.display(),
+            run.model_path().display()
+        ),
+        None => format!(
+            "No checkpoint has been saved in this run yet (they are written at each epoch end and when the run stops), so {} holds nothing to resume. Try a lower --lr or --clip-grad.",
+            run.path.display()
+        ),
     }
 }
 
