@@ -2,6 +2,7 @@
 
 use super::device::{self, Device};
 use anyhow::{bail, Result};
+use super::parse::whole;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,11 +22,13 @@ pub struct EvalArgs {
     checkpoint: PathBuf,
     /// Training records held out for validation when the data has no test/val split
     /// (use the value the model was trained with) [default: 10% of the records, at most 5000].
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     val_split: Option<usize>,
-    #[arg(long, default_value_t = 256)]
+    /// Batch size, at least 1 (at most the validation set is used).
+    #[arg(long, default_value_t = 256, value_parser = whole, allow_negative_numbers = true)]
     batch_size: usize,
-    #[arg(long)]
+    /// CPU threads, 1..=1024 [default: all cores].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
@@ -38,6 +41,9 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
     device::set_threads(a.threads)?;
+    if a.batch_size == 0 {
+        bail!("--batch-size 0 is out of range: expected at least 1");
+    }
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
     let cfg = &meta.config;
     let splits = data::load(&a.data, cfg.image_size, a.val_split)?;
@@ -64,7 +70,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         a.device,
         a.precision,
         cfg,
-        a.batch_size.max(1),
+        a.batch_size.min(val.len()),
         params,
         AdamWConfig::default(),
     )?;

@@ -3,6 +3,7 @@
 use super::device::{self, Device};
 use super::eval::normalize_of;
 use anyhow::{bail, Context, Result};
+use super::parse::whole;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,8 +17,8 @@ pub struct PredictArgs {
     /// A checkpoint written by `vitk train` (model.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// How many classes to list per image.
-    #[arg(long, default_value_t = 5)]
+    /// How many classes to list per image, at least 1.
+    #[arg(long, default_value_t = 5, value_parser = whole, allow_negative_numbers = true)]
     top: usize,
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
@@ -32,6 +33,9 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<ExitCode> {
+    if a.top == 0 {
+        bail!("--top 0 is out of range: expected at least 1");
+    }
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
     let cfg = meta.config.clone();
     if cfg.in_chans != 3 {
