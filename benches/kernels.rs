@@ -648,10 +648,7 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
             Ok(mut e) => {
                 let imgs = vec![0.1f32; B * 3 * 32 * 32];
                 let lbl: Vec<u32> = (0..B as u32).map(|i| i % 10).collect();
-                let mut step = || {
-                    e.submit_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0))
-                        .map(|_| ())
-                };
+                let mut step = || e.submit_step(&imgs, &lbl, 1e-3, 0.1, Some(1.0)).map(|_| ());
                 // Throughput in elements = images.
                 let mut g = bench.c.benchmark_group("train_step");
                 g.throughput(Throughput::Elements(B as u64));

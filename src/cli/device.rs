@@ -14,9 +14,9 @@ use vitk::cpu::CpuTrainer;
 use vitk::engine::{Precision, TrainEngine};
 use vitk::gpu::kernels::MAX_HEAD_DIM;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
-use vitk::train::memory::{self, DataSize, EngineKind};
 use vitk::model::ModelConfig;
 use vitk::optim::AdamWConfig;
+use vitk::train::memory::{self, DataSize, EngineKind};
 
 /// The engines this build can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! `vitk eval`: a checkpoint on the validation split of a data directory.
 
 use super::device::{self, Device};
-use anyhow::{bail, Result};
 use super::parse::whole;
+use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,7 +1,7 @@
 //! The model flags shared by `train` and `profile`: a preset and per-field overrides.
 
-use anyhow::Result;
 use super::parse::whole;
+use anyhow::Result;
 use clap::Args;
 use vitk::model::{ModelConfig, Pool};
 

@@ -2,8 +2,8 @@
 
 use super::device::{self, Device};
 use super::eval::normalize_of;
-use anyhow::{bail, Context, Result};
 use super::parse::whole;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -70,7 +70,10 @@ fn check_memory(
     device: &str,
 ) -> Result<()> {
     let bytes = GpuTrainer::device_bytes(&**rt, cfg, batch, precision);
-    let emu = matches!(device.trim().to_ascii_lowercase().as_str(), "emu" | "emulator");
+    let emu = matches!(
+        device.trim().to_ascii_lowercase().as_str(),
+        "emu" | "emulator"
+    );
     if let Some(c) = cuda {
         let free = c
             .memory_info()
@@ -129,7 +132,14 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
     } else {
         Precision::Fp32
     });
-    check_memory(&cfg, a.batch_size, precision, &inner, cuda.as_deref(), &a.device)?;
+    check_memory(
+        &cfg,
+        a.batch_size,
+        precision,
+        &inner,
+        cuda.as_deref(),
+        &a.device,
+    )?;
     let profiler = Arc::new(Profiler::new(inner.clone(), cuda.clone()));
     let rt: Arc<dyn Runtime> = profiler.clone();
     let layout = ParamLayout::new(&cfg);

@@ -17,7 +17,7 @@ use vitk::optim::AdamWConfig;
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
-    self, data_size, DataSource, LoopPosition, Outcome, RunDir, RunOptions, RunStart,
+    self, data_size, DataSource, LoopPosition, Outcome, RunDir, RunLock, RunOptions, RunStart,
     ScheduleKind, TrainConfig,
 };
 
@@ -319,9 +319,12 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
         .out
         .clone()
         .unwrap_or_else(|| RunDir::next_free(&PathBuf::from("runs")));
-    if out.exists() && !a.check {
+    if out.exists() {
         // Checked again under the lock; refused here before any work.
-        RunDir::create(&out).map_err(anyhow::Error::msg)?;
+        RunLock::check_free(&out).map_err(anyhow::Error::msg)?;
+        if !a.check {
+            RunDir::create(&out).map_err(anyhow::Error::msg)?;
+        }
     }
     let log = log_path::check_log(a.log.as_deref(), &out, false).map_err(anyhow::Error::msg)?;
     let data_size = check_data(&cfg)?;
@@ -334,6 +337,8 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     let layout = ParamLayout::new(&cfg.model);
     let params = match &a.init_from {
         Some(path) => load_weights(path, &cfg.model)?,
+        // --check allocates nothing it does not have to.
+        None if a.check => Vec::new(),
         None => init_params(&cfg.model, &layout, cfg.seed),
     };
     let run = if a.check {
@@ -363,16 +368,24 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
             dir.join("config.json").display()
         );
     }
-    let (run, stale) = RunStart::resume(dir).map_err(anyhow::Error::msg)?;
-    if let Some(stale) = stale {
-        let pid = stale.pid.map_or("a process".into(), |p| format!("pid {p}"));
-        eprintln!(
-            "note: {} was left by {pid}, which did not exit cleanly (killed or crashed?); continuing from its last saved state",
-            run.dir.path.display()
-        );
-    }
-    let cfg = run.dir.read_config().map_err(anyhow::Error::msg)?;
-    let config = run.dir.config_path();
+    // --check only looks: it takes no lock (and writes no lock file).
+    let (run, run_dir) = if a.check {
+        RunLock::check_free(dir).map_err(anyhow::Error::msg)?;
+        (None, RunDir::open(dir).map_err(anyhow::Error::msg)?)
+    } else {
+        let (run, stale) = RunStart::resume(dir).map_err(anyhow::Error::msg)?;
+        if let Some(stale) = stale {
+            let pid = stale.pid.map_or("a process".into(), |p| format!("pid {p}"));
+            eprintln!(
+                "note: the lock file of {} was left by {pid}, which did not exit cleanly (killed or crashed?); continuing from the last saved state",
+                run.dir.path.display()
+            );
+        }
+        let run_dir = run.dir.clone();
+        (Some(run), run_dir)
+    };
+    let cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
+    let config = run_dir.config_path();
     cfg.validate()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     device.check_model(&cfg.model)?;
@@ -382,10 +395,10 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     let splits = load_data(&cfg.data, cfg.model.image_size)?;
     check_loaded(&cfg, &splits, &config.display().to_string())?;
     let n = ParamLayout::new(&cfg.model).len;
-    let (params, opt, pos) = run.dir.load_state(n).map_err(anyhow::Error::msg)?;
+    let (params, opt, pos) = run_dir.load_state(n).map_err(anyhow::Error::msg)?;
     Ok(Prepared {
         cfg,
-        run: (!a.check).then_some(run),
+        run,
         out: dir.to_path_buf(),
         splits,
         params,
@@ -508,7 +521,7 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         "check: {what} {}: model {} ({} parameters) on {}, batch {}; train {} images, validation {} ({}); memory: {}; nothing written",
         p.out.display(),
         p.cfg.model.summary(),
-        p.params.len(),
+        ParamLayout::new(&p.cfg.model).len,
         device.describe(),
         p.cfg.batch_size,
         p.splits.train.len(),

@@ -148,7 +148,12 @@ impl TrainConfig {
             }
         }
         let eps = self.adamw.eps;
-        within("eps", eps, eps.is_finite() && eps > 0.0, "a finite number > 0")?;
+        within(
+            "eps",
+            eps,
+            eps.is_finite() && eps > 0.0,
+            "a finite number > 0",
+        )?;
         Ok(())
     }
 }

@@ -52,7 +52,9 @@ pub fn source_size(source: &DataSource) -> Option<SourceSize> {
         DataSource::Dir { path, .. } => {
             let train_dir = path.join("train");
             let (train, val) = if train_dir.is_dir() {
-                let val = ["val", "test"].iter().map(|d| count_images(&path.join(d), 0));
+                let val = ["val", "test"]
+                    .iter()
+                    .map(|d| count_images(&path.join(d), 0));
                 (count_images(&train_dir, 0), val.sum())
             } else {
                 (count_images(path, 0), 0)

@@ -149,12 +149,8 @@ pub fn claim(plan: &LogPlan, run_dir: &Path) -> Result<bool, String> {
     let header = Record::Run {
         run_dir: run_name(run_dir),
     };
-    writeln!(
-        f,
-        "{}",
-        serde_json::to_string(&header).unwrap_or_default()
-    )
-    .map_err(|e| format!("--log {}: cannot write: {e}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(&header).unwrap_or_default())
+        .map_err(|e| format!("--log {}: cannot write: {e}", path.display()))?;
     Ok(created)
 }
 

@@ -46,7 +46,10 @@ impl RunDir {
                         dir.state_path().display()
                     )
                 } else {
-                    format!("choose another --out, or continue it with --resume {}", path.display())
+                    format!(
+                        "choose another --out, or continue it with --resume {}",
+                        path.display()
+                    )
                 };
                 return Err(format!(
                     "{}: run directory already exists and is not empty ({hint})",

@@ -44,14 +44,7 @@ impl RunLock {
                 .map_err(|e| format!("{}: cannot open the lock file: {e}", path.display()))?;
             match file.try_lock() {
                 Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
-                    let pid = read_pid(&mut file)
-                        .map_or("pid unknown".to_string(), |p| format!("pid {p}"));
-                    return Err(format!(
-                        "{}: run directory in use by another vitk process ({pid}); wait for it to finish or stop it (one process per run directory)",
-                        dir.display()
-                    ));
-                }
+                Err(TryLockError::WouldBlock) => return Err(in_use(dir, read_pid(&mut file))),
                 Err(TryLockError::Error(e)) => {
                     return Err(format!("{}: cannot lock: {e}", path.display()));
                 }
@@ -72,6 +65,17 @@ impl RunLock {
         ))
     }
 
+    /// Fails, as [`Self::acquire`] would, when another process holds `dir`; writes nothing.
+    pub fn check_free(dir: &Path) -> Result<(), String> {
+        let Ok(mut file) = File::open(dir.join(LOCK_FILE)) else {
+            return Ok(());
+        };
+        match file.try_lock_shared() {
+            Err(TryLockError::WouldBlock) => Err(in_use(dir, read_pid(&mut file))),
+            _ => Ok(()),
+        }
+    }
+
     /// The directory this lock holds.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
@@ -85,6 +89,14 @@ impl Drop for RunLock {
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
     }
+}
+
+fn in_use(dir: &Path, pid: Option<u32>) -> String {
+    let pid = pid.map_or("pid unknown".to_string(), |p| format!("pid {p}"));
+    format!(
+        "{}: run directory in use by another vitk process ({pid}); wait for it to finish or stop it (one process per run directory)",
+        dir.display()
+    )
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {

@@ -167,10 +167,10 @@ pub fn train(
                 let r = evaluate(engine, &val, normalize).context("validation")?;
                 if !r.loss.is_finite() {
                     bail!(
-                        "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. The last saved checkpoint in {} (step {saved_at}) is kept. Try a lower --lr or --clip-grad.",
+                        "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them; {}. Try a lower --lr or --clip-grad.",
                         r.loss,
                         pos.step,
-                        run.path.display()
+                        kept(run, saved_at)
                     );
                 }
                 progress.println(&format!(
@@ -219,6 +219,19 @@ pub fn train(
     })
 }
 
+/// What is left after a failure: the last checkpoint, or none yet (a new run's directory is
+/// then removed by the caller).
+fn kept(run: &RunDir, saved_at: u64) -> String {
+    if saved_at > 0 {
+        format!(
+            "the last saved checkpoint in {} (step {saved_at}) is kept",
+            run.path.display()
+        )
+    } else {
+        "no checkpoint had been saved yet (one is saved at the end of each epoch)".into()
+    }
+}
+
 /// A step handed to the engine, waiting for its output.
 struct Queued {
     /// Its number (1-based: the optimizer steps taken once it is done).
@@ -253,12 +266,11 @@ impl StepReporter<'_> {
     fn report(&mut self, done: &Queued, out: StepOutput) -> Result<()> {
         if !out.loss.is_finite() {
             bail!(
-                "training loss is {} at step {} (epoch {}): stopping; the last saved checkpoint in {} (step {}) is kept. Try a lower --lr or --clip-grad.",
+                "training loss is {} at step {} (epoch {}): stopping; {}. Try a lower --lr or --clip-grad.",
                 out.loss,
                 done.step,
                 done.pos_after.epoch,
-                self.run.path.display(),
-                self.saved_at
+                kept(self.run, self.saved_at)
             );
         }
         let now = Instant::now();
