@@ -359,7 +359,7 @@ fn checkpoints_of_another_config_or_corrupted_are_rejected() {
 }
 
 #[test]
-fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
+fn diverging_training_stops_without_saving_the_diverged_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = synth(tmp.path());
     let run = tmp.path().join("run");
@@ -369,11 +369,13 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
     let at = args.iter().position(|a| *a == "50").expect("batch size");
     args[at] = "300";
     args.extend(["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"]);
-    let t = fails(&args, &["NaN", "step 1", "kept"]);
+    let t = fails(&args, &["NaN", "step 1", "no checkpoint had been saved"]);
     assert!(
         !run.join("model.safetensors").exists(),
         "diverged weights must not be saved:\n{t}"
     );
+    // Nothing to keep: the run directory of the failed start is gone.
+    assert!(!run.exists(), "{t}");
 }
 
 #[test]

@@ -131,7 +131,7 @@ fn a_batch_larger_than_the_data_is_refused_before_allocating() {
     let mut args = tiny(s(&data), s(&out), "1");
     let at = args.iter().position(|a| *a == "50").expect("batch");
     args[at] = "301";
-    fails(&args, &["--batch-size 301", "300"]);
+    fails(&args, &["--batch-size 301", "300 images"]);
     assert!(!out.exists(), "nothing written");
 }
 

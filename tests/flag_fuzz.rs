@@ -111,13 +111,14 @@ fn out_of_range(c: &TrainConfig) -> Vec<&'static str> {
     flag("--image-size", within(m.image_size, 4096));
     flag(
         "--patch-size",
-        within(m.patch_size, m.image_size.max(1)) && m.image_size % m.patch_size.max(1) == 0,
+        within(m.patch_size, m.image_size.max(1))
+            && m.image_size.is_multiple_of(m.patch_size.max(1)),
     );
     flag("--embed-dim", within(m.embed_dim, 16384));
     flag("--depth", within(m.depth, 1024));
     flag(
         "--num-heads",
-        within(m.num_heads, m.embed_dim.max(1)) && m.embed_dim % m.num_heads.max(1) == 0,
+        within(m.num_heads, m.embed_dim.max(1)) && m.embed_dim.is_multiple_of(m.num_heads.max(1)),
     );
     flag("--mlp-dim", within(m.mlp_dim, 65536));
     flag("--epochs", within(c.epochs, 1_000_000));

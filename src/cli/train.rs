@@ -228,9 +228,11 @@ fn load_data(source: &DataSource, side: usize) -> Result<Splits> {
     })
 }
 
-/// What can be checked of the data before it is loaded: the synthetic set's side, the batch
-/// against the number of images, and (returned) the size it takes in memory at `cfg`'s side.
-fn check_data(cfg: &TrainConfig) -> Result<Option<DataSize>> {
+/// What can be checked of the data before it is loaded: the synthetic set's side and batch
+/// (a directory's problems are the loader's to name); returned: the size the data takes in
+/// memory at `cfg`'s side, and the batch the memory estimate uses (a batch above a
+/// directory's images is refused once it is loaded).
+fn check_data(cfg: &TrainConfig) -> Result<(Option<DataSize>, usize)> {
     let side = cfg.model.image_size;
     if let DataSource::Synthetic { .. } = cfg.data {
         if side != synthetic::SIDE {
@@ -241,9 +243,9 @@ fn check_data(cfg: &TrainConfig) -> Result<Option<DataSize>> {
         }
     }
     let Some(size) = data_size::source_size(&cfg.data) else {
-        return Ok(None);
+        return Ok((None, cfg.batch_size));
     };
-    if cfg.batch_size > size.train {
+    if matches!(cfg.data, DataSource::Synthetic { .. }) && cfg.batch_size > size.train {
         bail!(
             "--batch-size {} is larger than the training set ({} images at most{}): expected 1..={}",
             cfg.batch_size,
@@ -256,11 +258,12 @@ fn check_data(cfg: &TrainConfig) -> Result<Option<DataSize>> {
         &cfg.data,
         DataSource::Dir { val_split, .. } if size.val == 0 && *val_split != Some(0)
     );
-    Ok(Some(DataSize {
+    let data = DataSize {
         images: (size.train + size.val) as f64,
         image_bytes: (size.channels * side * side) as f64,
         copied_while_loading: size.side != Some(side) || held_out_copy,
-    }))
+    };
+    Ok((Some(data), cfg.batch_size.min(size.train.max(1))))
 }
 
 /// " in DIR" for a data directory.
@@ -327,8 +330,8 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
         }
     }
     let log = log_path::check_log(a.log.as_deref(), &out, false).map_err(anyhow::Error::msg)?;
-    let data_size = check_data(&cfg)?;
-    let memory = device.check_memory(&cfg.model, cfg.batch_size, data_size)?;
+    let (data_size, batch) = check_data(&cfg)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size)?;
     let splits = load_data(&cfg.data, cfg.model.image_size)?;
     cfg.model.num_classes = splits.train.num_classes();
     cfg.model.in_chans = splits.train.channels;
@@ -390,8 +393,9 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     device.check_model(&cfg.model)?;
     let log = log_path::check_log(a.log.as_deref(), dir, true).map_err(anyhow::Error::msg)?;
-    let data_size = check_data(&cfg).with_context(|| format!("resuming {}", dir.display()))?;
-    let memory = device.check_memory(&cfg.model, cfg.batch_size, data_size)?;
+    let (data_size, batch) =
+        check_data(&cfg).with_context(|| format!("resuming {}", dir.display()))?;
+    let memory = device.check_memory(&cfg.model, batch, data_size)?;
     let splits = load_data(&cfg.data, cfg.model.image_size)?;
     check_loaded(&cfg, &splits, &config.display().to_string())?;
     let n = ParamLayout::new(&cfg.model).len;

@@ -141,20 +141,37 @@ impl ModelConfig {
     /// [`Self::validate`] with errors naming each dimension as `names` does (e.g. the flags
     /// of `vitk train`).
     pub fn check(&self, names: &DimNames) -> Result<(), ConfigError> {
+        // (name, value, largest, the dimension that bounds it)
         let dims = [
-            (names.image_size, self.image_size, LIMITS.image_size),
-            (names.patch_size, self.patch_size, self.image_size.max(1)),
-            (names.in_chans, self.in_chans, LIMITS.in_chans),
-            (names.num_classes, self.num_classes, LIMITS.num_classes),
-            (names.embed_dim, self.embed_dim, LIMITS.embed_dim),
-            (names.depth, self.depth, LIMITS.depth),
-            (names.num_heads, self.num_heads, self.embed_dim.max(1)),
-            (names.mlp_dim, self.mlp_dim, LIMITS.mlp_dim),
+            (names.image_size, self.image_size, LIMITS.image_size, None),
+            (
+                names.patch_size,
+                self.patch_size,
+                self.image_size,
+                Some(names.image_size),
+            ),
+            (names.in_chans, self.in_chans, LIMITS.in_chans, None),
+            (
+                names.num_classes,
+                self.num_classes,
+                LIMITS.num_classes,
+                None,
+            ),
+            (names.embed_dim, self.embed_dim, LIMITS.embed_dim, None),
+            (names.depth, self.depth, LIMITS.depth, None),
+            (
+                names.num_heads,
+                self.num_heads,
+                self.embed_dim,
+                Some(names.embed_dim),
+            ),
+            (names.mlp_dim, self.mlp_dim, LIMITS.mlp_dim, None),
         ];
-        for (name, v, max) in dims {
+        for (name, v, max, bound) in dims {
             if !(1..=max).contains(&v) {
+                let by = bound.map_or(String::new(), |b| format!(" (at most {b} {max})"));
                 return Err(ConfigError(format!(
-                    "{name} {v} is out of range: expected 1..={max}"
+                    "{name} {v} is out of range: expected 1..={max}{by}"
                 )));
             }
         }
