@@ -75,11 +75,6 @@ impl RunLock {
             _ => Ok(()),
         }
     }
-
-    /// The directory this lock holds.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
 }
 
 impl Drop for RunLock {

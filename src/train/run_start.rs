@@ -14,7 +14,8 @@ pub struct RunStart {
     pub dir: RunDir,
     /// None for a resumed run, or once the run is under way.
     cleanup: Option<Cleanup>,
-    lock: RunLock,
+    /// Held until the run ends (released on drop, after the cleanup).
+    _lock: RunLock,
 }
 
 /// What a new run created, removed if it fails before saving a state.
@@ -63,7 +64,7 @@ impl RunStart {
                 created_dirs,
                 files: Vec::new(),
             }),
-            lock,
+            _lock: lock,
         })
     }
 
@@ -80,7 +81,7 @@ impl RunStart {
             Self {
                 dir,
                 cleanup: None,
-                lock,
+                _lock: lock,
             },
             stale,
         ))
@@ -97,10 +98,6 @@ impl RunStart {
     pub fn keep(&mut self) {
         self.cleanup = None;
     }
-
-    pub fn lock(&self) -> &RunLock {
-        &self.lock
-    }
 }
 
 impl Drop for RunStart {
@@ -116,7 +113,7 @@ impl Drop for RunStart {
             let _ = std::fs::remove_file(f);
         }
         // The directory was empty when locked and stayed locked: every entry is this run's
-        // (the lock file is removed when the lock drops).
+        // (the lock file goes last, still locked).
         if let Ok(entries) = std::fs::read_dir(&self.dir.path) {
             for e in entries.flatten() {
                 if e.file_name() != super::run_lock::LOCK_FILE {
