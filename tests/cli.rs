@@ -367,7 +367,7 @@ fn checkpoints_of_another_config_or_corrupted_are_rejected() {
 }
 
 #[test]
-fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
+fn diverging_training_stops_without_saving_the_diverged_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = synth(tmp.path());
     let run = tmp.path().join("run");
@@ -382,6 +382,8 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
         !run.join("model.safetensors").exists(),
         "diverged weights must not be saved:\n{t}"
     );
+    // Nothing to keep: the run directory of the failed start is gone.
+    assert!(!run.exists(), "{t}");
 }
 
 #[test]

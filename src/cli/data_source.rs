@@ -36,11 +36,12 @@ pub fn pin(source: &mut DataSource, splits: &Splits) -> Result<()> {
 
 /// Loads the data of the run being resumed: at the path in its config, or at `moved_to`
 /// (`--data`) when the data moved, which must have the fingerprint recorded at the start;
-/// config.json then names the new place.
+/// config.json then names the new place (when `record_move`: not for `--check`).
 pub fn load_for_resume(
     run: &RunDir,
     cfg: &mut TrainConfig,
     moved_to: Option<&Path>,
+    record_move: bool,
 ) -> Result<Splits> {
     let side = cfg.model.image_size;
     let config = run.config_path();
@@ -112,7 +113,7 @@ pub fn load_for_resume(
         );
     }
     let new = absolute(new)?;
-    if new != path {
+    if new != path && record_move {
         eprintln!(
             "data moved: {} -> {} (same fingerprint); {} updated",
             path.display(),

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use vitk::cpu::CpuTrainer;
 use vitk::engine::{Precision, TrainEngine};
+use vitk::gpu::kernels::MAX_HEAD_DIM;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
 use vitk::model::ModelConfig;
 use vitk::optim::AdamWConfig;
+use vitk::train::memory::{self, DataSize, EngineKind};
 
 /// The engines this build can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,17 +48,153 @@ impl FromStr for Device {
     }
 }
 
+/// Most threads `--threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// Sizes the global rayon pool (all CPU work: GEMMs, ops, decoding).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads 0: expected at least 1");
+        if !(1..=MAX_THREADS).contains(&n) {
+            bail!("--threads {n} is out of range: expected 1..={MAX_THREADS}");
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
     }
     Ok(())
+}
+
+/// A device opened before anything is allocated or written: the CPU, or the device engine
+/// on a runtime with the precision it will compute in.
+pub enum Opened {
+    Cpu,
+    Device {
+        rt: Arc<dyn Runtime>,
+        /// Set on CUDA: its free memory is checked.
+        cuda: Option<Arc<CudaRuntime>>,
+        precision: Precision,
+    },
+}
+
+/// Opens `device`: a missing GPU or bf16 on the CPU fail here, before any work.
+pub fn open(device: Device, precision: Option<Precision>) -> Result<Opened> {
+    let cpu = || -> Result<Opened> {
+        if precision == Some(Precision::Bf16) {
+            bail!(
+                "--precision bf16 runs on the device engine (--device cuda or emu); the CPU \
+                 engine computes in fp32"
+            );
+        }
+        Ok(Opened::Cpu)
+    };
+    let cuda = |rt: CudaRuntime| {
+        let rt = Arc::new(rt);
+        Opened::Device {
+            rt: rt.clone(),
+            cuda: Some(rt),
+            precision: precision.unwrap_or(Precision::Bf16),
+        }
+    };
+    match device {
+        Device::Cpu => cpu(),
+        Device::Emu => Ok(Opened::Device {
+            rt: Arc::new(EmuRuntime::new()),
+            cuda: None,
+            precision: precision.unwrap_or(Precision::Fp32),
+        }),
+        Device::Cuda(n) => {
+            let rt = CudaRuntime::new(n)
+                .map_err(|e| anyhow!("--device cuda:{n}: {e} (use --device cpu or auto)"))?;
+            Ok(cuda(rt))
+        }
+        Device::Auto => match CudaRuntime::new(0) {
+            Ok(rt) => Ok(cuda(rt)),
+            Err(_) => cpu(),
+        },
+    }
+}
+
+impl Opened {
+    pub fn describe(&self) -> String {
+        match self {
+            Opened::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Opened::Device { rt, precision, .. } => format!("{} ({precision})", rt.describe()),
+        }
+    }
+
+    /// What the model needs of the engine beyond a valid config (the device kernels' head
+    /// dimension), named by flag.
+    pub fn check_model(&self, cfg: &ModelConfig) -> Result<()> {
+        if let Opened::Device { .. } = self {
+            if cfg.head_dim() > MAX_HEAD_DIM {
+                bail!(
+                    "--embed-dim {} / --num-heads {} gives a head dimension of {}: the device engine's attention takes at most {MAX_HEAD_DIM} (more heads, or --device cpu)",
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    cfg.head_dim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a run of `cfg` (valid) at `batch` holding `data` fits in the host's and
+    /// the device's memory, before anything is allocated; returns the figures.
+    pub fn check_memory(
+        &self,
+        cfg: &ModelConfig,
+        batch: usize,
+        data: Option<DataSize>,
+    ) -> Result<String> {
+        let mut device_line = String::new();
+        let kind = match self {
+            Opened::Cpu => EngineKind::Cpu,
+            Opened::Device {
+                rt,
+                cuda,
+                precision,
+            } => {
+                let device = GpuTrainer::device_bytes(&**rt, cfg, batch, *precision);
+                if let Some(c) = cuda {
+                    let free = c
+                        .memory_info()
+                        .ok()
+                        .map(|(free, _)| (free as f64, format!("free on {}", c.describe())));
+                    device_line = memory::device_estimate(batch, device)
+                        .check("device", free)
+                        .map_err(anyhow::Error::msg)?;
+                    device_line.insert_str(0, "; ");
+                }
+                EngineKind::Device {
+                    device,
+                    pinned: GpuTrainer::pinned_bytes(cfg, batch),
+                    device_is_host: cuda.is_none(),
+                }
+            }
+        };
+        let host = memory::host_estimate(cfg, batch, data, kind)
+            .check("host", memory::host_available())
+            .map_err(anyhow::Error::msg)?;
+        Ok(host + &device_line)
+    }
+
+    /// An engine for `cfg` holding `params`, with room for batches of `max_batch`.
+    pub fn engine(
+        &self,
+        cfg: &ModelConfig,
+        max_batch: usize,
+        params: Vec<f32>,
+        adamw: AdamWConfig,
+    ) -> Result<Box<dyn TrainEngine>> {
+        match self {
+            Opened::Cpu => Ok(Box::new(CpuTrainer::new(cfg, max_batch, params, adamw)?)),
+            Opened::Device { rt, precision, .. } => {
+                let e = GpuTrainer::new(rt.clone(), cfg, max_batch, &params, adamw, *precision)
+                    .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
+                Ok(Box::new(e))
+            }
+        }
+    }
 }
 
 /// An engine for `cfg` holding `params`, with room for batches of `max_batch`, computing in
@@ -69,32 +207,8 @@ pub fn engine(
     params: Vec<f32>,
     adamw: AdamWConfig,
 ) -> Result<Box<dyn TrainEngine>> {
-    let on = |rt: Arc<dyn Runtime>, default: Precision| -> Result<Box<dyn TrainEngine>> {
-        let p = precision.unwrap_or(default);
-        let e = GpuTrainer::new(rt.clone(), cfg, max_batch, &params, adamw, p)
-            .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
-        Ok(Box::new(e))
-    };
-    let cpu = |params: Vec<f32>| -> Result<Box<dyn TrainEngine>> {
-        if precision == Some(Precision::Bf16) {
-            bail!(
-                "--precision bf16 runs on the device engine (--device cuda or emu); the CPU \
-                 engine computes in fp32"
-            );
-        }
-        Ok(Box::new(CpuTrainer::new(cfg, max_batch, params, adamw)?))
-    };
-    match device {
-        Device::Cpu => cpu(params),
-        Device::Emu => on(Arc::new(EmuRuntime::new()), Precision::Fp32),
-        Device::Cuda(n) => {
-            let rt = CudaRuntime::new(n)
-                .map_err(|e| anyhow!("--device cuda:{n}: {e} (use --device cpu or auto)"))?;
-            on(Arc::new(rt), Precision::Bf16)
-        }
-        Device::Auto => match CudaRuntime::new(0) {
-            Ok(rt) => on(Arc::new(rt), Precision::Bf16),
-            Err(_) => cpu(params),
-        },
-    }
+    let opened = open(device, precision)?;
+    opened.check_model(cfg)?;
+    opened.check_memory(cfg, max_batch, None)?;
+    opened.engine(cfg, max_batch, params, adamw)
 }

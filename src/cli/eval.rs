@@ -1,6 +1,7 @@
 //! `vitk eval`: a checkpoint on the validation split of a data directory.
 
 use super::device::{self, Device};
+use super::parse::whole;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -21,15 +22,17 @@ pub struct EvalArgs {
     checkpoint: PathBuf,
     /// Training records held out for validation when the data has no test/val split
     /// (use the value the model was trained with) [default: 10% of the records, at most 5000].
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     val_split: Option<usize>,
     /// Accept a CIFAR-10 directory with some of data_batch_1..5.bin missing (a warning says
     /// how many are used); matters when the validation records are held out of them.
     #[arg(long)]
     allow_partial: bool,
-    #[arg(long, default_value_t = 256)]
+    /// Batch size, at least 1 (at most the validation set is used).
+    #[arg(long, default_value_t = 256, value_parser = whole, allow_negative_numbers = true)]
     batch_size: usize,
-    #[arg(long)]
+    /// CPU threads, 1..=1024 [default: all cores].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
@@ -42,6 +45,9 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
     device::set_threads(a.threads)?;
+    if a.batch_size == 0 {
+        bail!("--batch-size 0 is out of range: expected at least 1");
+    }
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
     let cfg = &meta.config;
     let splits = data::load(&a.data, cfg.image_size, a.val_split, a.allow_partial)?;
@@ -69,7 +75,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         a.device,
         a.precision,
         cfg,
-        a.batch_size.max(1),
+        a.batch_size.min(val.len()),
         params,
         AdamWConfig::default(),
     )?;

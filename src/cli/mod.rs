@@ -5,6 +5,7 @@ pub mod device;
 pub mod eval;
 pub mod info;
 pub mod model_args;
+pub mod parse;
 pub mod predict;
 pub mod profile;
 pub mod synth;

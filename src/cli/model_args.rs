@@ -1,5 +1,6 @@
 //! The model flags shared by `train` and `profile`: a preset and per-field overrides.
 
+use super::parse::whole;
 use anyhow::Result;
 use clap::Args;
 use vitk::model::{ModelConfig, Pool};
@@ -10,22 +11,22 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Override the preset's width D.
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub embed_dim: Option<usize>,
     /// Override the preset's depth L.
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub depth: Option<usize>,
     /// Override the preset's number of heads H.
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub num_heads: Option<usize>,
     /// Override the preset's MLP width M.
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub mlp_dim: Option<usize>,
     /// Override the patch size P.
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub patch_size: Option<usize>,
     /// Override the input side S (images are resized to it).
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
     /// Pooling: cls (class token, `norm`) or mean (no class token, `fc_norm`) [default: cls].
     #[arg(long)]

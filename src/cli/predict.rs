@@ -2,6 +2,7 @@
 
 use super::device::{self, Device};
 use super::eval::normalize_of;
+use super::parse::whole;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -17,8 +18,8 @@ pub struct PredictArgs {
     /// A checkpoint written by `vitk train` (model.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// How many classes to list per image.
-    #[arg(long, default_value_t = 5)]
+    /// How many classes to list per image, at least 1.
+    #[arg(long, default_value_t = 5, value_parser = whole, allow_negative_numbers = true)]
     top: usize,
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
     #[arg(long, default_value = "auto")]
@@ -34,6 +35,9 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<ExitCode> {
+    if a.top == 0 {
+        bail!("--top 0 is out of range: expected at least 1");
+    }
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
     let cfg = meta.config.clone();
     if cfg.in_chans != 3 {

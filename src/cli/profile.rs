@@ -19,16 +19,20 @@ use vitk::model::{init_params, ParamLayout};
 use vitk::optim::AdamWConfig;
 
 use super::model_args::ModelArgs;
+use super::parse::whole;
+use vitk::model::{DimNames, ModelConfig};
+use vitk::train::config::MODEL_FLAGS;
+use vitk::train::memory::{self, EngineKind};
 
 #[derive(Args)]
 pub struct ProfileArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Classes of the model's head.
-    #[arg(long, default_value_t = 10)]
+    /// Classes of the model's head, 1..=65536.
+    #[arg(long, default_value_t = 10, value_parser = whole, allow_negative_numbers = true)]
     classes: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 128)]
+    /// Batch size, at least 1.
+    #[arg(long, default_value_t = 128, value_parser = whole, allow_negative_numbers = true)]
     batch_size: usize,
     /// Arithmetic: fp32 or bf16 [default: bf16 on CUDA, fp32 elsewhere].
     #[arg(long)]
@@ -37,12 +41,57 @@ pub struct ProfileArgs {
     /// the launch sequence without running it).
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Timed steps.
-    #[arg(long, default_value_t = 5)]
+    /// Timed steps, 1..=100000.
+    #[arg(long, default_value_t = 5, value_parser = whole, allow_negative_numbers = true)]
     steps: usize,
-    /// Untimed steps before them.
-    #[arg(long, default_value_t = 2)]
+    /// Untimed steps before them, 0..=100000.
+    #[arg(long, default_value_t = 2, value_parser = whole, allow_negative_numbers = true)]
     warmup: usize,
+}
+
+/// Most steps and warm-up steps.
+const MAX_STEPS: usize = 100_000;
+
+/// The flags naming each dimension (`--classes` sets the head).
+const PROFILE_FLAGS: DimNames = DimNames {
+    num_classes: "--classes",
+    in_chans: "channels",
+    ..MODEL_FLAGS
+};
+
+/// The random batch and the engine's buffers must fit: on the host (the emulator's device
+/// memory too), and on a CUDA device; a dry run allocates nothing on its device.
+fn check_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    precision: Precision,
+    rt: &Arc<dyn Runtime>,
+    cuda: Option<&CudaRuntime>,
+    device: &str,
+) -> Result<()> {
+    let bytes = GpuTrainer::device_bytes(&**rt, cfg, batch, precision);
+    let emu = matches!(
+        device.trim().to_ascii_lowercase().as_str(),
+        "emu" | "emulator"
+    );
+    if let Some(c) = cuda {
+        let free = c
+            .memory_info()
+            .ok()
+            .map(|(free, _)| (free as f64, format!("free on {}", c.describe())));
+        memory::device_estimate(batch, bytes)
+            .check("device", free)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let kind = EngineKind::Device {
+        device: bytes,
+        pinned: GpuTrainer::pinned_bytes(cfg, batch),
+        device_is_host: emu,
+    };
+    memory::host_estimate(cfg, batch, None, kind)
+        .check("host", memory::host_available())
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
 }
 
 /// The device to profile on: a runtime, and CUDA for timing when it is one.
@@ -68,9 +117,14 @@ fn open(device: &str) -> Result<Opened> {
 pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
     let mut cfg = a.model.config("seed")?;
     cfg.num_classes = a.classes;
-    cfg.validate().map_err(|e| anyhow!("{e}"))?;
-    if a.batch_size == 0 || a.steps == 0 {
-        bail!("--batch-size and --steps must be at least 1");
+    cfg.check(&PROFILE_FLAGS).map_err(|e| anyhow!("{}", e.0))?;
+    if a.batch_size == 0 {
+        bail!("--batch-size 0 is out of range: expected at least 1");
+    }
+    for (flag, v, min) in [("--steps", a.steps, 1), ("--warmup", a.warmup, 0)] {
+        if !(min..=MAX_STEPS).contains(&v) {
+            bail!("{flag} {v} is out of range: expected {min}..={MAX_STEPS}");
+        }
     }
     let (inner, cuda) = open(&a.device)?;
     let precision = a.precision.unwrap_or(if cuda.is_some() {
@@ -78,6 +132,14 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
     } else {
         Precision::Fp32
     });
+    check_memory(
+        &cfg,
+        a.batch_size,
+        precision,
+        &inner,
+        cuda.as_deref(),
+        &a.device,
+    )?;
     let profiler = Arc::new(Profiler::new(inner.clone(), cuda.clone()));
     let rt: Arc<dyn Runtime> = profiler.clone();
     let layout = ParamLayout::new(&cfg);

@@ -1,22 +1,26 @@
 //! `vitk train`: flags -> TrainConfig, data, engine, run directory, the loop, the final line.
 
 use super::data_source;
-use super::device::{self, Device};
+use super::device::{self, Device, Opened};
 use super::model_args::ModelArgs;
-use anyhow::{bail, Context, Result};
+use super::parse::{number, number_f32, whole, whole_u64};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vitk::data::{synthetic, Normalize};
-use vitk::engine::Precision;
+use vitk::data::{synthetic, Normalize, Splits};
+use vitk::engine::{OptimizerState, Precision};
 use vitk::model::checksum::Verified;
 use vitk::model::{init_params, load_weights, ParamLayout};
 use vitk::optim::AdamWConfig;
+use vitk::train::log_path::{self, LogPlan};
+use vitk::train::memory::DataSize;
 use vitk::train::{
-    self, DataSource, LoopPosition, Outcome, RunDir, RunOptions, ScheduleKind, TrainConfig,
+    self, data_size, DataSource, LoopPosition, Outcome, RunDir, RunLock, RunOptions, RunStart,
+    ScheduleKind, TrainConfig,
 };
 
 /// Synthetic set of the default run: sizes and epochs that reach >= 95% validation
@@ -42,51 +46,53 @@ pub struct TrainArgs {
     allow_partial: bool,
     /// Training records held out for validation when the data has no test/val split
     /// [default: 10% of the training records, at most 5000].
-    #[arg(long)]
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     val_split: Option<usize>,
     #[command(flatten)]
     model: ModelArgs,
-    /// Epochs [default: 4 on the synthetic set, 100 on a data directory].
-    #[arg(long)]
+    /// Epochs, 1..=1000000 [default: 4 on the synthetic set, 100 on a data directory].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Stop after N optimizer steps in total (the LR schedule still spans all epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_u64, allow_negative_numbers = true)]
     steps: Option<u64>,
-    /// Batch size [default: 128].
-    #[arg(long)]
+    /// Batch size, at most the training set [default: 128].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     batch_size: Option<usize>,
-    /// Peak learning rate [default: 1e-3].
-    #[arg(long)]
+    /// Peak learning rate, > 0 [default: 1e-3].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     lr: Option<f64>,
-    /// Final learning rate of the cosine schedule [default: 1e-5].
-    #[arg(long)]
+    /// Final learning rate of the cosine schedule, in [0, --lr] [default: 1e-5].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     min_lr: Option<f64>,
-    /// Linear warmup length in epochs (fractions allowed) [default: 1].
-    #[arg(long)]
+    /// Linear warmup length in epochs (fractions allowed), in [0, --epochs] [default: 1].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// LR schedule after warmup: cosine or constant [default: cosine].
     #[arg(long)]
     schedule: Option<ScheduleKind>,
     /// AdamW weight decay (not on biases, norms, pos_embed, cls_token) [default: 0.05].
-    #[arg(long)]
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    /// AdamW beta1 [default: 0.9].
-    #[arg(long)]
+    /// AdamW beta1, in [0, 1) [default: 0.9].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     beta1: Option<f64>,
-    /// AdamW beta2 [default: 0.999].
-    #[arg(long)]
+    /// AdamW beta2, in [0, 1) [default: 0.999].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     beta2: Option<f64>,
-    /// Label smoothing of the cross-entropy [default: 0.1].
-    #[arg(long)]
+    /// Label smoothing of the cross-entropy, in [0, 1) [default: 0.1].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     label_smoothing: Option<f64>,
-    /// Clip the global gradient norm to this value [default: no clipping].
-    #[arg(long)]
+    /// Clip the global gradient norm to this value, > 0 [default: no clipping].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
     clip_grad: Option<f64>,
-    /// Normalisation mean per channel, e.g. 0.5,0.5,0.5 [default: CIFAR-10's].
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    /// Normalisation mean per channel of inputs scaled to [0, 1], three values in [0, 1],
+    /// e.g. 0.5,0.5,0.5 [default: CIFAR-10's].
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = number_f32)]
     mean: Option<Vec<f32>>,
-    /// Normalisation std per channel [default: CIFAR-10's].
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    /// Normalisation std per channel, three values in [0.001, 1], e.g. 0.25,0.25,0.25
+    /// [default: CIFAR-10's].
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = number_f32)]
     std: Option<Vec<f32>>,
     /// No random crop / flip.
     #[arg(long)]
@@ -95,13 +101,13 @@ pub struct TrainArgs {
     #[arg(long)]
     no_shuffle: bool,
     /// Seed of initialisation, data order and augmentation [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = whole_u64, allow_negative_numbers = true)]
     seed: Option<u64>,
     /// Start from these weights (safetensors, timm names and shapes for this model config).
     #[arg(long)]
     init_from: Option<PathBuf>,
-    /// CPU threads [default: all cores].
-    #[arg(long)]
+    /// CPU threads, 1..=1024 [default: all cores].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Device [default: auto].
     /// auto (a working CUDA device, else the CPU), cpu, cuda[:N], emu (the emulator).
@@ -117,9 +123,14 @@ pub struct TrainArgs {
     /// Run directory [default: runs/run-N, the first free N].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Metrics log (JSON lines) [default: RUN_DIR/metrics.jsonl].
+    /// Metrics log (JSON lines) [default: RUN_DIR/metrics.jsonl]. A file elsewhere must be
+    /// new (or, with --resume, the log this run started), outside other run directories.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Check the flags, the data, the device and the memory estimate, print the plan, and
+    /// stop: nothing is written.
+    #[arg(long)]
+    check: bool,
 }
 
 impl TrainArgs {
@@ -141,8 +152,16 @@ impl TrainArgs {
                 seed: self.seed.unwrap_or(0),
             },
         };
-        let norm = |v: &Option<Vec<f32>>, default: [f32; 3]| -> [f32; 3] {
-            v.as_ref().map_or(default, |v| [v[0], v[1], v[2]])
+        let norm = |flag: &str, v: &Option<Vec<f32>>, default: [f32; 3]| -> Result<[f32; 3]> {
+            match v.as_deref() {
+                None => Ok(default),
+                Some(&[a, b, c]) => Ok([a, b, c]),
+                Some(v) => bail!(
+                    "{flag} {}: expected 3 comma-separated values (one per channel), got {}",
+                    v.iter().map(f32::to_string).collect::<Vec<_>>().join(","),
+                    v.len()
+                ),
+            }
         };
         let cfg = TrainConfig {
             model,
@@ -168,8 +187,8 @@ impl TrainArgs {
             augment: !self.no_augment,
             shuffle: !self.no_shuffle,
             seed: self.seed.unwrap_or(0),
-            mean: norm(&self.mean, Normalize::CIFAR10.mean),
-            std: norm(&self.std, Normalize::CIFAR10.std),
+            mean: norm("--mean", &self.mean, Normalize::CIFAR10.mean)?,
+            std: norm("--std", &self.std, Normalize::CIFAR10.std)?,
         };
         cfg.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
@@ -209,101 +228,234 @@ impl TrainArgs {
     }
 }
 
-pub fn run(a: TrainArgs) -> Result<ExitCode> {
-    device::set_threads(a.threads)?;
-    let (cfg, run_dir, splits, params, state) = match &a.resume {
-        Some(dir) => {
-            let flags = a.run_defining_flags();
-            if !flags.is_empty() {
-                bail!(
-                    "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --steps, --threads, --device, --log and --data, for data that moved, may be given)",
-                    flags.join(", "),
-                    dir.join("config.json").display()
-                );
-            }
-            let run_dir = RunDir::open(dir).map_err(anyhow::Error::msg)?;
-            let mut cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
-            let splits = data_source::load_for_resume(&run_dir, &mut cfg, a.data.as_deref())?;
-            let state = run_dir
-                .load_state(&ParamLayout::new(&cfg.model))
-                .map_err(anyhow::Error::msg)?;
-            if state.verified == Verified::NoChecksum {
-                eprintln!(
-                    "note: {} has no checksums (written by an older vitk): loaded without verification",
-                    run_dir.state_path().display()
-                );
-            }
-            let (params, opt, pos) = (state.params, state.opt, state.pos);
-            eprintln!(
-                "resuming {} at step {} (epoch {}, batch {})",
-                dir.display(),
-                pos.step,
-                pos.epoch,
-                pos.batch
+/// Loads the data of a new run (its size was checked first: `check_data`).
+fn load_data(source: &DataSource, side: usize) -> Result<Splits> {
+    Ok(match source {
+        DataSource::Dir {
+            path,
+            val_split,
+            allow_partial,
+            ..
+        } => data_source::load_new(path, side, *val_split, *allow_partial)?,
+        DataSource::Synthetic { train, val, seed } => {
+            synthetic::generate_splits(*train, *val, *seed)
+        }
+    })
+}
+
+/// What can be checked of the data before it is loaded: the synthetic set's side and batch
+/// (a directory's problems are the loader's to name); returned: the size the data takes in
+/// memory at `cfg`'s side, and the batch the memory estimate uses (a batch above a
+/// directory's images is refused once it is loaded).
+fn check_data(cfg: &TrainConfig) -> Result<(Option<DataSize>, usize)> {
+    let side = cfg.model.image_size;
+    if let DataSource::Synthetic { .. } = cfg.data {
+        if side != synthetic::SIDE {
+            bail!(
+                "--image-size {side}: the synthetic set is {0}x{0}; give --data DIR to train at another size",
+                synthetic::SIDE
             );
-            (cfg, run_dir, splits, params, Some((opt, pos)))
         }
-        None => {
-            let side = a.model.image_size.unwrap_or(32);
-            let splits = match &a.data {
-                Some(path) => data_source::load_new(path, side, a.val_split, a.allow_partial)?,
-                None if a.allow_partial => bail!(
-                    "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
-                ),
-                None => synthetic::generate_splits(
-                    SYNTH_TRAIN,
-                    a.val_split.unwrap_or(SYNTH_VAL),
-                    a.seed.unwrap_or(0),
-                ),
-            };
-            let mut cfg = a.config(splits.train.num_classes(), splits.train.channels)?;
-            data_source::pin(&mut cfg.data, &splits)?;
-            let layout = ParamLayout::new(&cfg.model);
-            let params = match &a.init_from {
-                Some(path) => load_weights(path, &cfg.model)?,
-                None => init_params(&cfg.model, &layout, cfg.seed),
-            };
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::next_free(&PathBuf::from("runs")));
-            let run_dir = RunDir::create(&out).map_err(anyhow::Error::msg)?;
-            run_dir.write_config(&cfg).map_err(anyhow::Error::msg)?;
-            (cfg, run_dir, splits, params, None)
-        }
+    }
+    let Some(size) = data_size::source_size(&cfg.data) else {
+        return Ok((None, cfg.batch_size));
     };
-
-    let n_params = params.len();
-    let mut engine = device::engine(
-        a.device.unwrap_or(Device::Auto),
-        a.precision,
-        &cfg.model,
-        cfg.batch_size,
-        params,
-        cfg.adamw,
-    )?;
-    let start = match &state {
-        Some((opt, pos)) => {
-            let p = engine.params()?;
-            engine.load(&p, Some(opt))?;
-            *pos
-        }
-        None => LoopPosition {
-            step: 0,
-            epoch: 0,
-            batch: 0,
-        },
-    };
-    println!(
-        "model {} ({n_params} parameters) on {}; train {} images, validation {} ({}); run {}",
-        cfg.model.summary(),
-        engine.describe(),
-        splits.train.len(),
-        splits.val.len(),
-        splits.val_source,
-        run_dir.path.display()
+    if matches!(cfg.data, DataSource::Synthetic { .. }) && cfg.batch_size > size.train {
+        bail!(
+            "--batch-size {} is larger than the training set ({} images at most{}): expected 1..={}",
+            cfg.batch_size,
+            size.train,
+            data_place(&cfg.data),
+            size.train
+        );
+    }
+    let held_out_copy = matches!(
+        &cfg.data,
+        DataSource::Dir { val_split, .. } if size.val == 0 && *val_split != Some(0)
     );
+    let data = DataSize {
+        images: (size.train + size.val) as f64,
+        image_bytes: (size.channels * side * side) as f64,
+        copied_while_loading: size.side != Some(side) || held_out_copy,
+    };
+    Ok((Some(data), cfg.batch_size.min(size.train.max(1))))
+}
 
+/// " in DIR" for a data directory.
+fn data_place(source: &DataSource) -> String {
+    match source {
+        DataSource::Dir { path, .. } => format!(" in {}", path.display()),
+        DataSource::Synthetic { .. } => " in the synthetic set".into(),
+    }
+}
+
+/// Checks the loaded data against the model and the batch (a resumed config may name data
+/// that changed since).
+fn check_loaded(cfg: &TrainConfig, splits: &Splits, origin: &str) -> Result<()> {
+    let (train, m) = (&splits.train, &cfg.model);
+    if train.num_classes() != m.num_classes || train.channels != m.in_chans {
+        bail!(
+            "the data{} has {} classes of {}-channel images, but {origin} is a model of {} classes of {} channels",
+            data_place(&cfg.data),
+            train.num_classes(),
+            train.channels,
+            m.num_classes,
+            m.in_chans
+        );
+    }
+    if cfg.batch_size > train.len() {
+        bail!(
+            "--batch-size {} is larger than the training set ({} images{}): expected 1..={}",
+            cfg.batch_size,
+            train.len(),
+            data_place(&cfg.data),
+            train.len()
+        );
+    }
+    Ok(())
+}
+
+/// A run ready to train: its config, locked directory, data and starting point.
+struct Prepared {
+    cfg: TrainConfig,
+    run: Option<RunStart>,
+    out: PathBuf,
+    splits: Splits,
+    params: Vec<f32>,
+    state: Option<(OptimizerState, LoopPosition)>,
+    log: LogPlan,
+    /// The memory estimate's summary.
+    memory: String,
+}
+
+/// A new run: every check, then the directory (not with --check).
+fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
+    if a.allow_partial && a.data.is_none() {
+        bail!(
+            "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
+        );
+    }
+    // The data's classes are known once it is loaded; 10 stands in until then.
+    let mut cfg = a.config(10, 3)?;
+    device.check_model(&cfg.model)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| RunDir::next_free(&PathBuf::from("runs")));
+    if out.exists() {
+        // Checked again under the lock; refused here before any work.
+        RunLock::check_free(&out).map_err(anyhow::Error::msg)?;
+        if !a.check {
+            RunDir::create(&out).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let log = log_path::check_log(a.log.as_deref(), &out, false).map_err(anyhow::Error::msg)?;
+    let (data_size, batch) = check_data(&cfg)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size)?;
+    let splits = load_data(&cfg.data, cfg.model.image_size)?;
+    // The config records the data as an absolute path with its fingerprint.
+    data_source::pin(&mut cfg.data, &splits)?;
+    cfg.model.num_classes = splits.train.num_classes();
+    cfg.model.in_chans = splits.train.channels;
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    check_loaded(&cfg, &splits, "the model")?;
+    let layout = ParamLayout::new(&cfg.model);
+    let params = match &a.init_from {
+        Some(path) => load_weights(path, &cfg.model)?,
+        // --check allocates nothing it does not have to.
+        None if a.check => Vec::new(),
+        None => init_params(&cfg.model, &layout, cfg.seed),
+    };
+    let run = if a.check {
+        None
+    } else {
+        Some(RunStart::create(&out).map_err(anyhow::Error::msg)?)
+    };
+    Ok(Prepared {
+        cfg,
+        run,
+        out,
+        splits,
+        params,
+        state: None,
+        log,
+        memory,
+    })
+}
+
+/// A run to resume: locked first, then its config and data checked as a new run's are.
+fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared> {
+    let flags = a.run_defining_flags();
+    if !flags.is_empty() {
+        bail!(
+            "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --steps, --threads, --device, --precision, --log, --check and --data, for data that moved, may be given)",
+            flags.join(", "),
+            dir.join("config.json").display()
+        );
+    }
+    // --check only looks: it takes no lock (and writes no lock file).
+    let (run, run_dir) = if a.check {
+        RunLock::check_free(dir).map_err(anyhow::Error::msg)?;
+        (None, RunDir::open(dir).map_err(anyhow::Error::msg)?)
+    } else {
+        let (run, stale) = RunStart::resume(dir).map_err(anyhow::Error::msg)?;
+        if let Some(stale) = stale {
+            let pid = stale.pid.map_or("a process".into(), |p| format!("pid {p}"));
+            eprintln!(
+                "note: the lock file of {} was left by {pid}, which did not exit cleanly (killed or crashed?); continuing from the last saved state",
+                run.dir.path.display()
+            );
+        }
+        let run_dir = run.dir.clone();
+        (Some(run), run_dir)
+    };
+    let mut cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
+    let config = run_dir.config_path();
+    cfg.validate()
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    device.check_model(&cfg.model)?;
+    let log = log_path::check_log(a.log.as_deref(), dir, true).map_err(anyhow::Error::msg)?;
+    // Sized at --data when the data moved there (load_for_resume checks that it is the same).
+    let mut at = cfg.clone();
+    if let (Some(moved), DataSource::Dir { path, .. }) = (&a.data, &mut at.data) {
+        path.clone_from(moved);
+    }
+    let (data_size, batch) =
+        check_data(&at).with_context(|| format!("resuming {}", dir.display()))?;
+    let memory = device.check_memory(&cfg.model, batch, data_size)?;
+    let splits = data_source::load_for_resume(&run_dir, &mut cfg, a.data.as_deref(), !a.check)?;
+    check_loaded(&cfg, &splits, &config.display().to_string())?;
+    let state = run_dir
+        .load_state(&ParamLayout::new(&cfg.model))
+        .map_err(anyhow::Error::msg)?;
+    if state.verified == Verified::NoChecksum {
+        eprintln!(
+            "note: {} has no checksums (written by an older vitk): loaded without verification",
+            run_dir.state_path().display()
+        );
+    }
+    let (params, opt, pos) = (state.params, state.opt, state.pos);
+    Ok(Prepared {
+        cfg,
+        run,
+        out: dir.to_path_buf(),
+        splits,
+        params,
+        state: Some((opt, pos)),
+        log,
+        memory,
+    })
+}
+
+/// Flags checked before anything else, whichever the mode.
+fn check_flags(a: &TrainArgs) -> Result<()> {
+    device::set_threads(a.threads)
+}
+
+pub fn run(a: TrainArgs) -> Result<ExitCode> {
+    check_flags(&a)?;
+    let device = device::open(a.device.unwrap_or(Device::Auto), a.precision)?;
+    // Set before the run directory exists: a Ctrl-C during the start ends it cleanly.
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
     ctrlc::set_handler(move || {
@@ -317,13 +469,64 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     })
     .context("installing the Ctrl-C handler")?;
 
+    let p = match &a.resume {
+        Some(dir) => prepare_resume(&a, dir, &device)?,
+        None => prepare_new(&a, &device)?,
+    };
+    let Some(mut run) = p.run else {
+        print_check(&a, &p, &device);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cfg = p.cfg;
+    if p.state.is_none() {
+        run.dir.write_config(&cfg).map_err(anyhow::Error::msg)?;
+    }
+    if log_path::claim(&p.log, &run.dir.path).map_err(anyhow::Error::msg)? {
+        if let Some(path) = log_path::resolve(&p.log) {
+            run.created_file(path);
+        }
+    }
+    let n_params = p.params.len();
+    let mut engine = device.engine(&cfg.model, cfg.batch_size, p.params, cfg.adamw)?;
+    let start = match &p.state {
+        Some((opt, pos)) => {
+            let params = engine.params()?;
+            engine.load(&params, Some(opt))?;
+            eprintln!(
+                "resuming {} at step {} (epoch {}, batch {})",
+                run.dir.path.display(),
+                pos.step,
+                pos.epoch,
+                pos.batch
+            );
+            *pos
+        }
+        None => LoopPosition {
+            step: 0,
+            epoch: 0,
+            batch: 0,
+        },
+    };
+    println!(
+        "model {} ({n_params} parameters) on {}; train {} images, validation {} ({}); run {}",
+        cfg.model.summary(),
+        engine.describe(),
+        p.splits.train.len(),
+        p.splits.val.len(),
+        p.splits.val_source,
+        run.dir.path.display()
+    );
+    if interrupt.load(Ordering::SeqCst) {
+        bail!("interrupted before the first step: nothing was trained");
+    }
     let opts = RunOptions {
         max_steps: a.steps,
-        log: a.log.clone(),
+        log: log_path::resolve(&p.log),
         interrupt,
         progress_bar: std::io::stderr().is_terminal(),
     };
-    let summary = train::train(&cfg, &run_dir, engine.as_mut(), splits, start, &opts)?;
+    let summary = train::train(&cfg, &run.dir, engine.as_mut(), p.splits, start, &opts)?;
+    run.keep();
     let (val_acc, val_loss) = match &summary.val {
         Some(v) => (format!("{:.4}", v.accuracy), format!("{:.4}", v.loss)),
         None => ("n/a".to_string(), "n/a".to_string()),
@@ -332,7 +535,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         eprintln!(
             "interrupted at step {}: state saved; continue with: vitk train --resume {}",
             summary.steps,
-            run_dir.path.display()
+            run.dir.path.display()
         );
     }
     println!(
@@ -344,4 +547,25 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--check`: what the run would be, without writing anything.
+fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
+    let what = if a.resume.is_some() {
+        "resume"
+    } else {
+        "new run"
+    };
+    println!(
+        "check: {what} {}: model {} ({} parameters) on {}, batch {}; train {} images, validation {} ({}); memory: {}; nothing written",
+        p.out.display(),
+        p.cfg.model.summary(),
+        ParamLayout::new(&p.cfg.model).len,
+        device.describe(),
+        p.cfg.batch_size,
+        p.splits.train.len(),
+        p.splits.val.len(),
+        p.splits.val_source,
+        p.memory
+    );
 }

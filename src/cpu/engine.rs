@@ -12,30 +12,65 @@ use super::pooling::{pool_backward, pool_forward};
 use super::tokens::{tokens_backward, tokens_forward};
 use super::Float;
 use crate::model::{BatchDims, ConfigError, ModelConfig, ParamLayout};
+use num_traits::AsPrimitive;
+use std::ops::{Add, Mul};
+
+/// Arithmetic the buffer sizes are computed in: `usize` to carve the buffers, `f64` to
+/// estimate them for any model without overflow.
+trait Size: Copy + 'static + Add<Output = Self> + Mul<Output = Self> {}
+impl<N: Copy + 'static + Add<Output = N> + Mul<Output = N>> Size for N {}
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {
-    fn embed_len(&self) -> usize {
-        self.b * self.n * (self.cpp + self.d)
+    /// (B, N, T, D, M, H, K, C·P·P, L) in `N`.
+    fn sized<N: Size>(&self) -> [N; 9]
+    where
+        usize: AsPrimitive<N>,
+    {
+        [
+            self.b, self.n, self.t, self.d, self.m, self.h, self.k, self.cpp, self.depth,
+        ]
+        .map(|v| v.as_())
     }
-    fn block_len(&self) -> usize {
-        let (r, d) = (self.rows(), self.d);
-        r * d * 5 + r * 4 + r * 3 * d + self.b * self.h * self.t * self.t + r * self.m
+    fn embed_len<N: Size>(&self) -> N
+    where
+        usize: AsPrimitive<N>,
+    {
+        let [b, n, _, d, _, _, _, cpp, _] = self.sized::<N>();
+        b * n * (cpp + d)
     }
-    fn head_len(&self) -> usize {
-        let (b, d) = (self.b, self.d);
-        self.rows() * d + 2 * b * d + 2 * b + 2 * b * self.k
+    fn block_len<N: Size>(&self) -> N
+    where
+        usize: AsPrimitive<N>,
+    {
+        let [b, _, t, d, m, h, _, _, _] = self.sized::<N>();
+        let r = b * t;
+        let [three, four, five]: [N; 3] = [3usize, 4, 5].map(|v| v.as_());
+        r * d * five + r * four + r * three * d + b * h * t * t + r * m
     }
-    fn acts_len(&self) -> usize {
-        self.embed_len() + self.depth * self.block_len() + self.head_len()
+    fn head_len<N: Size>(&self) -> N
+    where
+        usize: AsPrimitive<N>,
+    {
+        let [b, _, t, d, _, _, k, _, _] = self.sized::<N>();
+        let two: N = 2usize.as_();
+        b * t * d + two * b * d + two * b + two * b * k
     }
-    fn scratch_len(&self) -> usize {
-        let r = self.rows();
-        r * self.d * 3
-            + r * 3 * self.d
-            + 2 * r * self.m
-            + 2 * self.b * self.d
-            + self.b * self.n * self.d
+    fn acts_len<N: Size>(&self) -> N
+    where
+        usize: AsPrimitive<N>,
+    {
+        let depth: N = self.depth.as_();
+        self.embed_len::<N>() + depth * self.block_len::<N>() + self.head_len::<N>()
+    }
+    fn scratch_len<N: Size>(&self) -> N
+    where
+        usize: AsPrimitive<N>,
+    {
+        let [b, n, t, d, m, _, _, _, _] = self.sized::<N>();
+        let r = b * t;
+        let [two, three]: [N; 2] = [2usize, 3].map(|v| v.as_());
+        r * d * three + r * three * d + two * r * m + two * b * d + b * n * d
     }
     fn attn_shape(&self) -> AttnShape {
         AttnShape {
@@ -46,6 +81,8 @@ impl BatchDims {
         }
     }
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Patch embedding activations.
 struct EmbedActs<S> {
@@ -195,21 +232,47 @@ pub struct CpuEngine<F: Float> {
 }
 
 impl<F: Float> CpuEngine<F> {
-    /// An engine for `cfg` that runs batches of up to `max_batch` images.
+    /// An engine for `cfg` that runs batches of up to `max_batch` images. Buffers too large
+    /// to allocate are an error, never an abort.
     pub fn new(cfg: &ModelConfig, max_batch: usize) -> Result<Self, ConfigError> {
         cfg.validate()?;
         if max_batch == 0 {
             return Err(ConfigError("batch size is 0, expected at least 1".into()));
         }
+        let elems = Self::buffer_elems(cfg, max_batch);
+        let bytes = elems * std::mem::size_of::<F>() as f64;
+        let too_big = || {
+            ConfigError(format!(
+                "activations for batch {max_batch} need {:.1} GiB, which cannot be allocated (try a smaller batch or model)",
+                bytes / GIB
+            ))
+        };
+        // Past 2^52 elements the usize sizes below could overflow; no machine has that much.
+        if elems > (1u64 << 52) as f64 {
+            return Err(too_big());
+        }
         let z = BatchDims::new(cfg, max_batch);
+        let zeroed = |n: usize| -> Result<Vec<F>, ConfigError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| too_big())?;
+            v.resize(n, F::zero());
+            Ok(v)
+        };
         Ok(Self {
             cfg: cfg.clone(),
             layout: ParamLayout::new(cfg),
             max_batch,
             batch: 0,
-            acts: vec![F::zero(); z.acts_len()],
-            scratch: vec![F::zero(); z.scratch_len()],
+            acts: zeroed(z.acts_len())?,
+            scratch: zeroed(z.scratch_len())?,
         })
+    }
+
+    /// Elements of the activation and scratch buffers [`Self::new`] allocates for `cfg` and
+    /// `max_batch` (in f64: no overflow for any model, for memory estimates).
+    pub fn buffer_elems(cfg: &ModelConfig, max_batch: usize) -> f64 {
+        let z = BatchDims::new(cfg, max_batch);
+        z.acts_len::<f64>() + z.scratch_len::<f64>()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -243,8 +306,8 @@ impl<F: Float> CpuEngine<F> {
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
 
-        let mut a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
-        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len()], &z);
+        let mut a = Acts::carve(&mut self.acts[..z.acts_len::<usize>()], &z);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
         im2col(
             a.embed.patches,
             images,
@@ -341,7 +404,7 @@ impl<F: Float> CpuEngine<F> {
     /// Logits [B, K] of the last forward pass.
     pub fn logits(&self) -> &[F] {
         let z = BatchDims::new(&self.cfg, self.batch);
-        let a = Acts::carve(&self.acts[..z.acts_len()], &z);
+        let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
         a.head.logits
     }
 
@@ -350,7 +413,7 @@ impl<F: Float> CpuEngine<F> {
     pub fn loss(&mut self, labels: &[u32], smoothing: f64) -> LossStats {
         let z = BatchDims::new(&self.cfg, self.batch);
         assert_eq!(labels.len(), self.batch, "loss: labels");
-        let a = Acts::carve(&mut self.acts[..z.acts_len()], &z);
+        let a = Acts::carve(&mut self.acts[..z.acts_len::<usize>()], &z);
         cross_entropy(a.head.logits, labels, z.k, smoothing, Some(a.head.dlogits))
     }
 
@@ -364,8 +427,8 @@ impl<F: Float> CpuEngine<F> {
         let z = BatchDims::new(&self.cfg, self.batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
-        let a = Acts::carve(&self.acts[..z.acts_len()], &z);
-        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len()], &z);
+        let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
 
         let h = &a.head;
         let (gw, gb) = two_mut(grads, lay.head_w.clone(), lay.head_b.clone());

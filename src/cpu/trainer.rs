@@ -48,6 +48,25 @@ impl CpuTrainer {
     }
 }
 
+impl CpuTrainer {
+    /// The batch size of `images`, checked against the model's image shape and the engine's
+    /// capacity (the engine asserts on both).
+    fn batch_of(&self, images: &[f32]) -> Result<usize> {
+        let cfg = self.engine.config();
+        let image = cfg.in_chans * cfg.image_size * cfg.image_size;
+        let batch = images.len() / image;
+        anyhow::ensure!(
+            images.len() == batch * image && (1..=self.engine.max_batch()).contains(&batch),
+            "{} input values: expected 1 to {} images of {}x{s}x{s}",
+            images.len(),
+            self.engine.max_batch(),
+            cfg.in_chans,
+            s = cfg.image_size
+        );
+        Ok(batch)
+    }
+}
+
 impl TrainEngine for CpuTrainer {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -65,6 +84,16 @@ impl TrainEngine for CpuTrainer {
         smoothing: f64,
         clip: Option<f64>,
     ) -> Result<Option<StepOutput>> {
+        let batch = self.batch_of(images)?;
+        anyhow::ensure!(
+            labels.len() == batch,
+            "{} labels for a batch of {batch} images",
+            labels.len()
+        );
+        let k = self.engine.config().num_classes;
+        if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
+            anyhow::bail!("label {l} for a model of {k} classes (expected labels below {k})");
+        }
         self.engine.forward(&self.params, images);
         let stats = self.engine.loss(labels, smoothing);
         self.grads.fill(0.0);
@@ -85,6 +114,7 @@ impl TrainEngine for CpuTrainer {
     }
 
     fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.batch_of(images)?;
         self.engine.forward(&self.params, images);
         Ok(self.engine.logits().to_vec())
     }

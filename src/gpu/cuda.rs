@@ -84,6 +84,12 @@ impl CudaRuntime {
         })
     }
 
+    /// (free, total) bytes of device memory, as the driver reports them now.
+    pub fn memory_info(&self) -> GpuResult<(usize, usize)> {
+        self.current()?;
+        driver("cuMemGetInfo", result::mem_get_info())
+    }
+
     /// The stream every operation of this runtime goes on (for libraries: cuBLASLt).
     pub fn stream(&self) -> sys::CUstream {
         self.stream

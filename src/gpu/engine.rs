@@ -192,6 +192,43 @@ fn alloc<T: Elem>(rt: &Arc<dyn Runtime>, len: usize, what: &str) -> GpuResult<De
     })
 }
 
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Above this many activation elements (an upper bound, [`act_bound`]) the usize arithmetic
+/// of the carving could overflow; no device holds that much.
+const MAX_COUNTED: f64 = (1u64 << 52) as f64;
+
+/// An upper bound on the activation elements of `z` (every carved tensor is at most the
+/// largest product below; 32 tensors per block and as many outside), in f64: no overflow.
+fn act_bound(z: &BatchDims) -> f64 {
+    let f = |v: usize| v as f64;
+    let (b, t) = (f(z.b), f(z.t));
+    let largest = [
+        b * f(z.image),
+        b * f(z.n) * f(z.cpp),
+        b * t * 3.0 * f(z.d),
+        b * t * f(z.m),
+        b * f(z.k),
+        b * f(z.h) * t,
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    largest * 32.0 * (f(z.depth) + 1.0)
+}
+
+/// (fp32 elements, bf16 elements, split-K workspace) of the activations for `z`: the counting
+/// pass of the carving code itself, so that size and layout cannot disagree.
+fn act_counts(rt: &dyn Runtime, z: &BatchDims, precision: Precision) -> (usize, usize, usize) {
+    let splitk = z.splitk_workspace(rt, precision);
+    let mut count = Carvers {
+        f32: Carver::counting(),
+        low: Carver::counting(),
+        precision,
+    };
+    Acts::carve(&mut count, z, splitk);
+    (count.f32.used(), count.low.used(), splitk)
+}
+
 /// A ViT with its parameters, gradients and AdamW state on a device.
 pub struct GpuTrainer {
     rt: Arc<dyn Runtime>,
@@ -269,15 +306,18 @@ impl GpuTrainer {
         let mut decay = alloc::<u8>(&rt, n, "weight-decay mask")?;
         decay.upload(&mask)?;
         let z = BatchDims::new(cfg, max_batch);
-        let splitk = z.splitk_workspace(&*rt, precision);
-        let mut count = Carvers {
-            f32: Carver::counting(),
-            low: Carver::counting(),
-            precision,
-        };
-        Acts::carve(&mut count, &z, splitk);
-        let acts_f32 = alloc::<f32>(&rt, count.f32.used(), "activations")?;
-        let acts_low = alloc::<bf16>(&rt, count.low.used(), "bf16 activations")?;
+        if act_bound(&z) > MAX_COUNTED {
+            return Err(GpuError::Memory {
+                op: "allocating activations".into(),
+                message: format!(
+                    "about {:.0} GiB for batch {max_batch}: far beyond any device; try a smaller --batch-size or model",
+                    act_bound(&z) * 4.0 / GIB
+                ),
+            });
+        }
+        let (n_f32, n_low, splitk) = act_counts(&*rt, &z, precision);
+        let acts_f32 = alloc::<f32>(&rt, n_f32, "activations")?;
+        let acts_low = alloc::<bf16>(&rt, n_low, "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
         let hyper = alloc::<f32>(&rt, ADAMW_SCALARS, "AdamW scalars")?;
@@ -309,6 +349,35 @@ impl GpuTrainer {
         };
         engine.upload_params(params)?;
         Ok(engine)
+    }
+
+    /// Bytes of device memory [`Self::new`] allocates for `cfg` at `max_batch` in `precision`
+    /// on `rt` (`cfg` must be valid); f64, so that any model can be estimated.
+    pub fn device_bytes(
+        rt: &dyn Runtime,
+        cfg: &ModelConfig,
+        max_batch: usize,
+        precision: Precision,
+    ) -> f64 {
+        let n = ParamLayout::new(cfg).len as f64;
+        let low = match precision {
+            Precision::Fp32 => 0.0,
+            Precision::Bf16 => 2.0 * n,
+        };
+        // parameters, gradients, m, v; bf16 weights; the weight-decay mask; labels
+        let fixed = 16.0 * n + low + n + 4.0 * max_batch as f64;
+        let z = BatchDims::new(cfg, max_batch);
+        if act_bound(&z) > MAX_COUNTED {
+            return fixed + act_bound(&z) * 4.0;
+        }
+        let (n_f32, n_low, _) = act_counts(rt, &z, precision);
+        fixed + 4.0 * n_f32 as f64 + 2.0 * n_low as f64
+    }
+
+    /// Bytes of pinned host memory the queued steps stage batches in (two slots).
+    pub fn pinned_bytes(cfg: &ModelConfig, max_batch: usize) -> f64 {
+        let image = (cfg.in_chans * cfg.image_size * cfg.image_size) as f64;
+        2.0 * max_batch as f64 * (image + 1.0) * 4.0
     }
 
     /// The precision this engine computes in.

@@ -62,6 +62,52 @@ pub const PRESETS: &[(&str, usize, usize, usize, usize)] = &[
     ("small", 384, 7, 12, 384),
 ];
 
+/// The largest value of each dimension: far above any ViT trained in practice, and small
+/// enough that no buffer length computed from them overflows (`patch_size` is at most
+/// `image_size`, `num_heads` at most `embed_dim`). Memory is checked separately.
+pub struct Limits {
+    pub image_size: usize,
+    pub in_chans: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub mlp_dim: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    image_size: 4096,
+    in_chans: 64,
+    // labels are u16
+    num_classes: 65536,
+    embed_dim: 16384,
+    depth: 1024,
+    mlp_dim: 65536,
+};
+
+/// How errors name each dimension.
+pub struct DimNames {
+    pub image_size: &'static str,
+    pub patch_size: &'static str,
+    pub in_chans: &'static str,
+    pub num_classes: &'static str,
+    pub embed_dim: &'static str,
+    pub depth: &'static str,
+    pub num_heads: &'static str,
+    pub mlp_dim: &'static str,
+}
+
+/// The field names, for configs read from files.
+pub const FIELD_NAMES: DimNames = DimNames {
+    image_size: "image_size",
+    patch_size: "patch_size",
+    in_chans: "in_chans",
+    num_classes: "num_classes",
+    embed_dim: "embed_dim",
+    depth: "depth",
+    num_heads: "num_heads",
+    mlp_dim: "mlp_dim",
+};
+
 impl ModelConfig {
     /// The preset called `name`.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
@@ -86,35 +132,59 @@ impl ModelConfig {
         })
     }
 
-    /// Checks that the shapes fit together.
+    /// Checks that the shapes fit together and lie within [`LIMITS`]; errors use the field
+    /// names (a checkpoint's or a test's config).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("in_chans", self.in_chans),
-            ("num_classes", self.num_classes),
-            ("embed_dim", self.embed_dim),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("mlp_dim", self.mlp_dim),
+        self.check(&FIELD_NAMES)
+    }
+
+    /// [`Self::validate`] with errors naming each dimension as `names` does (e.g. the flags
+    /// of `vitk train`).
+    pub fn check(&self, names: &DimNames) -> Result<(), ConfigError> {
+        // (name, value, largest, the dimension that bounds it)
+        let dims = [
+            (names.image_size, self.image_size, LIMITS.image_size, None),
+            (
+                names.patch_size,
+                self.patch_size,
+                self.image_size,
+                Some(names.image_size),
+            ),
+            (names.in_chans, self.in_chans, LIMITS.in_chans, None),
+            (
+                names.num_classes,
+                self.num_classes,
+                LIMITS.num_classes,
+                None,
+            ),
+            (names.embed_dim, self.embed_dim, LIMITS.embed_dim, None),
+            (names.depth, self.depth, LIMITS.depth, None),
+            (
+                names.num_heads,
+                self.num_heads,
+                self.embed_dim,
+                Some(names.embed_dim),
+            ),
+            (names.mlp_dim, self.mlp_dim, LIMITS.mlp_dim, None),
         ];
-        for (name, v) in positive {
-            if v == 0 {
+        for (name, v, max, bound) in dims {
+            if !(1..=max).contains(&v) {
+                let by = bound.map_or(String::new(), |b| format!(" (at most {b} {max})"));
                 return Err(ConfigError(format!(
-                    "{name} is 0, expected a positive value"
+                    "{name} {v} is out of range: expected 1..={max}{by}"
                 )));
             }
         }
         if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ConfigError(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
+                "{} {} is not a multiple of {} {}",
+                names.image_size, self.image_size, names.patch_size, self.patch_size
             )));
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(ConfigError(format!(
-                "embed_dim {} is not a multiple of num_heads {}",
-                self.embed_dim, self.num_heads
+                "{} {} is not a multiple of {} {}",
+                names.embed_dim, self.embed_dim, names.num_heads, self.num_heads
             )));
         }
         Ok(())

@@ -11,7 +11,7 @@ pub(crate) use checkpoint::locate;
 pub use checkpoint::{
     load_checkpoint, load_weights, read_meta, save_checkpoint, CheckpointError, CheckpointMeta,
 };
-pub use config::{ConfigError, ModelConfig, Pool, PRESETS};
+pub use config::{ConfigError, DimNames, Limits, ModelConfig, Pool, FIELD_NAMES, LIMITS, PRESETS};
 pub use dims::BatchDims;
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};

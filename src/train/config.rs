@@ -3,7 +3,7 @@
 
 use super::schedule::ScheduleKind;
 use crate::data::fingerprint::Fingerprint;
-use crate::model::ModelConfig;
+use crate::model::{DimNames, ModelConfig};
 use crate::optim::AdamWConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -54,54 +54,116 @@ pub struct TrainConfig {
     pub std: [f32; 3],
 }
 
+/// The flags of `vitk train` that set each model dimension (`in_chans` and `num_classes`
+/// come from the data).
+pub const MODEL_FLAGS: DimNames = DimNames {
+    image_size: "--image-size",
+    patch_size: "--patch-size",
+    in_chans: "channels of the data",
+    num_classes: "classes of the data",
+    embed_dim: "--embed-dim",
+    depth: "--depth",
+    num_heads: "--num-heads",
+    mlp_dim: "--mlp-dim",
+};
+
+/// Most epochs a run may have (a bound that keeps step counts far from overflow).
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// Normalisation: a mean of inputs in [0, 1] lies in [0, 1]; a std below this would blow
+/// inputs up past 1000.
+pub const MIN_STD: f32 = 1e-3;
+
+/// `value` in `range`, else an error naming `flag`, the value and the range (`shown`).
+fn within(flag: &str, value: f64, ok: bool, shown: &str) -> Result<(), String> {
+    if ok && !value.is_nan() {
+        Ok(())
+    } else {
+        Err(format!("{flag} {value} is out of range: expected {shown}"))
+    }
+}
+
 impl TrainConfig {
-    /// Checks values a typo could make meaningless; the message names the flag.
+    /// Checks every value against its range (data-independent); the message names the flag,
+    /// the value and the range expected. Run for new runs and for a resumed config.json.
     pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
-        let checks = [
-            (
-                self.epochs == 0,
-                "--epochs is 0, expected at least 1".to_string(),
-            ),
-            (
-                self.batch_size == 0,
-                "--batch-size is 0, expected at least 1".to_string(),
-            ),
-            (
-                !(self.lr > 0.0 && self.lr.is_finite()),
-                format!("--lr {} is not a positive number", self.lr),
-            ),
-            (
-                !(self.min_lr >= 0.0 && self.min_lr <= self.lr),
-                format!("--min-lr {} must lie in [0, lr={}]", self.min_lr, self.lr),
-            ),
-            (
-                !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()),
-                format!("--warmup-epochs {} is negative", self.warmup_epochs),
-            ),
-            (
-                !(0.0..1.0).contains(&self.label_smoothing),
-                format!(
-                    "--label-smoothing {} must lie in [0, 1)",
-                    self.label_smoothing
-                ),
-            ),
-            (
-                self.adamw.weight_decay.is_nan() || self.adamw.weight_decay < 0.0,
-                format!("--weight-decay {} is negative", self.adamw.weight_decay),
-            ),
-            (
-                self.clip_grad.is_some_and(|c| c.is_nan() || c <= 0.0),
-                format!("--clip-grad {:?} must be positive", self.clip_grad),
-            ),
-            (
-                self.std.iter().any(|s| s.is_nan() || *s <= 0.0),
-                format!("normalisation std {:?} must be positive", self.std),
-            ),
-        ];
-        match checks.into_iter().find(|(bad, _)| *bad) {
-            Some((_, msg)) => Err(msg),
-            None => Ok(()),
+        self.model
+            .check(&MODEL_FLAGS)
+            .map_err(|e| e.0.to_string())?;
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(format!(
+                "--epochs {} is out of range: expected 1..={MAX_EPOCHS}",
+                self.epochs
+            ));
         }
+        if self.batch_size == 0 {
+            return Err("--batch-size 0 is out of range: expected at least 1".into());
+        }
+        let finite = |v: f64| v.is_finite();
+        within(
+            "--lr",
+            self.lr,
+            finite(self.lr) && self.lr > 0.0,
+            "a finite number > 0",
+        )?;
+        within(
+            "--min-lr",
+            self.min_lr,
+            (0.0..=self.lr).contains(&self.min_lr),
+            &format!("[0, --lr = {}]", self.lr),
+        )?;
+        within(
+            "--warmup-epochs",
+            self.warmup_epochs,
+            (0.0..=self.epochs as f64).contains(&self.warmup_epochs),
+            &format!("[0, --epochs = {}]", self.epochs),
+        )?;
+        let wd = self.adamw.weight_decay;
+        within(
+            "--weight-decay",
+            wd,
+            finite(wd) && wd >= 0.0,
+            "a finite number >= 0",
+        )?;
+        // beta = 1 leaves AdamW's bias correction 1 - beta^t at 0 (NaN from the first step).
+        for (flag, beta) in [("--beta1", self.adamw.beta1), ("--beta2", self.adamw.beta2)] {
+            within(flag, beta, (0.0..1.0).contains(&beta), "[0, 1)")?;
+        }
+        within(
+            "--label-smoothing",
+            self.label_smoothing,
+            (0.0..1.0).contains(&self.label_smoothing),
+            "[0, 1)",
+        )?;
+        if let Some(c) = self.clip_grad {
+            within(
+                "--clip-grad",
+                c,
+                finite(c) && c > 0.0,
+                "a finite number > 0",
+            )?;
+        }
+        let shown = |v: &[f32; 3]| v.map(|x| x.to_string()).join(",");
+        for (c, (&m, &s)) in self.mean.iter().zip(&self.std).enumerate() {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(format!(
+                    "--mean {}: channel {c} is {m}, expected [0, 1] (a mean of inputs scaled to [0, 1])",
+                    shown(&self.mean)
+                ));
+            }
+            if !(MIN_STD..=1.0).contains(&s) {
+                return Err(format!(
+                    "--std {}: channel {c} is {s}, expected [{MIN_STD}, 1]",
+                    shown(&self.std)
+                ));
+            }
+        }
+        let eps = self.adamw.eps;
+        within(
+            "eps",
+            eps,
+            eps.is_finite() && eps > 0.0,
+            "a finite number > 0",
+        )?;
+        Ok(())
     }
 }

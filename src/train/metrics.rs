@@ -24,12 +24,16 @@ pub enum Record {
         val_loss: f64,
         val_acc: f64,
     },
+    /// The first line of a log kept outside its run directory (`--log`): the run it
+    /// belongs to (log_path.rs).
+    Run { run_dir: String },
 }
 
 impl Record {
     fn step(&self) -> u64 {
         match self {
             Record::Step { step, .. } | Record::Eval { step, .. } => *step,
+            Record::Run { .. } => 0,
         }
     }
 }

@@ -30,17 +30,31 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates a new run directory; refuses one that already holds files (use --resume).
+    /// Creates a new run directory; refuses one that already holds files other than its
+    /// lock (use --resume).
     pub fn create(path: &Path) -> Result<Self, String> {
         if path.exists() {
             let busy = std::fs::read_dir(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?
-                .next()
-                .is_some();
+                .flatten()
+                .any(|e| e.file_name() != super::run_lock::LOCK_FILE);
             if busy {
+                let dir = Self {
+                    path: path.to_path_buf(),
+                };
+                let hint = if dir.config_path().is_file() && !dir.state_path().is_file() {
+                    format!(
+                        "it holds a run stopped before its first checkpoint (no {}): nothing to resume; remove it to start again",
+                        dir.state_path().display()
+                    )
+                } else {
+                    format!(
+                        "choose another --out, or continue it with --resume {}",
+                        path.display()
+                    )
+                };
                 return Err(format!(
-                    "{}: run directory already exists and is not empty (choose another --out, or continue it with --resume {})",
-                    path.display(),
+                    "{}: run directory already exists and is not empty ({hint})",
                     path.display()
                 ));
             }
@@ -65,6 +79,13 @@ impl RunDir {
         let dir = Self {
             path: path.to_path_buf(),
         };
+        if dir.config_path().is_file() && !dir.state_path().is_file() {
+            return Err(format!(
+                "{}: missing: this run stopped before its first checkpoint (saved at the end of each epoch), so there is nothing to resume; remove {} and start again",
+                dir.state_path().display(),
+                path.display()
+            ));
+        }
         for f in [dir.config_path(), dir.state_path()] {
             if !f.is_file() {
                 return Err(format!(

@@ -297,7 +297,7 @@ fn after_divergence(run: &RunDir, saved_at: Option<u64>) -> String {
             run.model_path().display()
         ),
         None => format!(
-            "No checkpoint has been saved in this run yet (they are written at each epoch end and when the run stops), so {} holds nothing to resume. Try a lower --lr or --clip-grad.",
+            "No checkpoint has been saved in this run yet (one is written at each epoch end and when the run stops), so there is nothing in {} to resume. Try a lower --lr or --clip-grad.",
             run.path.display()
         ),
     }
