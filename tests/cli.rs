@@ -1,107 +1,11 @@
 //! End-to-end tests of the `vitk` binary: resume reproduces an uninterrupted run bitwise,
 //! Ctrl-C saves a resumable state, and bad input fails cleanly without writing anything.
 
+mod cli_common;
+use cli_common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn vitk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitk"))
-        .args(args)
-        .output()
-        .expect("run vitk")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs vitk expecting success; returns stdout + stderr.
-fn ok(args: &[&str]) -> String {
-    let o = vitk(args);
-    assert!(o.status.success(), "vitk {args:?} failed:\n{}", text(&o));
-    text(&o)
-}
-
-/// Runs vitk expecting a clean failure (non-zero exit, no panic) whose message contains
-/// every string of `needles`.
-fn fails(args: &[&str], needles: &[&str]) -> String {
-    let o = vitk(args);
-    let t = text(&o);
-    assert!(!o.status.success(), "vitk {args:?} should fail:\n{t}");
-    assert!(!t.contains("panicked"), "vitk {args:?} panicked:\n{t}");
-    for n in needles {
-        assert!(t.contains(n), "vitk {args:?}: message lacks {n:?}:\n{t}");
-    }
-    t
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A small synthetic CIFAR-layout data set: 300 training, 60 validation images.
-fn synth(dir: &Path) -> PathBuf {
-    let d = dir.join("data");
-    ok(&[
-        "synth",
-        "--out",
-        s(&d),
-        "--train",
-        "300",
-        "--val",
-        "60",
-        "--seed",
-        "3",
-    ]);
-    d
-}
-
-/// A tiny model trained for `epochs` epochs of 6 steps (batch 50).
-fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--embed-dim",
-        "16",
-        "--depth",
-        "2",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "24",
-        "--batch-size",
-        "50",
-        "--epochs",
-        epochs,
-        "--threads",
-        "2",
-        "--seed",
-        "5",
-    ]
-}
-
-/// A short training run (`steps` steps of the tiny model) on a fresh synthetic set:
-/// (temporary directory, data directory, run directory).
-fn short_run(steps: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = synth(tmp.path());
-    let run = tmp.path().join("run");
-    let mut args = train_args(s(&data), s(&run), "1");
-    args.extend(["--steps", steps]);
-    ok(&args);
-    (tmp, data, run)
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use std::process::Command;
 
 /// Two safetensors files hold the same tensors, bit for bit, and the same metadata (the
 /// header's key order may differ between processes).

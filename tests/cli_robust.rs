@@ -4,101 +4,12 @@
 //! (exit code 1 or 2, never a panic or an abort), names the flag or file, and leaves nothing
 //! behind that blocks the next attempt.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod cli_common;
+use cli_common::*;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn vitk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitk"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run vitk")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vitk(args);
-    assert!(o.status.success(), "vitk {args:?} failed:\n{}", text(&o));
-    text(&o)
-}
-
-/// A clean failure: exit code 1 (or 2 from the argument parser), no panic, and every needle
-/// in the message.
-fn fails(args: &[&str], needles: &[&str]) -> String {
-    let o = vitk(args);
-    let t = text(&o);
-    assert!(
-        matches!(o.status.code(), Some(1 | 2)),
-        "vitk {args:?}: expected exit code 1 or 2, got {:?}:\n{t}",
-        o.status
-    );
-    assert!(!t.contains("panicked"), "vitk {args:?} panicked:\n{t}");
-    for n in needles {
-        assert!(t.contains(n), "vitk {args:?}: message lacks {n:?}:\n{t}");
-    }
-    t
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A synthetic CIFAR-layout set of 300 training and 60 validation images.
-fn synth(dir: &Path) -> PathBuf {
-    let d = dir.join("data");
-    ok(&[
-        "synth",
-        "--out",
-        s(&d),
-        "--train",
-        "300",
-        "--val",
-        "60",
-        "--seed",
-        "3",
-    ]);
-    d
-}
-
-/// A tiny model on `data`, 6 steps per epoch.
-fn tiny<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--embed-dim",
-        "16",
-        "--depth",
-        "2",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "24",
-        "--batch-size",
-        "50",
-        "--epochs",
-        epochs,
-        "--threads",
-        "2",
-        "--seed",
-        "5",
-    ]
-}
-
-fn with<'a>(mut base: Vec<&'a str>, more: &[&'a str]) -> Vec<&'a str> {
-    base.extend_from_slice(more);
-    base
-}
 
 #[test]
 fn the_synthetic_set_refuses_another_image_size() {
@@ -128,7 +39,7 @@ fn a_batch_larger_than_the_data_is_refused_before_allocating() {
             "10000",
         ],
     );
-    let mut args = tiny(s(&data), s(&out), "1");
+    let mut args = train_args(s(&data), s(&out), "1");
     let at = args.iter().position(|a| *a == "50").expect("batch");
     args[at] = "301";
     fails(&args, &["--batch-size 301", "300 images"]);
@@ -271,7 +182,7 @@ fn a_failed_start_leaves_nothing_behind() {
     let r = s(&run);
     // No CUDA device 99 anywhere: refused before the directory exists.
     fails(
-        &with(tiny(s(&data), r, "1"), &["--device", "cuda:99"]),
+        &with(train_args(s(&data), r, "1"), &["--device", "cuda:99"]),
         &["--device cuda:99"],
     );
     assert!(!run.exists(), "device failure left {}", run.display());
@@ -283,7 +194,7 @@ fn a_failed_start_leaves_nothing_behind() {
         std::os::unix::fs::symlink(tmp.path().join("missing").join("x.jsonl"), &link)
             .expect("symlink");
         fails(
-            &with(tiny(s(&data), r, "1"), &["--log", s(&link)]),
+            &with(train_args(s(&data), r, "1"), &["--log", s(&link)]),
             &["--log", "log.jsonl"],
         );
         assert!(!run.exists(), "log failure left {}", run.display());
@@ -295,14 +206,14 @@ fn a_failed_start_leaves_nothing_behind() {
     // Divergence before the first checkpoint: nothing to keep.
     let t = fails(
         &with(
-            tiny(s(&data), r, "3"),
+            train_args(s(&data), r, "3"),
             &["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"],
         ),
         &["NaN", "No checkpoint has been saved"],
     );
     assert!(!run.exists(), "diverged start left {}:\n{t}", run.display());
     // The same --out then works.
-    ok(&with(tiny(s(&data), r, "1"), &["--steps", "1"]));
+    ok(&with(train_args(s(&data), r, "1"), &["--steps", "1"]));
     assert!(run.join("config.json").is_file() && !run.join("train.lock").exists());
 }
 
@@ -314,7 +225,7 @@ fn an_empty_existing_out_directory_is_kept_but_emptied_after_a_failed_start() {
     std::fs::create_dir(&run).expect("mkdir");
     fails(
         &with(
-            tiny(s(&data), s(&run), "3"),
+            train_args(s(&data), s(&run), "3"),
             &["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"],
         ),
         &["NaN"],
@@ -359,7 +270,7 @@ fn one_process_per_run_directory() {
     let data = synth(tmp.path());
     let run = tmp.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitk"))
-        .args(tiny(s(&data), s(&run), "10000"))
+        .args(train_args(s(&data), s(&run), "10000"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -371,7 +282,7 @@ fn one_process_per_run_directory() {
         &[s(&run), "in use by another vitk process", &pid],
     );
     fails(
-        &tiny(s(&data), s(&run), "1"),
+        &train_args(s(&data), s(&run), "1"),
         &[s(&run), "in use by another vitk process", &pid],
     );
     // Killed: the lock dies with it; the next process takes it over and says so.
@@ -398,19 +309,19 @@ fn a_log_belongs_to_one_run() {
         tmp.path().join("b"),
         tmp.path().join("c"),
     );
-    ok(&with(tiny(s(&data), s(&a), "1"), &["--steps", "6"]));
+    ok(&with(train_args(s(&data), s(&a), "1"), &["--steps", "6"]));
     let a_log = a.join("metrics.jsonl");
     let before = std::fs::read(&a_log).expect("a's log");
     // Another run's log, or any file in its directory, is refused.
     fails(
-        &with(tiny(s(&data), s(&b), "1"), &["--log", s(&a_log)]),
+        &with(train_args(s(&data), s(&b), "1"), &["--log", s(&a_log)]),
         &["--log", "run directory", s(&a)],
     );
     assert!(!b.exists());
     // A log elsewhere starts with a line naming its run...
     let ext = tmp.path().join("ext.jsonl");
     ok(&with(
-        tiny(s(&data), s(&b), "2"),
+        train_args(s(&data), s(&b), "2"),
         &["--steps", "6", "--log", s(&ext)],
     ));
     let first = std::fs::read_to_string(&ext).expect("ext");
@@ -420,7 +331,7 @@ fn a_log_belongs_to_one_run() {
     );
     // ...so a new run refuses it, and so does another run's resume; its own resume appends.
     fails(
-        &with(tiny(s(&data), s(&c), "1"), &["--log", s(&ext)]),
+        &with(train_args(s(&data), s(&c), "1"), &["--log", s(&ext)]),
         &["--log", "ext.jsonl", "already exists"],
     );
     fails(
@@ -446,13 +357,13 @@ fn check_validates_everything_and_writes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = synth(tmp.path());
     let run = tmp.path().join("run");
-    let t = ok(&with(tiny(s(&data), s(&run), "1"), &["--check"]));
+    let t = ok(&with(train_args(s(&data), s(&run), "1"), &["--check"]));
     assert!(
         t.contains("check: new run") && t.contains("available on the host"),
         "{t}"
     );
     assert!(!run.exists());
-    ok(&with(tiny(s(&data), s(&run), "1"), &["--steps", "6"]));
+    ok(&with(train_args(s(&data), s(&run), "1"), &["--steps", "6"]));
     let t = ok(&["train", "--resume", s(&run), "--check"]);
     assert!(t.contains("check: resume"), "{t}");
     assert!(!run.join("train.lock").exists());
@@ -463,7 +374,7 @@ fn eval_predict_and_profile_refuse_bad_counts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = synth(tmp.path());
     let run = tmp.path().join("run");
-    ok(&with(tiny(s(&data), s(&run), "1"), &["--steps", "1"]));
+    ok(&with(train_args(s(&data), s(&run), "1"), &["--steps", "1"]));
     let ckpt = run.join("model.safetensors");
     fails(
         &[

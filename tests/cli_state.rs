@@ -3,122 +3,17 @@
 //! data fingerprint (`--resume RUN --data DIR`), partial CIFAR-10 directories, images
 //! decoded by content, and I/O errors that name their cause once.
 
+mod cli_common;
+use cli_common::*;
+
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn vitk_in(cwd: Option<&Path>, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vitk"));
-    c.args(args);
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    c.output().expect("run vitk")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs vitk (in `cwd` when given) expecting success; returns stdout + stderr.
-fn ok_in(cwd: Option<&Path>, args: &[&str]) -> String {
-    let o = vitk_in(cwd, args);
-    assert!(o.status.success(), "vitk {args:?} failed:\n{}", text(&o));
-    text(&o)
-}
-
-fn ok(args: &[&str]) -> String {
-    ok_in(None, args)
-}
-
-/// Runs vitk expecting a clean failure whose message contains every string of `needles`.
-fn fails_in(cwd: Option<&Path>, args: &[&str], needles: &[&str]) -> String {
-    let o = vitk_in(cwd, args);
-    let t = text(&o);
-    assert!(!o.status.success(), "vitk {args:?} should fail:\n{t}");
-    assert!(!t.contains("panicked"), "vitk {args:?} panicked:\n{t}");
-    for n in needles {
-        assert!(t.contains(n), "vitk {args:?}: message lacks {n:?}:\n{t}");
-    }
-    t
-}
-
-fn fails(args: &[&str], needles: &[&str]) -> String {
-    fails_in(None, args, needles)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn write(p: &Path, bytes: &[u8]) {
     std::fs::write(p, bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// A synthetic CIFAR-layout set (300 training, 60 validation images) in `dir/name`.
-fn synth_named(dir: &Path, name: &str, seed: &str) -> PathBuf {
-    let d = dir.join(name);
-    ok(&[
-        "synth",
-        "--out",
-        s(&d),
-        "--train",
-        "300",
-        "--val",
-        "60",
-        "--seed",
-        seed,
-    ]);
-    d
-}
-
-/// A tiny model, `epochs` epochs of 6 steps (batch 50).
-fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--embed-dim",
-        "16",
-        "--depth",
-        "2",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "24",
-        "--batch-size",
-        "50",
-        "--epochs",
-        epochs,
-        "--threads",
-        "2",
-        "--seed",
-        "5",
-    ]
-}
-
-/// A run of `steps` steps on a fresh synthetic set: (temporary directory, data, run).
-fn short_run(steps: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = synth_named(tmp.path(), "data", "3");
-    let run = tmp.path().join("run");
-    let mut args = train_args(s(&data), s(&run), "1");
-    args.extend(["--steps", steps]);
-    ok(&args);
-    (tmp, data, run)
 }
 
 /// Byte range of tensor `name`'s data in a safetensors file.

@@ -82,8 +82,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let r = evaluate(engine.as_mut(), val, norm)?;
     println!("data: {} ({})", a.data.display(), splits.val_source);
     println!(
-        "samples: {}  accuracy: {:.4}  loss: {:.4}",
-        r.samples, r.accuracy, r.loss
+        "samples: {}  accuracy: {:.4}  top-5: {:.4}  loss: {:.4}",
+        r.samples, r.accuracy, r.top5, r.loss
     );
     println!("per-class accuracy:");
     for (name, acc) in val.classes.iter().zip(r.per_class_accuracy()) {

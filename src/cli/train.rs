@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps in total (the LR schedule still spans all epochs).
     #[arg(long, value_parser = whole_u64, allow_negative_numbers = true)]
     steps: Option<u64>,
+    /// Also save the state every N optimizer steps (for long epochs), not only at the end of
+    /// each epoch; at least 1.
+    #[arg(long, value_parser = whole_u64, allow_negative_numbers = true)]
+    save_every: Option<u64>,
     /// Batch size, at most the training set [default: 128].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     batch_size: Option<usize>,
@@ -201,8 +205,8 @@ impl TrainArgs {
             ("--val-split", self.val_split.is_some()),
             ("--allow-partial", self.allow_partial),
         ];
+        // --epochs is allowed: it extends a run (prepare_resume).
         let flags = [
-            ("--epochs", self.epochs.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--lr", self.lr.is_some()),
             ("--min-lr", self.min_lr.is_some()),
@@ -388,7 +392,7 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     let flags = a.run_defining_flags();
     if !flags.is_empty() {
         bail!(
-            "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --steps, --threads, --device, --precision, --log, --check and --data, for data that moved, may be given)",
+            "{} cannot be combined with --resume: a resumed run keeps the config in {} (only --epochs, to extend it, --steps, --save-every, --threads, --device, --precision, --log, --check and --data, for data that moved, may be given)",
             flags.join(", "),
             dir.join("config.json").display()
         );
@@ -411,6 +415,9 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     };
     let mut cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
     let config = run_dir.config_path();
+    if let Some(epochs) = a.epochs {
+        extend(&mut cfg, epochs, &config)?;
+    }
     cfg.validate()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     device.check_model(&cfg.model)?;
@@ -447,8 +454,32 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     })
 }
 
+/// `--resume RUN --epochs N`: the run continues to N epochs, its schedule recomputed over them
+/// (said, with what changes); config.json is rewritten when the run starts.
+fn extend(cfg: &mut TrainConfig, epochs: usize, config: &Path) -> Result<()> {
+    if epochs <= cfg.epochs {
+        bail!(
+            "--epochs {epochs} with --resume: {} records {} epochs; --epochs extends a run, expected more than {}",
+            config.display(),
+            cfg.epochs,
+            cfg.epochs
+        );
+    }
+    let before = cfg.epochs;
+    cfg.epochs = epochs;
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "extending the run from {before} to {epochs} epochs: the {} schedule is recomputed over {epochs} epochs (warm-up unchanged), so the learning rate from here on differs from the finished run's",
+        format!("{:?}", cfg.schedule).to_lowercase()
+    );
+    Ok(())
+}
+
 /// Flags checked before anything else, whichever the mode.
 fn check_flags(a: &TrainArgs) -> Result<()> {
+    if a.save_every == Some(0) {
+        bail!("--save-every 0 is out of range: expected at least 1 (steps between saves)");
+    }
     device::set_threads(a.threads)
 }
 
@@ -478,7 +509,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let cfg = p.cfg;
-    if p.state.is_none() {
+    if p.state.is_none() || a.epochs.is_some() {
         run.dir.write_config(&cfg).map_err(anyhow::Error::msg)?;
     }
     if log_path::claim(&p.log, &run.dir.path).map_err(anyhow::Error::msg)? {
@@ -524,6 +555,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         log: log_path::resolve(&p.log),
         interrupt,
         progress_bar: std::io::stderr().is_terminal(),
+        save_every: a.save_every,
     };
     let summary = train::train(&cfg, &run.dir, engine.as_mut(), p.splits, start, &opts)?;
     run.keep();
@@ -538,6 +570,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             run.dir.path.display()
         );
     }
+    print_summary(&summary, &run.dir);
     println!(
         "final: val_acc={val_acc} val_loss={val_loss} img_per_s={:.1}",
         summary.img_per_s
@@ -547,6 +580,60 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The end of a run: best and last validation accuracy, time, where the files are.
+fn print_summary(s: &train::Summary, run: &RunDir) {
+    let how = match s.outcome {
+        Outcome::Finished => format!("all {} steps of the schedule done", s.total_steps),
+        Outcome::StepLimit => format!(
+            "stopped by --steps at step {} of {}",
+            s.steps, s.total_steps
+        ),
+        Outcome::Interrupted => format!("interrupted at step {} of {}", s.steps, s.total_steps),
+    };
+    println!(
+        "run summary: {how}, {} in this invocation",
+        train::hms(s.wall_secs)
+    );
+    match (&s.best, &s.val) {
+        (Some(b), last) => {
+            println!(
+                "  best val_acc {:.4} (top-5 {:.4}) at epoch {} (step {}): {}",
+                b.accuracy,
+                b.top5,
+                b.epoch,
+                b.step,
+                run.best_path().display()
+            );
+            if let Some(v) = last {
+                println!(
+                    "  last val_acc {:.4} (top-5 {:.4}), val_loss {:.4}: {}",
+                    v.accuracy,
+                    v.top5,
+                    v.loss,
+                    run.model_path().display()
+                );
+            }
+        }
+        (None, _) => println!(
+            "  no validation set: last weights in {}",
+            run.model_path().display()
+        ),
+    }
+    println!(
+        "  state (resume): {}; config: {}; metrics: {}; curves: {}",
+        run.state_path().display(),
+        run.config_path().display(),
+        s.log.display(),
+        run.curves_path().display()
+    );
+    if s.steps <= s.warmup_steps {
+        println!(
+            "  note: the whole run was learning-rate warm-up ({} warm-up steps, {} steps run): the learning rate never reached its peak; train longer or use a shorter --warmup-epochs",
+            s.warmup_steps, s.steps
+        );
+    }
 }
 
 /// `--check`: what the run would be, without writing anything.

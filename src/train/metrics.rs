@@ -17,12 +17,34 @@ pub enum Record {
         loss: f64,
         lr: f64,
         img_per_s: f64,
+        /// When the step's output arrived, seconds since the Unix epoch (0 in older logs).
+        #[serde(default)]
+        time: f64,
     },
+    /// An evaluation at the end of an epoch (or of the run), with the epoch's figures.
     Eval {
         epoch: usize,
         step: u64,
         val_loss: f64,
+        /// Top-1 validation accuracy.
         val_acc: f64,
+        /// The fields below are absent (0) in logs of older vitk.
+        #[serde(default)]
+        val_top5: f64,
+        /// Training accuracy over the epoch's steps (of this invocation, after a resume).
+        #[serde(default)]
+        train_acc: f64,
+        /// Wall time of the epoch's steps (of this invocation), seconds.
+        #[serde(default)]
+        epoch_secs: f64,
+        /// Training images per second over the epoch.
+        #[serde(default)]
+        img_per_s: f64,
+        /// Estimated seconds to the end of the run, at the epoch's pace.
+        #[serde(default)]
+        eta_secs: f64,
+        #[serde(default)]
+        time: f64,
     },
     /// The first line of a log kept outside its run directory (`--log`): the run it
     /// belongs to (log_path.rs).
@@ -92,34 +114,57 @@ impl MetricsLog {
     }
 }
 
-/// Draws training loss per step, validation loss and accuracy per evaluation into a PNG.
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Draws training loss per step with validation loss, validation top-1 and top-5 accuracy per
+/// evaluation, and the learning rate per step into a PNG (one evaluation shows as a marker).
 pub fn draw_curves(records: &[Record], path: &Path) -> Result<(), String> {
     register_font();
     let mut train: Vec<(f64, f64)> = Vec::new();
+    let mut lrs = Vec::new();
     let mut val_loss = Vec::new();
     let mut val_acc = Vec::new();
+    let mut val_top5 = Vec::new();
     for r in records {
         match *r {
-            Record::Step { step, loss, .. } if loss.is_finite() => train.push((step as f64, loss)),
+            Record::Step { step, loss, lr, .. } => {
+                if loss.is_finite() {
+                    train.push((step as f64, loss));
+                }
+                lrs.push((step as f64, lr));
+            }
             Record::Eval {
                 step,
                 val_loss: l,
                 val_acc: a,
+                val_top5: a5,
                 ..
             } => {
-                val_loss.push((step as f64, l));
+                if l.is_finite() {
+                    val_loss.push((step as f64, l));
+                }
                 val_acc.push((step as f64, 100.0 * a));
+                // older logs have no top-5 (0)
+                if a5 > 0.0 {
+                    val_top5.push((step as f64, 100.0 * a5));
+                }
             }
-            _ => {}
+            Record::Run { .. } => {}
         }
     }
     let train = smooth(&train, 20);
-    let (w, h) = (1200u32, 480u32);
+    let (w, h) = (1500u32, 440u32);
     let mut pixels = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let (left, right) = root.split_horizontally(w / 2);
+        let panels = root.split_evenly((1, 3));
+        let (left, right, lr_area) = (&panels[0], &panels[1], &panels[2]);
         let max_step = train
             .iter()
             .chain(&val_loss)
@@ -131,7 +176,7 @@ pub fn draw_curves(records: &[Record], path: &Path) -> Result<(), String> {
             .map(|p| p.1)
             .fold(0.1, f64::max)
             * 1.05;
-        let mut c = ChartBuilder::on(&left)
+        let mut c = ChartBuilder::on(left)
             .caption("loss", ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
@@ -150,13 +195,15 @@ pub fn draw_curves(records: &[Record], path: &Path) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .label("validation")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], RED));
+        c.draw_series(val_loss.iter().map(|&p| Circle::new(p, 3, RED.filled())))
+            .map_err(|e| e.to_string())?;
         c.configure_series_labels()
             .background_style(WHITE)
             .border_style(BLACK)
             .draw()
             .map_err(|e| e.to_string())?;
 
-        let mut c = ChartBuilder::on(&right)
+        let mut c = ChartBuilder::on(right)
             .caption("validation accuracy (%)", ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
@@ -168,8 +215,39 @@ pub fn draw_curves(records: &[Record], path: &Path) -> Result<(), String> {
             .draw()
             .map_err(|e| e.to_string())?;
         c.draw_series(LineSeries::new(val_acc.clone(), GREEN.stroke_width(2)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .label("top-1")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], GREEN));
         c.draw_series(val_acc.iter().map(|&p| Circle::new(p, 3, GREEN.filled())))
+            .map_err(|e| e.to_string())?;
+        let top5 = MAGENTA.mix(0.8);
+        c.draw_series(LineSeries::new(val_top5.clone(), top5.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("top-5")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], top5));
+        c.draw_series(val_top5.iter().map(|&p| Circle::new(p, 3, top5.filled())))
+            .map_err(|e| e.to_string())?;
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+
+        let max_lr = lrs.iter().map(|p| p.1).fold(1e-12, f64::max) * 1.05;
+        let mut c = ChartBuilder::on(lr_area)
+            .caption("learning rate", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..max_step, 0.0..max_lr)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .x_desc("step")
+            .y_label_formatter(&|v| format!("{v:.1e}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        c.draw_series(LineSeries::new(lrs, BLACK.stroke_width(2)))
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
@@ -233,5 +311,36 @@ mod tests {
         // Parsed exactly too (the curves and any later reader see the logged value).
         assert!(matches!(log.records[0], Record::Step { loss, .. } if loss == 2.3024660921096802));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+    }
+
+    /// One evaluation is enough for the curves (a marker), and the LR panel is drawn from the
+    /// step records.
+    #[test]
+    fn curves_draw_after_one_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.png");
+        let step = |step, lr| Record::Step {
+            step,
+            epoch: 0,
+            loss: 2.0,
+            lr,
+            img_per_s: 1.0,
+            time: 0.0,
+        };
+        let eval = Record::Eval {
+            epoch: 0,
+            step: 2,
+            val_loss: 1.5,
+            val_acc: 0.5,
+            val_top5: 0.9,
+            train_acc: 0.4,
+            epoch_secs: 1.0,
+            img_per_s: 1.0,
+            eta_secs: 0.0,
+            time: 0.0,
+        };
+        draw_curves(&[step(1, 1e-4), step(2, 2e-4), eval], &path).unwrap();
+        let img = image::open(&path).unwrap();
+        assert_eq!((img.width(), img.height()), (1500, 440));
     }
 }

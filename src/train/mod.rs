@@ -19,4 +19,4 @@ pub use run_dir::{LoopPosition, RunDir, SavedState};
 pub use run_lock::{RunLock, Stale, LOCK_FILE};
 pub use run_start::RunStart;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use trainer::{train, Outcome, RunOptions, Summary};
+pub use trainer::{hms, train, Best, Outcome, RunOptions, Summary};

@@ -109,6 +109,10 @@ impl RunDir {
     pub fn model_path(&self) -> PathBuf {
         self.path.join("model.safetensors")
     }
+    /// The parameters of the best validation top-1 so far.
+    pub fn best_path(&self) -> PathBuf {
+        self.path.join("best.safetensors")
+    }
     pub fn state_path(&self) -> PathBuf {
         self.path.join("state.safetensors")
     }

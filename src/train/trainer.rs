@@ -3,7 +3,7 @@
 
 use super::config::TrainConfig;
 use super::evaluate::{evaluate, EvalResult};
-use super::metrics::{draw_curves, MetricsLog, Record};
+use super::metrics::{draw_curves, now_secs, MetricsLog, Record};
 use super::run_dir::{LoopPosition, RunDir};
 use super::schedule::LrSchedule;
 use crate::data::{BatchLoader, LoaderConfig, Normalize, Splits};
@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub interrupt: Arc<AtomicBool>,
     /// Draw a progress bar (a terminal) instead of periodic plain lines.
     pub progress_bar: bool,
+    /// Also save the state every N steps (for long epochs), not only at epoch ends.
+    pub save_every: Option<u64>,
 }
 
 /// Why the loop ended.
@@ -39,16 +41,34 @@ pub enum Outcome {
     Interrupted,
 }
 
+/// The best validation result of a run (top-1), kept as best.safetensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Best {
+    pub accuracy: f64,
+    pub top5: f64,
+    pub epoch: usize,
+    pub step: u64,
+}
+
 /// What a run reports at the end.
 #[derive(Debug)]
 pub struct Summary {
     pub outcome: Outcome,
     pub steps: u64,
-    /// Last validation result (None without a validation set).
+    /// Last validation result of this invocation (None without a validation set).
     pub val: Option<EvalResult>,
+    /// Best validation top-1 of the whole run (earlier invocations included).
+    pub best: Option<Best>,
     /// Training throughput over the steps of this invocation (the first step, which
     /// allocates and faults in the buffers, excluded when there are others).
     pub img_per_s: f64,
+    /// Wall time of this invocation's loop, seconds.
+    pub wall_secs: f64,
+    /// Steps of LR warm-up and steps of the whole schedule.
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    /// The metrics log written.
+    pub log: PathBuf,
 }
 
 /// Runs (or continues from `start`) the training described by `cfg` in `run`.
@@ -92,6 +112,7 @@ pub fn train(
         total_steps: total,
     };
     let stop_at = opts.max_steps.map_or(total, |s| s.min(total));
+    let started = Instant::now();
     let log_path = opts.log.clone().unwrap_or_else(|| run.metrics_path());
     let resuming = start.step > 0;
     let mut log = MetricsLog::open(&log_path, resuming.then_some(start.step))
@@ -108,6 +129,7 @@ pub fn train(
     // Engines report each step one call late: `in_flight` is the step queued last, whose
     // output comes with the next step or from `finish_steps`.
     let mut in_flight: Option<Queued> = None;
+    let mut best = best_in(&log.records);
     let mut reporter = StepReporter {
         run,
         log: &mut log,
@@ -115,10 +137,10 @@ pub fn train(
         per_epoch,
         // A resumed run starts from the checkpoint it was saved at; a new one has none yet.
         saved_at: resuming.then_some(start.step),
-        last_done: None,
         timed_images: 0,
         timed_secs: 0.0,
         first_step_secs: None,
+        epoch: EpochStats::default(),
     };
 
     while pos.step < stop_at {
@@ -139,6 +161,7 @@ pub fn train(
             images: batch.len(),
             at: Instant::now(),
         };
+        let queued_at = queued.at;
         let out = engine.train_step(
             &batch.images,
             &batch.labels,
@@ -147,7 +170,7 @@ pub fn train(
             cfg.clip_grad,
         )?;
         if let (Some(done), Some(out)) = (in_flight.replace(queued), out) {
-            reporter.report(&done, out)?;
+            reporter.report(&done, out, queued_at)?;
         }
         pos.step += 1;
         pos.batch += 1;
@@ -159,10 +182,23 @@ pub fn train(
         }
         let interrupted = opts.interrupt.load(Ordering::SeqCst);
         let stopping = pos.step >= stop_at || interrupted;
-        if epoch_done || stopping {
+        let periodic = opts.save_every.is_some_and(|n| pos.step.is_multiple_of(n));
+        if epoch_done || stopping || periodic {
             if let (Some(done), Some(out)) = (in_flight.take(), engine.finish_steps()?) {
-                reporter.report(&done, out)?;
+                reporter.report(&done, out, Instant::now())?;
             }
+        }
+        if epoch_done || stopping {
+            let e = reporter.epoch.take();
+            let eta_secs = e.secs_per_step() * (stop_at - pos.step) as f64;
+            let pace = format!(
+                "{} in {:.1} s, {:.0} img/s, eta {}",
+                if epoch_done { "epoch" } else { "steps" },
+                e.secs,
+                e.img_per_s(),
+                hms(eta_secs)
+            );
+            let mut is_best = false;
             if !val.is_empty() && (epoch_done || !interrupted) {
                 let r = evaluate(engine, &val, normalize).context("validation")?;
                 if !r.loss.is_finite() {
@@ -173,9 +209,23 @@ pub fn train(
                         after_divergence(run, reporter.saved_at)
                     );
                 }
+                is_best = best.is_none_or(|b| r.accuracy > b.accuracy);
+                if is_best {
+                    best = Some(Best {
+                        accuracy: r.accuracy,
+                        top5: r.top5,
+                        epoch,
+                        step: pos.step,
+                    });
+                }
                 progress.println(&format!(
-                    "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4}",
-                    pos.step, r.loss, r.accuracy
+                    "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4} val_top5={:.4} train_acc={:.4}{} | {pace}",
+                    pos.step,
+                    r.loss,
+                    r.accuracy,
+                    r.top5,
+                    e.accuracy(),
+                    if is_best { " (best)" } else { "" }
                 ));
                 reporter
                     .log
@@ -184,11 +234,26 @@ pub fn train(
                         step: pos.step,
                         val_loss: r.loss,
                         val_acc: r.accuracy,
+                        val_top5: r.top5,
+                        train_acc: e.accuracy(),
+                        epoch_secs: e.secs,
+                        img_per_s: e.img_per_s(),
+                        eta_secs,
+                        time: now_secs(),
                     })
                     .with_context(|| format!("{}: cannot write", reporter.log.path().display()))?;
                 last_val = Some(r);
+            } else {
+                progress.println(&format!(
+                    "epoch {epoch} step {}: train_acc={:.4} | {pace}",
+                    pos.step,
+                    e.accuracy()
+                ));
             }
-            save(run, engine, &meta, pos, reporter.log)?;
+            save(run, engine, &meta, pos, reporter.log, is_best)?;
+            reporter.saved_at = Some(pos.step);
+        } else if periodic {
+            save(run, engine, &meta, pos, reporter.log, false)?;
             reporter.saved_at = Some(pos.step);
         }
         if interrupted && pos.step < stop_at {
@@ -214,7 +279,12 @@ pub fn train(
         outcome,
         steps: pos.step,
         val: last_val,
+        best,
         img_per_s,
+        wall_secs: started.elapsed().as_secs_f64(),
+        warmup_steps: schedule.warmup_steps,
+        total_steps: total,
+        log: log_path,
     })
 }
 
@@ -239,18 +309,21 @@ struct StepReporter<'a> {
     /// The step of the last checkpoint of this run, if any (named when stopping on a
     /// diverged loss).
     saved_at: Option<u64>,
-    /// When the previous output came back: a step's time is the gap between two outputs
-    /// (with one step in flight, the device time per step once the pipeline is full).
-    last_done: Option<Instant>,
     timed_images: usize,
     timed_secs: f64,
     /// The first step (buffers faulted in, the step graph captured), excluded from the
     /// throughput when there are others.
     first_step_secs: Option<f64>,
+    /// The current epoch's steps.
+    epoch: EpochStats,
 }
 
 impl StepReporter<'_> {
-    fn report(&mut self, done: &Queued, out: StepOutput) -> Result<()> {
+    /// `end`: when the next step was queued (or, for the last one, when it was waited for).
+    /// A step's time is the gap between its queueing and the next one's: with one step in
+    /// flight, once the queue is full, the engine's time per step (CPU: its computation and
+    /// the host's share; device: the device time when the device is the bottleneck).
+    fn report(&mut self, done: &Queued, out: StepOutput, end: Instant) -> Result<()> {
         if !out.loss.is_finite() {
             bail!(
                 "training loss is {} at step {} (epoch {}): stopping. {}",
@@ -260,11 +333,7 @@ impl StepReporter<'_> {
                 after_divergence(self.run, self.saved_at)
             );
         }
-        let now = Instant::now();
-        let secs = now
-            .duration_since(self.last_done.map_or(done.at, |t| t.max(done.at)))
-            .as_secs_f64();
-        self.last_done = Some(now);
+        let secs = end.duration_since(done.at).as_secs_f64();
         if self.first_step_secs.is_none() {
             self.first_step_secs = Some(secs);
         } else {
@@ -272,6 +341,8 @@ impl StepReporter<'_> {
             self.timed_secs += secs;
         }
         let img_per_s = done.images as f64 / secs.max(1e-9);
+        self.epoch
+            .add(done.pos_after.epoch, done.images, out.correct, secs);
         self.log
             .push(Record::Step {
                 step: done.step,
@@ -279,6 +350,7 @@ impl StepReporter<'_> {
                 loss: out.loss,
                 lr: done.lr,
                 img_per_s,
+                time: now_secs(),
             })
             .with_context(|| format!("{}: cannot write", self.log.path().display()))?;
         self.progress
@@ -303,17 +375,91 @@ fn after_divergence(run: &RunDir, saved_at: Option<u64>) -> String {
     }
 }
 
+/// The best validation top-1 in the records (the first of equals), for a resumed run.
+fn best_in(records: &[Record]) -> Option<Best> {
+    records.iter().fold(None, |best: Option<Best>, r| match *r {
+        Record::Eval {
+            epoch,
+            step,
+            val_acc,
+            val_top5,
+            ..
+        } if best.is_none_or(|b| val_acc > b.accuracy) => Some(Best {
+            accuracy: val_acc,
+            top5: val_top5,
+            epoch,
+            step,
+        }),
+        _ => best,
+    })
+}
+
+/// "1h 02m 03s", "4m 05s", "6s".
+pub fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s:02}s"),
+        _ => format!("{h}h {m:02}m {s:02}s"),
+    }
+}
+
+/// The steps of one epoch as their outputs came back (this invocation's part of it).
+#[derive(Clone, Copy, Debug, Default)]
+struct EpochStats {
+    epoch: Option<usize>,
+    steps: u64,
+    images: usize,
+    correct: usize,
+    secs: f64,
+}
+
+impl EpochStats {
+    fn add(&mut self, epoch: usize, images: usize, correct: usize, secs: f64) {
+        if self.epoch != Some(epoch) {
+            *self = EpochStats {
+                epoch: Some(epoch),
+                ..Default::default()
+            };
+        }
+        self.steps += 1;
+        self.images += images;
+        self.correct += correct;
+        self.secs += secs;
+    }
+    /// The figures so far, and a fresh start.
+    fn take(&mut self) -> EpochStats {
+        std::mem::take(self)
+    }
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+    fn img_per_s(&self) -> f64 {
+        self.images as f64 / self.secs.max(1e-9)
+    }
+    fn secs_per_step(&self) -> f64 {
+        self.secs / self.steps.max(1) as f64
+    }
+}
+
 /// model.safetensors, state.safetensors and curves.png, each written atomically.
+/// `best`: the parameters are the best validation result so far, also saved as
+/// best.safetensors.
 fn save(
     run: &RunDir,
     engine: &dyn TrainEngine,
     meta: &CheckpointMeta,
     pos: LoopPosition,
     log: &MetricsLog,
+    best: bool,
 ) -> Result<()> {
     let params = engine.params()?;
     let layout = crate::model::ParamLayout::new(&meta.config);
     save_checkpoint(&run.model_path(), &layout, &params, meta)?;
+    if best {
+        save_checkpoint(&run.best_path(), &layout, &params, meta)?;
+    }
     run.save_state(&params, &engine.optimizer_state()?, pos)
         .map_err(anyhow::Error::msg)?;
     // The curves are a convenience: failing to draw them must not stop training.
