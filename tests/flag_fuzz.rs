@@ -95,6 +95,7 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         seed: 0,
         mean: r.3.map(|v| v as f32),
         std: r.4.map(|v| v as f32),
+        init_from: None,
     })
 }
 

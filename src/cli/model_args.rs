@@ -36,7 +36,21 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The preset (`default` when --model is absent) with every override applied.
     pub fn config(&self, default: &str) -> Result<ModelConfig> {
-        let mut model = ModelConfig::preset(self.model.as_deref().unwrap_or(default))?;
+        let base = ModelConfig::preset(self.model.as_deref().unwrap_or(default))?;
+        Ok(self.over(base))
+    }
+
+    /// The model of a run that starts from a checkpoint of `base`: the checkpoint's shape
+    /// unless --model names a preset, with every override applied.
+    pub fn config_from(&self, base: &ModelConfig) -> Result<ModelConfig> {
+        match &self.model {
+            Some(name) => Ok(self.over(ModelConfig::preset(name)?)),
+            None => Ok(self.over(base.clone())),
+        }
+    }
+
+    /// `model` with every override given applied.
+    fn over(&self, mut model: ModelConfig) -> ModelConfig {
         let set = |dst: &mut usize, v: Option<usize>| {
             if let Some(v) = v {
                 *dst = v
@@ -48,8 +62,10 @@ impl ModelArgs {
         set(&mut model.mlp_dim, self.mlp_dim);
         set(&mut model.patch_size, self.patch_size);
         set(&mut model.image_size, self.image_size);
-        model.pool = self.pool.unwrap_or(Pool::Cls);
-        Ok(model)
+        if let Some(pool) = self.pool {
+            model.pool = pool;
+        }
+        model
     }
 
     /// The flags that were given.

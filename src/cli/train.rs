@@ -14,13 +14,15 @@ use std::sync::Arc;
 use vitk::data::{synthetic, Normalize, Splits};
 use vitk::engine::{OptimizerState, Precision};
 use vitk::model::checksum::Verified;
-use vitk::model::{init_params, load_weights, ParamLayout};
+use vitk::model::{
+    init_params, load_transfer, read_meta, CheckpointMeta, ParamLayout, TransferOptions,
+};
 use vitk::optim::AdamWConfig;
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
-    self, data_size, DataSource, LoopPosition, Outcome, RunDir, RunLock, RunOptions, RunStart,
-    ScheduleKind, TrainConfig,
+    self, data_size, DataSource, InitFrom, LoopPosition, Outcome, RunDir, RunLock, RunOptions,
+    RunStart, ScheduleKind, TrainConfig,
 };
 
 /// Synthetic set of the default run: sizes and epochs that reach >= 95% validation
@@ -107,9 +109,16 @@ pub struct TrainArgs {
     /// Seed of initialisation, data order and augmentation [default: 0].
     #[arg(long, value_parser = whole_u64, allow_negative_numbers = true)]
     seed: Option<u64>,
-    /// Start from these weights (safetensors, timm names and shapes for this model config).
+    /// Start from pretrained weights (safetensors with vitk's or timm's names): a vitk
+    /// checkpoint gives the model's shape and normalisation unless flags change them; at
+    /// another --image-size pos_embed is resampled (bicubic, as timm), a head of other
+    /// classes is re-initialised.
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// With --init-from at another --patch-size: resize the patch-embedding kernel
+    /// (FlexiViT's pseudo-inverse resize) instead of refusing the checkpoint.
+    #[arg(long)]
+    resample_patch: bool,
     /// CPU threads, 1..=1024 [default: all cores].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
@@ -139,8 +148,25 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The run config these flags describe (for a new run).
-    fn config(&self, data_classes: usize, data_channels: usize) -> Result<TrainConfig> {
-        let mut model = self.model.config("micro")?;
+    /// `init`: the checkpoint of --init-from, whose shape and normalisation are the defaults.
+    fn config(
+        &self,
+        data_classes: usize,
+        data_channels: usize,
+        init: Option<&CheckpointMeta>,
+    ) -> Result<TrainConfig> {
+        let mut model = match init {
+            Some(meta) => self.model.config_from(&meta.config)?,
+            None => self.model.config("micro")?,
+        };
+        // A pretrained model keeps the normalisation it learned with.
+        let default_norm = match init {
+            Some(m) if m.mean.len() == 3 && m.std.len() == 3 => Normalize {
+                mean: [m.mean[0], m.mean[1], m.mean[2]],
+                std: [m.std[0], m.std[1], m.std[2]],
+            },
+            _ => Normalize::CIFAR10,
+        };
         model.num_classes = data_classes;
         model.in_chans = data_channels;
         let data = match &self.data {
@@ -191,8 +217,9 @@ impl TrainArgs {
             augment: !self.no_augment,
             shuffle: !self.no_shuffle,
             seed: self.seed.unwrap_or(0),
-            mean: norm("--mean", &self.mean, Normalize::CIFAR10.mean)?,
-            std: norm("--std", &self.std, Normalize::CIFAR10.std)?,
+            mean: norm("--mean", &self.mean, default_norm.mean)?,
+            std: norm("--std", &self.std, default_norm.std)?,
+            init_from: None,
         };
         cfg.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
@@ -223,6 +250,7 @@ impl TrainArgs {
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
+            ("--resample-patch", self.resample_patch),
             ("--out", self.out.is_some()),
         ];
         let given = |f: &[(&'static str, bool)]| -> Vec<&'static str> {
@@ -339,8 +367,15 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
             "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
         );
     }
+    if a.resample_patch && a.init_from.is_none() {
+        bail!("--resample-patch applies to the weights given with --init-from");
+    }
+    let init_meta = match &a.init_from {
+        Some(path) => read_meta(path)?,
+        None => None,
+    };
     // The data's classes are known once it is loaded; 10 stands in until then.
-    let mut cfg = a.config(10, 3)?;
+    let mut cfg = a.config(10, 3, init_meta.as_ref())?;
     device.check_model(&cfg.model)?;
     let out = a
         .out
@@ -365,7 +400,24 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     check_loaded(&cfg, &splits, "the model")?;
     let layout = ParamLayout::new(&cfg.model);
     let params = match &a.init_from {
-        Some(path) => load_weights(path, &cfg.model)?,
+        Some(path) => {
+            let opts = TransferOptions {
+                resample_patch: a.resample_patch,
+                seed: cfg.seed,
+            };
+            let source = init_meta.as_ref().map(|m| &m.config);
+            let t = load_transfer(path, &cfg.model, source, opts)?;
+            for note in &t.notes {
+                println!("init from {}: {note}", path.display());
+            }
+            let path = std::path::absolute(path)
+                .with_context(|| format!("resolving {}", path.display()))?;
+            cfg.init_from = Some(InitFrom {
+                path,
+                notes: t.notes,
+            });
+            t.params
+        }
         // --check allocates nothing it does not have to.
         None if a.check => Vec::new(),
         None => init_params(&cfg.model, &layout, cfg.seed),

@@ -11,7 +11,7 @@ use super::{ModelConfig, ParamLayout};
 use crate::atomic::write_atomic;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What a checkpoint carries besides the weights.
@@ -44,7 +44,7 @@ pub enum CheckpointError {
     Mismatch { path: PathBuf, problem: String },
 }
 
-fn mismatch(path: &Path, problem: impl Into<String>) -> CheckpointError {
+pub(crate) fn mismatch(path: &Path, problem: impl Into<String>) -> CheckpointError {
     CheckpointError::Mismatch {
         path: path.to_path_buf(),
         problem: problem.into(),
@@ -142,12 +142,15 @@ pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>, CheckpointError>
     }))
 }
 
-/// Loads the weights of a checkpoint for a model of `cfg`: every tensor of the layout must
-/// be present with timm's shape (F32, F16 or BF16), and no other tensor may be present
-/// (timm's `load_state_dict(strict=True)`). Tensors are checked against the file's
-/// checksums when it has them, and every value must be finite.
-pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, CheckpointError> {
-    let layout = ParamLayout::new(cfg);
+/// One tensor of a checkpoint, converted to f32.
+pub(crate) struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Every tensor of a checkpoint by name (F32, F16 or BF16, converted to f32), after checking
+/// them against the file's checksums when it has them.
+pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
     let bytes = read(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(path, e))?;
@@ -157,16 +160,71 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, Checkpoi
             problem,
         }
     })?;
-    let mut params = vec![0.0f32; layout.len];
+    let mut out = BTreeMap::new();
+    for (name, t) in st.tensors() {
+        let raw = t.data();
+        let data: Vec<f32> = match t.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(mismatch(
+                    path,
+                    format!("tensor '{name}' has dtype {other:?}, expected F32, F16 or BF16"),
+                ))
+            }
+        };
+        let shape = t.shape().to_vec();
+        out.insert(name, Tensor { shape, data });
+    }
+    Ok(out)
+}
+
+/// An error naming the first non-finite value of `params`, if any.
+pub(crate) fn check_finite(
+    path: &Path,
+    layout: &ParamLayout,
+    params: &[f32],
+) -> Result<(), CheckpointError> {
+    match params.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => {
+            let (name, k) = locate(layout, i);
+            Err(mismatch(
+                path,
+                format!(
+                    "tensor '{name}' holds {} at element {k} (expected finite values)",
+                    params[i]
+                ),
+            ))
+        }
+    }
+}
+
+/// Loads the weights of a checkpoint for a model of `cfg`: every tensor of the layout must
+/// be present with timm's shape (F32, F16 or BF16), and no other tensor may be present
+/// (timm's `load_state_dict(strict=True)`). Tensors are checked against the file's
+/// checksums when it has them, and every value must be finite. (`--init-from` loads with
+/// [`super::transfer`], which also adapts a checkpoint to another size or head.)
+pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, CheckpointError> {
+    let layout = ParamLayout::new(cfg);
+    let tensors = read_tensors(path)?;
     let expected: HashSet<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
-    let mut extra: Vec<String> = st
-        .names()
-        .into_iter()
+    let extra: Vec<&str> = tensors
+        .keys()
+        .map(String::as_str)
         .filter(|n| !expected.contains(n))
-        .map(String::from)
         .collect();
     if !extra.is_empty() {
-        extra.sort();
         return Err(mismatch(
             path,
             format!(
@@ -176,8 +234,9 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, Checkpoi
             ),
         ));
     }
+    let mut params = vec![0.0f32; layout.len];
     for e in &layout.entries {
-        let t = st.tensor(&e.name).map_err(|_| {
+        let t = tensors.get(&e.name).ok_or_else(|| {
             mismatch(
                 path,
                 format!(
@@ -188,57 +247,21 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig) -> Result<Vec<f32>, Checkpoi
                 ),
             )
         })?;
-        if t.shape() != e.shape.as_slice() {
+        if t.shape != e.shape {
             return Err(mismatch(
                 path,
                 format!(
                     "tensor '{}' has shape {:?}, expected {:?} for {} (a checkpoint of another configuration?)",
                     e.name,
-                    t.shape(),
+                    t.shape,
                     e.shape,
                     cfg.summary()
                 ),
             ));
         }
-        let dst = &mut params[e.range.clone()];
-        let data = t.data();
-        match t.dtype() {
-            Dtype::F32 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            Dtype::F16 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                    *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            Dtype::BF16 => {
-                for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                    *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            other => {
-                return Err(mismatch(
-                    path,
-                    format!(
-                        "tensor '{}' has dtype {other:?}, expected F32, F16 or BF16",
-                        e.name
-                    ),
-                ))
-            }
-        }
+        params[e.range.clone()].copy_from_slice(&t.data);
     }
-    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-        let (name, k) = locate(&layout, i);
-        return Err(mismatch(
-            path,
-            format!(
-                "tensor '{name}' holds {} at element {k} (expected finite values)",
-                params[i]
-            ),
-        ));
-    }
+    check_finite(path, &layout, &params)?;
     Ok(params)
 }
 

@@ -6,6 +6,8 @@ mod config;
 mod dims;
 mod init;
 mod params;
+pub mod resample;
+mod transfer;
 
 pub(crate) use checkpoint::locate;
 pub use checkpoint::{
@@ -15,3 +17,4 @@ pub use config::{ConfigError, DimNames, Limits, ModelConfig, Pool, FIELD_NAMES, 
 pub use dims::BatchDims;
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};
+pub use transfer::{load_transfer, TransferOptions, Transferred};

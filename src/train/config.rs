@@ -52,6 +52,18 @@ pub struct TrainConfig {
     /// Per-channel normalisation (mean, std) applied to inputs in [0, 1].
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// The pretrained weights the run started from (--init-from), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// Pretrained weights a run started from, and how they were adapted to the model (one line
+/// per kind: tensors loaded, pos_embed resampled, head re-initialised, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// Absolute path of the checkpoint.
+    pub path: PathBuf,
+    pub notes: Vec<String>,
 }
 
 /// The flags of `vitk train` that set each model dimension (`in_chans` and `num_classes`

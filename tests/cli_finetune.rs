@@ -1,0 +1,115 @@
+//! Pre-train then fine-tune through the CLI: a model trained at 32x32 on 10 classes starts a
+//! run at 48x48 on a 3-class ImageFolder, says what it adapted, records it and learns.
+
+mod cli_common;
+
+use cli_common::{fails, ok, s, short_run, train_args, with};
+use std::path::Path;
+
+/// A 3-class ImageFolder (train/ and val/) of images of several sizes whose class is the
+/// dominant colour channel: learnable in a few steps.
+fn colour_folder(root: &Path) {
+    for (split, n) in [("train", 30), ("val", 12)] {
+        for (k, class) in ["red", "green", "blue"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for i in 0..n {
+                let (w, h) = (20 + (i % 5) * 7, 24 + (i % 3) * 9);
+                let img = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    let noise = |c: usize| {
+                        ((x as usize * 31 + y as usize * 17 + i * 13 + c * 7) % 90) as u8
+                    };
+                    let mut p = [noise(0), noise(1), noise(2)];
+                    p[k] = p[k].saturating_add(150);
+                    image::Rgb(p)
+                });
+                img.save(dir.join(format!("{i}.png"))).expect("png");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes() {
+    let (tmp, _data, pre) = short_run("6");
+    let folder = tmp.path().join("colours");
+    colour_folder(&folder);
+    let ckpt = pre.join("model.safetensors");
+    let ft = tmp.path().join("ft");
+    // The architecture and normalisation come from the checkpoint; the size and the
+    // classes from the flags and the data.
+    let out = ok(&[
+        "train",
+        "--init-from",
+        s(&ckpt),
+        "--data",
+        s(&folder),
+        "--image-size",
+        "48",
+        "--out",
+        s(&ft),
+        "--epochs",
+        "5",
+        "--batch-size",
+        "15",
+        "--warmup-epochs",
+        "0",
+        "--threads",
+        "2",
+    ]);
+    for line in [
+        "loaded 30 of 32 tensors",
+        "resampled pos_embed 8x8 -> 12x12 (bicubic, antialiased, as timm)",
+        "new head 10 -> 3 classes (re-initialised)",
+        "model D16 L2 H2 M24 P4 S48 C3 K3",
+    ] {
+        assert!(out.contains(line), "missing {line:?}:\n{out}");
+    }
+    let final_line = out.lines().last().expect("output");
+    let acc: f64 = final_line
+        .split("val_acc=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no val_acc in {final_line}"));
+    // Chance is 1/3.
+    assert!(acc >= 0.8, "fine-tuned val_acc {acc}:\n{out}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ft.join("config.json")).expect("config"))
+            .expect("json");
+    let init = &config["init_from"];
+    assert_eq!(
+        init["path"].as_str(),
+        Some(s(&std::path::absolute(&ckpt).expect("abs")))
+    );
+    assert_eq!(init["notes"].as_array().map(Vec::len), Some(3), "{init}");
+    let pre_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pre.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(config["mean"], pre_config["mean"]);
+}
+
+#[test]
+fn patch_size_changes_need_resample_patch_and_leave_nothing_behind() {
+    let (tmp, data, pre) = short_run("1");
+    let ckpt = pre.join("model.safetensors");
+    let out = tmp.path().join("p8");
+    let base = with(
+        train_args(s(&data), s(&out), "1"),
+        &["--steps", "1", "--init-from", s(&ckpt), "--patch-size", "8"],
+    );
+    fails(&base, &["patch size is 4x4", "--resample-patch"]);
+    assert!(!out.exists());
+    let o = ok(&with(base, &["--resample-patch"]));
+    assert!(
+        o.contains("resampled patch_embed.proj.weight 4x4 -> 8x8")
+            && o.contains("resampled pos_embed 8x8 -> 4x4"),
+        "{o}"
+    );
+    let alone = tmp.path().join("alone");
+    fails(
+        &with(train_args(s(&data), s(&alone), "1"), &["--resample-patch"]),
+        &["--resample-patch applies to the weights given with --init-from"],
+    );
+    assert!(!alone.exists());
+}
