@@ -21,7 +21,7 @@ use vitk::gpu::cublaslt::{CublasLt, Product};
 use vitk::gpu::cuda::CudaRuntime;
 use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use vitk::gpu::{DeviceBuffer, GpuResult, GpuTrainer, Runtime};
-use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::{AdamWConfig, AdamWScalars};
 
 const B: usize = 128;
@@ -405,7 +405,7 @@ impl Bench<'_> {
 /// ViT-Ti/16 at 224 x 224 (timm's vit_tiny_patch16_224), 10 classes.
 fn vit_ti_224() -> ModelConfig {
     ModelConfig {
-        image_size: 224,
+        image_size: ImageSize::square(224),
         patch_size: 16,
         in_chans: 3,
         num_classes: 10,
@@ -481,7 +481,9 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
             &format!("{p} patch_embed_im2col"),
             (4.0 + eb) * patches.len() as f64,
             0.0,
-            &mut || k::patch_embed_im2col(r, patches, images.view(), B, 3, 32, 4),
+            &mut || {
+                k::patch_embed_im2col(r, patches, images.view(), B, 3, ImageSize::square(32), 4)
+            },
         );
         let s = AttnDims {
             batch: B,

@@ -113,3 +113,48 @@ fn patch_size_changes_need_resample_patch_and_leave_nothing_behind() {
     );
     assert!(!alone.exists());
 }
+
+#[test]
+fn a_non_square_model_trains_evaluates_and_predicts() {
+    let (tmp, _data, pre) = short_run("2");
+    let folder = tmp.path().join("colours");
+    colour_folder(&folder);
+    let run = tmp.path().join("wide");
+    let pre_model = pre.join("model.safetensors");
+    let base = [
+        "train",
+        "--init-from",
+        s(&pre_model),
+        "--data",
+        s(&folder),
+        "--out",
+        s(&run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "15",
+        "--threads",
+        "2",
+    ];
+    // 40 x 54 does not divide into patches of 4.
+    fails(
+        &with(base.to_vec(), &["--image-size", "40x54"]),
+        &["--image-size 40x54 is not a multiple of --patch-size 4"],
+    );
+    assert!(!run.exists());
+    let out = ok(&with(base.to_vec(), &["--image-size", "24x40"]));
+    assert!(
+        out.contains("resampled pos_embed 8x8 -> 6x10") && out.contains("S24x40"),
+        "{out}"
+    );
+    let ckpt = run.join("model.safetensors");
+    let e = ok(&["eval", "--data", s(&folder), "--checkpoint", s(&ckpt)]);
+    assert!(e.contains("accuracy"), "{e}");
+    // Any image size: resized to 24 x 40 as training resized.
+    let img = tmp.path().join("odd.png");
+    image::RgbImage::from_pixel(17, 33, image::Rgb([20, 220, 30]))
+        .save(&img)
+        .expect("png");
+    let p = ok(&["predict", "--checkpoint", s(&ckpt), "--top", "1", s(&img)]);
+    assert!(p.contains("odd.png:"), "{p}");
+}

@@ -17,7 +17,7 @@ mod reference;
 use common::{rand_vec, rel_err};
 use vitk::cpu;
 use vitk::cpu::Float;
-use vitk::model::Pool;
+use vitk::model::{ImageSize, Pool};
 
 const U64: f64 = f64::EPSILON / 2.0;
 const U32: f64 = f32::EPSILON as f64 / 2.0;
@@ -458,7 +458,25 @@ fn token_ops_at_model_shapes() {
     let images = rand_vec(b * c * s * s, 51, 1.0);
     let mut patches = vec![0.0; b * n * c * p * p];
     cpu::patch_embed::im2col(&mut patches, &images, b, c, s, p);
-    assert_eq!(patches, reference::im2col(&images, b, c, s, p), "im2col");
+    assert_eq!(
+        patches,
+        reference::im2col(&images, b, c, (s, s), p),
+        "im2col"
+    );
+    // A non-square image: 20 x 36, a 5 x 9 grid.
+    let (h, w) = (20, 36);
+    let wide = rand_vec(b * c * h * w, 54, 1.0);
+    let mut wide_patches = vec![0.0; b * (h / p) * (w / p) * c * p * p];
+    let size = ImageSize {
+        height: h,
+        width: w,
+    };
+    cpu::patch_embed::im2col(&mut wide_patches, &wide, b, c, size, p);
+    assert_eq!(
+        wide_patches,
+        reference::im2col(&wide, b, c, (h, w), p),
+        "im2col 20x36"
+    );
     for cls in [true, false] {
         let t = n + usize::from(cls);
         let patch = rand_vec(b * n * d, 52, 1.0);

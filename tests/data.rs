@@ -18,6 +18,7 @@ use vitk::data::{
     augment_into, eval_batches, load, synthetic, to_tensor, Batch, BatchLoader, DataError, Dataset,
     LoaderConfig, Normalize,
 };
+use vitk::model::ImageSize;
 
 const RECORD: u64 = 3073;
 
@@ -127,7 +128,7 @@ fn load_detects_cifar_and_resizes() {
     let (dir, _) = cifar_dir(30);
     let s = load(dir.path(), 16, Some(6), false).unwrap();
     assert_eq!((s.train.len(), s.val.len()), (24, 6));
-    assert_eq!((s.train.channels, s.train.side), (3, 16));
+    assert_eq!((s.train.channels, s.train.size), (3, 16.into()));
     assert_eq!(s.train.images.len(), 24 * 3 * 16 * 16);
     let same = load(dir.path(), 32, Some(6), false).unwrap();
     assert_eq!(
@@ -307,7 +308,8 @@ fn write_rejects_non_cifar_shapes() {
             e,
             DataError::NotCifarShape {
                 channels: 1,
-                side: 16,
+                height: 16,
+                width: 16,
                 ..
             }
         ),
@@ -370,7 +372,7 @@ fn image_folder_happy_path() {
     let t = &s.train;
     assert_eq!(t.classes, ["bird", "cat", "dog"]);
     assert_eq!(t.labels, [0, 0, 1, 2, 2]); // bird/g.png, bird/j.jpg, cat/x.PNG, dog/a, dog/b
-    assert_eq!((t.channels, t.side, t.image_len()), (3, 12, 3 * 144));
+    assert_eq!((t.channels, t.size, t.image_len()), (3, 12.into(), 3 * 144));
     // Solid images stay solid after resizing; grey is replicated into R, G and B.
     assert!(t.image(0).iter().all(|&v| v == 77));
     assert!(t.image(1).iter().all(|&v| v.abs_diff(90) <= 2)); // JPEG rounding
@@ -493,6 +495,36 @@ fn io_errors_carry_their_cause_in_the_message_only() {
     assert_eq!(chained, msg);
 }
 
+/// A non-square model input: every image resized to 6 x 10 (height x width), whatever its
+/// own size and orientation; a left/right gradient keeps its direction.
+#[test]
+fn image_folder_at_a_non_square_size() {
+    let dir = tmp();
+    let d = dir.path();
+    let ramp = |w: u32, h: u32| {
+        image::RgbImage::from_fn(w, h, |x, _| image::Rgb([(x * 255 / (w - 1)) as u8, 7, 7]))
+    };
+    fs::create_dir_all(d.join("a")).unwrap();
+    ramp(30, 50).save(d.join("a/tall.png")).unwrap();
+    ramp(50, 20).save(d.join("a/wide.png")).unwrap();
+    let size = ImageSize {
+        height: 6,
+        width: 10,
+    };
+    let s = load_image_folder(d, size, Some(0)).unwrap();
+    assert_eq!((s.train.size, s.train.image_len()), (size, 3 * 60));
+    for i in 0..2 {
+        let red = &s.train.image(i)[..60];
+        for row in red.chunks_exact(10) {
+            assert!(row[0] < 40 && row[9] > 215, "image {i}: row {row:?}");
+            assert!(
+                row.windows(2).all(|p| p[0] <= p[1]),
+                "image {i}: row {row:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- augmentation
 
 /// A 3-channel image whose R and G planes encode x+1 and y+1 (never 0) and B is 9.
@@ -530,6 +562,42 @@ fn normalisation_values() {
     assert_relative_eq!(one[1], (1.0 - 0.4914) / 0.2470, epsilon = 1e-5);
     assert!(to_tensor(&[0; 4], &mut [0.0; 4], 4, &Normalize::CIFAR10).is_err());
     assert!(to_tensor(&[0; 4], &mut [0.0; 3], 1, &Normalize::NONE).is_err());
+}
+
+/// Crop and flip of a non-square image (5 x 7): every output pixel is the input pixel the
+/// definition names, or the padding.
+#[test]
+fn crop_flip_of_a_non_square_image() {
+    let (h, w, pad) = (5usize, 7usize, 2usize);
+    let p = h * w;
+    let img: Vec<u8> = (0..3 * p).map(|i| (i % 251) as u8 + 1).collect();
+    let byte = |v: f32| (v * 255.0).round() as u8;
+    let size = ImageSize {
+        height: h,
+        width: w,
+    };
+    for (top, left, flip) in [(0, 4, false), (3, 1, true), (4, 0, true)] {
+        let t = CropFlip { top, left, flip };
+        let mut out = vec![0f32; 3 * p];
+        crop_flip_into(&img, &mut out, 3, size, pad, t, &Normalize::NONE).unwrap();
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let cx = if flip { w - 1 - x } else { x };
+                    let (sy, sx) = (
+                        y as isize + top as isize - 2,
+                        cx as isize + left as isize - 2,
+                    );
+                    let want = if (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx) {
+                        img[c * p + sy as usize * w + sx as usize]
+                    } else {
+                        0
+                    };
+                    assert_eq!(byte(out[c * p + y * w + x]), want, "{t:?} c{c} ({y}, {x})");
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -637,7 +705,7 @@ fn synthetic_is_deterministic_and_balanced() {
     let a = synthetic::generate(503, 7);
     assert_eq!(a, synthetic::generate(503, 7));
     assert_ne!(a.images, synthetic::generate(503, 8).images);
-    assert_eq!((a.channels, a.side, a.len()), (3, 32, 503));
+    assert_eq!((a.channels, a.size, a.len()), (3, 32.into(), 503));
     assert_eq!(a.classes.len(), 10);
     let counts = a.class_counts();
     assert!(counts.iter().all(|&c| c == 50 || c == 51), "{counts:?}");

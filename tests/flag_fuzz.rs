@@ -16,7 +16,7 @@ use vitk::cpu::CpuEngine;
 use vitk::engine::Precision;
 use vitk::gpu::profile::DryRuntime;
 use vitk::gpu::GpuTrainer;
-use vitk::model::{ModelConfig, Pool};
+use vitk::model::{ImageSize, ModelConfig, Pool};
 use vitk::optim::AdamWConfig;
 use vitk::train::memory::{host_estimate, DataSize, EngineKind};
 use vitk::train::{DataSource, ScheduleKind, TrainConfig};
@@ -50,6 +50,8 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         whole(1024),
         whole(64),
         whole(65536),
+        // the width: None for a square image
+        prop::option::of(whole(4096)),
     );
     let opt = (real(), real(), real(), real(), real(), real(), real());
     let rest = (
@@ -61,7 +63,10 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
     );
     (model, opt, rest).prop_map(|(m, o, r)| TrainConfig {
         model: ModelConfig {
-            image_size: m.0,
+            image_size: ImageSize {
+                height: m.0,
+                width: m.6.unwrap_or(m.0),
+            },
             patch_size: m.1,
             in_chans: 3,
             num_classes: 10,
@@ -109,11 +114,14 @@ fn out_of_range(c: &TrainConfig) -> Vec<&'static str> {
             bad.push(f)
         }
     };
-    flag("--image-size", within(m.image_size, 4096));
+    let ImageSize { height, width } = m.image_size;
+    flag("--image-size", within(height, 4096) && within(width, 4096));
+    let p = m.patch_size.max(1);
     flag(
         "--patch-size",
-        within(m.patch_size, m.image_size.max(1))
-            && m.image_size.is_multiple_of(m.patch_size.max(1)),
+        within(m.patch_size, height.min(width).max(1))
+            && height.is_multiple_of(p)
+            && width.is_multiple_of(p),
     );
     flag("--embed-dim", within(m.embed_dim, 16384));
     flag("--depth", within(m.depth, 1024));
@@ -174,17 +182,20 @@ fn validate_accepts_exactly_the_documented_ranges() {
 /// A valid model of any size within the limits.
 fn valid_model() -> impl Strategy<Value = (ModelConfig, usize)> {
     (
-        0u32..=6,     // image side 64 << k
-        0u32..=12,    // patch size 1 << k (at most the side)
-        1usize..=128, // head count
-        1usize..=128, // head dim
+        (0u32..=6, 0u32..=6), // image height and width 64 << k
+        0u32..=12,            // patch size 1 << k (at most the shorter side)
+        1usize..=128,         // head count
+        1usize..=128,         // head dim
         1usize..=1024,
         1usize..=65536,
         prop_oneof![1usize..=64, 1usize..=1_000_000_000],
     )
         .prop_map(|(s, p, h, hd, depth, mlp, batch)| {
-            let image_size = 64usize << s;
-            let patch_size = (1usize << p).min(image_size);
+            let image_size = ImageSize {
+                height: 64usize << s.0,
+                width: 64usize << s.1,
+            };
+            let patch_size = (1usize << p).min(image_size.height.min(image_size.width));
             let heads = h.min(16384 / hd);
             (
                 ModelConfig {
@@ -212,7 +223,7 @@ fn memory_estimates_take_any_valid_model_without_overflow() {
             prop_assert!(cfg.validate().is_ok(), "{cfg:?}");
             let data = Some(DataSize {
                 images: 1e6,
-                image_bytes: (3 * cfg.image_size * cfg.image_size) as f64,
+                image_bytes: (3 * cfg.image_size.pixels()) as f64,
                 copied_while_loading: true,
             });
             let cpu = host_estimate(&cfg, batch, data, EngineKind::Cpu).total();

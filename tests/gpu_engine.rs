@@ -11,7 +11,7 @@ use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
 use vitk::gpu::GpuTrainer;
-use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::AdamWConfig;
 
 /// Norm-wise relative error allowed, by tensor family (fp32 device engine vs f64 CPU engine).
@@ -52,7 +52,7 @@ fn tol(name: &str, p: Precision, depth: usize) -> f64 {
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 12,
+        image_size: ImageSize::square(12),
         patch_size: 4,
         in_chans: 3,
         num_classes: 7,
@@ -87,12 +87,17 @@ fn near_ties(logits: &[f64], classes: usize, margin: f64) -> usize {
 /// a state the device carries between steps wrongly (gradients not zeroed, moments not kept)
 /// shows at the next step.
 fn steps_match_cpu(pool: Pool, precision: Precision) {
+    steps_match(&tiny(pool), precision, 3, 3);
+}
+
+/// `steps` (at most 3) training steps of a model of `cfg` at batch `batch`, compared as
+/// [`steps_match_cpu`] describes.
+fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usize) {
     let rt = device();
-    let mut rng = rng(&format!("engine steps {pool}"));
-    let cfg = tiny(pool);
-    let layout = ParamLayout::new(&cfg);
-    let batch = 3;
-    let params = init_params(&cfg, &layout, 7);
+    let pool = cfg.pool;
+    let mut rng = rng(&format!("engine steps {pool} {}", cfg.image_size));
+    let layout = ParamLayout::new(cfg);
+    let params = init_params(cfg, &layout, 7);
     // perturb so that zero-initialised tensors (biases, cls) get non-trivial values
     let params: Vec<f32> = params
         .iter()
@@ -100,20 +105,27 @@ fn steps_match_cpu(pool: Pool, precision: Precision) {
         .map(|(p, n)| p + n)
         .collect();
     let adamw = AdamWConfig::default();
-    let mut cpu = CpuEngine::<f64>::new(&cfg, batch).unwrap();
+    let mut cpu = CpuEngine::<f64>::new(cfg, batch).unwrap();
     let mut p64 = widen(&params);
     let mut opt = AdamW::<f64>::new(adamw, layout.len);
-    let mut gpu = GpuTrainer::new(rt, &cfg, batch, &params, adamw, precision).unwrap();
+    let mut gpu = GpuTrainer::new(rt, cfg, batch, &params, adamw, precision).unwrap();
     let depth = cfg.depth;
     let tol = |name: &str| tol(name, precision, depth);
+    let k = cfg.num_classes as u32;
     for (step, (lr, clip)) in [(3e-3, Some(0.5)), (2e-3, None), (1e-3, Some(0.3))]
         .into_iter()
+        .take(steps)
         .enumerate()
     {
-        let case = format!("{precision} pool={pool} step={}", step + 1);
-        let images = uniform(&mut rng, batch * 3 * 12 * 12, 1.5);
+        let case = format!(
+            "{precision} pool={pool} S={} T={} step={}",
+            cfg.image_size,
+            cfg.num_tokens(),
+            step + 1
+        );
+        let images = uniform(&mut rng, batch * cfg.image_len(), 1.5);
         let labels: Vec<u32> = (0..batch as u32)
-            .map(|i| (i * 3 + 1 + step as u32) % 7)
+            .map(|i| (i * 3 + 1 + step as u32) % k)
             .collect();
         let smoothing = 0.1;
 
@@ -195,6 +207,39 @@ fn bf16_training_steps_match_cpu_cls_pool() {
 #[test]
 fn bf16_training_steps_match_cpu_mean_pool() {
     steps_match_cpu(Pool::Mean, Precision::Bf16);
+}
+
+/// ViT-B/16's input, 224 x 224 at patch 16: T = 197 tokens (one step, a narrow model).
+#[test]
+fn a_step_at_224_by_16_matches_cpu() {
+    let cfg = ModelConfig {
+        image_size: ImageSize::square(224),
+        patch_size: 16,
+        embed_dim: 16,
+        depth: 1,
+        num_heads: 2,
+        mlp_dim: 16,
+        num_classes: 5,
+        ..tiny(Pool::Cls)
+    };
+    assert_eq!(cfg.num_tokens(), 197);
+    steps_match(&cfg, Precision::Fp32, 1, 2);
+}
+
+/// A non-square input, 12 x 20 at patch 4 (a 3 x 5 grid), in both pool modes and precisions.
+#[test]
+fn steps_at_a_non_square_size_match_cpu() {
+    for pool in [Pool::Cls, Pool::Mean] {
+        let cfg = ModelConfig {
+            image_size: ImageSize {
+                height: 12,
+                width: 20,
+            },
+            ..tiny(pool)
+        };
+        steps_match(&cfg, Precision::Fp32, 3, 3);
+        steps_match(&cfg, Precision::Bf16, 2, 3);
+    }
 }
 
 /// Runs a short `vitk train` on the synthetic set and returns the per-step losses.

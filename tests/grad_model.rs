@@ -5,11 +5,11 @@ mod common;
 
 use common::{assert_close, fd_grad, rand_vec, FD_STEP, GRAD_TOL};
 use vitk::cpu::CpuEngine;
-use vitk::model::{ModelConfig, ParamLayout, Pool};
+use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 8,
+        image_size: ImageSize::square(8),
         patch_size: 4,
         in_chans: 3,
         num_classes: 5,
@@ -21,8 +21,11 @@ fn tiny(pool: Pool) -> ModelConfig {
     }
 }
 
-fn check_model(pool: Pool, smoothing: f64) {
-    let cfg = tiny(pool);
+fn check_model(pool: Pool, smoothing: f64, image_size: ImageSize) {
+    let cfg = ModelConfig {
+        image_size,
+        ..tiny(pool)
+    };
     let layout = ParamLayout::new(&cfg);
     let batch = 3;
     // Parameters of order one (not the init's 0.02) so every nonlinearity is exercised;
@@ -35,7 +38,7 @@ fn check_model(pool: Pool, smoothing: f64) {
     {
         params[e.range.clone()].iter_mut().for_each(|v| *v += 1.0);
     }
-    let images = rand_vec(batch * 3 * 8 * 8, 101, 1.0);
+    let images = rand_vec(batch * cfg.image_len(), 101, 1.0);
     let labels = [1u32, 4, 0];
     let mut engine = CpuEngine::<f64>::new(&cfg, batch).expect("valid config");
 
@@ -53,7 +56,7 @@ fn check_model(pool: Pool, smoothing: f64) {
 
     for e in &layout.entries {
         let r = e.range.clone();
-        let name = format!("{} (pool={pool})", e.name);
+        let name = format!("{} (pool={pool}, {image_size})", e.name);
         // A gradient that is identically zero would make the check vacuous.
         assert!(
             numeric[r.clone()].iter().any(|g| g.abs() > 1e-8),
@@ -65,12 +68,23 @@ fn check_model(pool: Pool, smoothing: f64) {
 
 #[test]
 fn whole_model_gradients_cls_pool() {
-    check_model(Pool::Cls, 0.1);
+    check_model(Pool::Cls, 0.1, ImageSize::square(8));
 }
 
 #[test]
 fn whole_model_gradients_mean_pool() {
-    check_model(Pool::Mean, 0.0);
+    check_model(Pool::Mean, 0.0, ImageSize::square(8));
+}
+
+/// A non-square input: 8 x 12 at patch 4, a 2 x 3 grid.
+#[test]
+fn whole_model_gradients_non_square() {
+    let wide = ImageSize {
+        height: 8,
+        width: 12,
+    };
+    check_model(Pool::Cls, 0.1, wide);
+    check_model(Pool::Mean, 0.0, wide);
 }
 
 /// Gradients accumulate across backward calls (zeroing is the caller's job).

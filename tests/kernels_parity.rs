@@ -20,7 +20,7 @@ use vitk::cpu::AdamW;
 use vitk::engine::Precision;
 use vitk::gpu::kernels::{self, AttnDims};
 use vitk::gpu::{DeviceBuffer, Runtime};
-use vitk::model::{ModelConfig, ParamLayout, Pool};
+use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::{AdamWConfig, AdamWScalars};
 
 /// Norm-wise relative error allowed per tensor in fp32 (f32 kernels vs the f64 CPU op).
@@ -62,26 +62,37 @@ const BOTH: [Precision; 2] = [Precision::Fp32, Precision::Bf16];
 fn patch_embed_im2col_matches_cpu() {
     let rt = device();
     let mut rng = rng("patch_embed");
-    // (batch, channels, side, patch) ... and the model shapes: CIFAR-10 at patch 4, and 224
-    // at patch 16 (ViT-B/16's input)
-    for (b, c, s, p) in [
-        (1, 1, 4, 2),
-        (3, 3, 20, 4),
-        (2, 5, 33, 11),
-        (1, 3, 35, 7),
-        (8, 3, 32, 4),
-        (2, 3, 224, 16),
+    // (batch, channels, height, width, patch) ... non-square images, and the model shapes:
+    // CIFAR-10 at patch 4, and 224 at patch 16 (ViT-B/16's input)
+    for (b, c, h, w, p) in [
+        (1, 1, 4, 4, 2),
+        (3, 3, 20, 20, 4),
+        (2, 5, 33, 33, 11),
+        (1, 3, 35, 35, 7),
+        (2, 3, 20, 36, 4),
+        (1, 2, 33, 22, 11),
+        (8, 3, 32, 32, 4),
+        (2, 3, 224, 224, 16),
     ] {
+        let size = ImageSize {
+            height: h,
+            width: w,
+        };
         for prec in BOTH {
-            let case = format!("{prec} B={b} C={c} S={s} P={p}");
+            let case = format!("{prec} B={b} C={c} S={h}x{w} P={p}");
             let mut dev = Dev::new(&rt);
-            let images = held(prec, &uniform(&mut rng, b * c * s * s, 1.0));
-            let n = (s / p) * (s / p);
+            let images = held(prec, &uniform(&mut rng, b * c * h * w, 1.0));
+            let n = (h / p) * (w / p);
             let mut want = vec![0.0f64; b * n * c * p * p];
-            cpu::patch_embed::im2col(&mut want, &widen(&images), b, c, s, p);
+            cpu::patch_embed::im2col(&mut want, &widen(&images), b, c, size, p);
+            assert_eq!(
+                want,
+                reference::im2col(&widen(&images), b, c, (h, w), p),
+                "{case}"
+            );
             let patches = dev.out(prec, want.len());
             let gi = dev.f32(&images);
-            kernels::patch_embed_im2col(&*rt, patches, gi, b, c, s, p).unwrap();
+            kernels::patch_embed_im2col(&*rt, patches, gi, b, c, size, p).unwrap();
             // A copy: exact in both precisions (the images hold bf16 values here).
             check(&case, "patch_embed.patches", 0.0, &dev.get(patches), &want);
         }
@@ -341,6 +352,7 @@ fn attention_forward_and_backward_match_cpu() {
         (1, 197, 3, 64), // ViT-Ti/16 at 224
         (1, 130, 1, 128),
         (1, 70, 2, 16),
+        (1, 1025, 1, 16), // 128 x 128 at patch 4
     ] {
         for prec in BOTH {
             let case = format!("{prec} B={b} T={t} H={h} hd={hd}");
@@ -398,7 +410,7 @@ fn cross_entropy_matches_cpu() {
 
 fn tiny_config(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 8,
+        image_size: ImageSize::square(8),
         patch_size: 4,
         in_chans: 3,
         num_classes: 5,
@@ -414,7 +426,7 @@ fn tiny_config(pool: Pool) -> ModelConfig {
 /// the 2048 x 256 threads of the AdamW launch.
 fn large_config() -> ModelConfig {
     ModelConfig {
-        image_size: 16,
+        image_size: ImageSize::square(16),
         patch_size: 4,
         in_chans: 3,
         num_classes: 10,

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use gpu_common::{device, rng, uniform};
 use vitk::engine::{Precision, StepOutput};
 use vitk::gpu::{DeviceBuffer, GpuTrainer, Graph, Runtime};
-use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::AdamWConfig;
 
 fn cfg() -> ModelConfig {
     ModelConfig {
-        image_size: 8,
+        image_size: ImageSize::square(8),
         patch_size: 4,
         in_chans: 3,
         num_classes: 5,

@@ -5,13 +5,13 @@ mod common;
 use common::{assert_close, rand_vec};
 use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, global_norm, AdamW};
-use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
+use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::AdamWConfig;
 use vitk::train::{LrSchedule, ScheduleKind};
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 8,
+        image_size: ImageSize::square(8),
         patch_size: 4,
         in_chans: 3,
         num_classes: 5,

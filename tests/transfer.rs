@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use vitk::model::resample::{resample_patch_kernel, resample_pos_embed};
 use vitk::model::{
-    init_params, load_transfer, save_checkpoint, CheckpointMeta, ModelConfig, ParamLayout, Pool,
-    TransferOptions, Transferred,
+    init_params, load_transfer, save_checkpoint, CheckpointMeta, ImageSize, ModelConfig,
+    ParamLayout, Pool, TransferOptions, Transferred,
 };
 
 /// D8 L2 H2 M12 at 8x8 / 2 (a 4x4 grid), 10 classes.
 fn source_cfg(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 8,
+        image_size: ImageSize::square(8),
         patch_size: 2,
         in_chans: 3,
         num_classes: 10,
@@ -105,7 +105,7 @@ fn larger_image_and_new_classes_resample_pos_embed_and_reinitialise_the_head() {
     let src = source_cfg(Pool::Cls);
     let (path, sp) = write_source(tmp.path(), &src);
     let dst = ModelConfig {
-        image_size: 12,
+        image_size: ImageSize::square(12),
         num_classes: 3,
         ..src.clone()
     };
@@ -148,7 +148,7 @@ fn a_timm_file_without_metadata_is_taken_as_a_square_grid() {
     let (_, sp) = write_source(tmp.path(), &src);
     let plain = write_plain(tmp.path(), &src, &sp, |_| true);
     let dst = ModelConfig {
-        image_size: 6,
+        image_size: ImageSize::square(6),
         ..src.clone()
     };
     let t = load(&plain, &dst, None, false);
@@ -190,7 +190,7 @@ fn another_patch_size_needs_resample_patch() {
     let (path, sp) = write_source(tmp.path(), &src);
     // P 2 -> 4 at 16x16 keeps the 4x4 grid: only the kernel changes.
     let dst = ModelConfig {
-        image_size: 16,
+        image_size: ImageSize::square(16),
         patch_size: 4,
         ..src.clone()
     };
@@ -273,4 +273,41 @@ fn other_architectures_are_errors_naming_the_tensor_and_both_shapes() {
         e.contains("'patch_embed.proj.weight' has shape [8, 3, 2, 2], expected [8, 1, 2, 2]"),
         "{e}"
     );
+}
+
+#[test]
+fn a_non_square_source_grid_comes_from_its_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = ModelConfig {
+        image_size: ImageSize {
+            height: 8,
+            width: 12,
+        },
+        ..source_cfg(Pool::Cls)
+    };
+    let (path, sp) = write_source(tmp.path(), &src);
+    let dst = ModelConfig {
+        image_size: ImageSize {
+            height: 10,
+            width: 6,
+        },
+        ..src.clone()
+    };
+    let t = load(&path, &dst, Some(&src), false);
+    assert_eq!(
+        t.notes[1],
+        "resampled pos_embed 4x6 -> 5x3 (bicubic, antialiased, as timm)"
+    );
+    let want = resample_pos_embed(tensor(&src, &sp, "pos_embed"), 1, (4, 6), (5, 3), 8);
+    assert_eq!(tensor(&dst, &t.params, "pos_embed"), want.as_slice());
+    // The same number of positions on another grid (4x6 -> 6x4) is still resampled.
+    let turned = ModelConfig {
+        image_size: ImageSize {
+            height: 12,
+            width: 8,
+        },
+        ..src.clone()
+    };
+    let t = load(&path, &turned, Some(&src), false);
+    assert!(t.notes[1].contains("4x6 -> 6x4"), "{:?}", t.notes);
 }

@@ -7,12 +7,13 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use vitk::data::fingerprint::Fingerprint;
 use vitk::data::{self, synthetic, Splits};
+use vitk::model::ImageSize;
 use vitk::train::{DataSource, RunDir, TrainConfig};
 
 /// Loads `--data` for a new run, printing the loader's warnings.
 pub fn load_new(
     path: &Path,
-    side: usize,
+    side: ImageSize,
     val_split: Option<usize>,
     allow_partial: bool,
 ) -> Result<Splits> {
@@ -55,11 +56,13 @@ pub fn load_for_resume(
                     config.display()
                 );
             }
-            if side != synthetic::SIDE {
+            if side != ImageSize::square(synthetic::SIDE) {
                 bail!(
-                    "{}: the synthetic set is {1}x{1}, but the model takes {side}x{side} images",
+                    "{}: the synthetic set is {1}x{1}, but the model takes {2}x{3} images",
                     config.display(),
-                    synthetic::SIDE
+                    synthetic::SIDE,
+                    side.height,
+                    side.width
                 );
             }
             return Ok(synthetic::generate_splits(*train, *val, *seed));

@@ -3,7 +3,7 @@
 use super::parse::whole;
 use anyhow::Result;
 use clap::Args;
-use vitk::model::{ModelConfig, Pool};
+use vitk::model::{ImageSize, ModelConfig, Pool};
 
 #[derive(Args, Default)]
 pub struct ModelArgs {
@@ -25,9 +25,10 @@ pub struct ModelArgs {
     /// Override the patch size P.
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     pub patch_size: Option<usize>,
-    /// Override the input side S (images are resized to it).
-    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
-    pub image_size: Option<usize>,
+    /// Override the input size: S for S x S, or HxW (height x width, e.g. 40x56); images
+    /// are resized to it.
+    #[arg(long, allow_negative_numbers = true)]
+    pub image_size: Option<ImageSize>,
     /// Pooling: cls (class token, `norm`) or mean (no class token, `fc_norm`) [default: cls].
     #[arg(long)]
     pub pool: Option<Pool>,
@@ -61,7 +62,9 @@ impl ModelArgs {
         set(&mut model.num_heads, self.num_heads);
         set(&mut model.mlp_dim, self.mlp_dim);
         set(&mut model.patch_size, self.patch_size);
-        set(&mut model.image_size, self.image_size);
+        if let Some(size) = self.image_size {
+            model.image_size = size;
+        }
         if let Some(pool) = self.pool {
             model.pool = pool;
         }

@@ -49,7 +49,7 @@ pub fn run(a: PredictArgs) -> Result<ExitCode> {
     }
     let side = cfg.image_size;
     let norm = normalize_of(&meta.mean, &meta.std);
-    let plane = side * side;
+    let plane = side.pixels();
     let mut batch = vec![0.0f32; a.images.len() * 3 * plane];
     for (path, out) in a.images.iter().zip(batch.chunks_exact_mut(3 * plane)) {
         // Decoded by content and resized as the ImageFolder loader does for training.

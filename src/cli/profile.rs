@@ -155,7 +155,7 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
     )
     .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let images: Vec<f32> = (0..b * cfg.in_chans * cfg.image_size * cfg.image_size)
+    let images: Vec<f32> = (0..b * cfg.image_len())
         .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
     let labels: Vec<u32> = (0..b)

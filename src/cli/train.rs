@@ -15,7 +15,7 @@ use vitk::data::{synthetic, Normalize, Splits};
 use vitk::engine::{OptimizerState, Precision};
 use vitk::model::checksum::Verified;
 use vitk::model::{
-    init_params, load_transfer, read_meta, CheckpointMeta, ParamLayout, TransferOptions,
+    init_params, load_transfer, read_meta, CheckpointMeta, ImageSize, ParamLayout, TransferOptions,
 };
 use vitk::optim::AdamWConfig;
 use vitk::train::log_path::{self, LogPlan};
@@ -261,7 +261,7 @@ impl TrainArgs {
 }
 
 /// Loads the data of a new run (its size was checked first: `check_data`).
-fn load_data(source: &DataSource, side: usize) -> Result<Splits> {
+fn load_data(source: &DataSource, side: ImageSize) -> Result<Splits> {
     Ok(match source {
         DataSource::Dir {
             path,
@@ -282,7 +282,7 @@ fn load_data(source: &DataSource, side: usize) -> Result<Splits> {
 fn check_data(cfg: &TrainConfig) -> Result<(Option<DataSize>, usize)> {
     let side = cfg.model.image_size;
     if let DataSource::Synthetic { .. } = cfg.data {
-        if side != synthetic::SIDE {
+        if side != ImageSize::square(synthetic::SIDE) {
             bail!(
                 "--image-size {side}: the synthetic set is {0}x{0}; give --data DIR to train at another size",
                 synthetic::SIDE
@@ -307,8 +307,8 @@ fn check_data(cfg: &TrainConfig) -> Result<(Option<DataSize>, usize)> {
     );
     let data = DataSize {
         images: (size.train + size.val) as f64,
-        image_bytes: (size.channels * side * side) as f64,
-        copied_while_loading: size.side != Some(side) || held_out_copy,
+        image_bytes: (size.channels * side.pixels()) as f64,
+        copied_while_loading: size.side.map(ImageSize::square) != Some(side) || held_out_copy,
     };
     Ok((Some(data), cfg.batch_size.min(size.train.max(1))))
 }

@@ -287,13 +287,13 @@ impl<F: Float> CpuEngine<F> {
         self.max_batch
     }
 
-    /// Forward pass of `images` [B, C, S, S] (normalised) with `params`; keeps the
-    /// activations for [`Self::backward`]. B = images.len() / (C·S·S) ≤ max_batch.
+    /// Forward pass of `images` [B, C, S_h, S_w] (normalised) with `params`; keeps the
+    /// activations for [`Self::backward`]. B = images.len() / (C·S_h·S_w) ≤ max_batch.
     pub fn forward(&mut self, params: &[F], images: &[F]) {
         let cfg = &self.cfg;
         let lay = &self.layout;
         assert_eq!(params.len(), lay.len, "forward: parameter buffer");
-        let image_len = cfg.in_chans * cfg.image_size * cfg.image_size;
+        let image_len = cfg.image_len();
         assert_eq!(images.len() % image_len, 0, "forward: images");
         let batch = images.len() / image_len;
         assert!(

@@ -53,15 +53,16 @@ impl CpuTrainer {
     /// capacity (the engine asserts on both).
     fn batch_of(&self, images: &[f32]) -> Result<usize> {
         let cfg = self.engine.config();
-        let image = cfg.in_chans * cfg.image_size * cfg.image_size;
+        let image = cfg.image_len();
         let batch = images.len() / image;
         anyhow::ensure!(
             images.len() == batch * image && (1..=self.engine.max_batch()).contains(&batch),
-            "{} input values: expected 1 to {} images of {}x{s}x{s}",
+            "{} input values: expected 1 to {} images of {}x{}x{}",
             images.len(),
             self.engine.max_batch(),
             cfg.in_chans,
-            s = cfg.image_size
+            cfg.image_size.height,
+            cfg.image_size.width
         );
         Ok(batch)
     }

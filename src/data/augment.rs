@@ -7,6 +7,7 @@
 use rand::RngCore;
 
 use super::DataError;
+use crate::model::ImageSize;
 
 /// Per-channel normalisation constants, applied after scaling bytes to [0, 1].
 /// Sets with C < 3 use the first C values; C > 3 is rejected by [`Normalize::check`].
@@ -67,25 +68,27 @@ fn check_shapes(
     image: &[u8],
     out: &[f32],
     channels: usize,
-    side: usize,
+    size: ImageSize,
     norm: &Normalize,
 ) -> Result<(), DataError> {
     norm.check(channels)?;
-    let len = channels * side * side;
+    let len = channels * size.pixels();
     if image.len() != len || out.len() != len {
         return Err(DataError::invalid(
             "image transform",
             format!(
-                "input of {} bytes and output of {} floats for a {channels}x{side}x{side} image (expected {len} each)",
+                "input of {} bytes and output of {} floats for a {channels}x{}x{} image (expected {len} each)",
                 image.len(),
-                out.len()
+                out.len(),
+                size.height,
+                size.width
             ),
         ));
     }
     Ok(())
 }
 
-/// [C, S, S] bytes -> [C, S, S] normalised floats, no augmentation (evaluation path).
+/// [C, S_h, S_w] bytes -> [C, S_h, S_w] normalised floats, no augmentation (evaluation path).
 /// `image.len()` must equal `out.len()` and be a multiple of `channels`.
 pub fn to_tensor(
     image: &[u8],
@@ -122,7 +125,7 @@ pub(crate) fn to_tensor_checked(image: &[u8], out: &mut [f32], channels: usize, 
 }
 
 /// One draw of the training augmentation. The crop window's top-left corner in the
-/// padded (S + 2 pad)^2 image is (`top`, `left`), each in `0..=2 pad`: output pixel
+/// padded (S_h + 2 pad) x (S_w + 2 pad) image is (`top`, `left`), each in `0..=2 pad`: output pixel
 /// (y, x) is input pixel (y + top - pad, x + left - pad), or 0 outside the input.
 /// `flip` then mirrors the crop left-right.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,18 +160,19 @@ impl CropFlip {
     }
 }
 
-/// Applies a given crop/flip and normalises: [C, S, S] bytes -> [C, S, S] floats.
+/// Applies a given crop/flip and normalises: [C, S_h, S_w] bytes -> [C, S_h, S_w] floats.
 /// Padding is 0 in byte space (before normalisation), as torchvision pads the PIL image.
 pub fn crop_flip_into(
     image: &[u8],
     out: &mut [f32],
     channels: usize,
-    side: usize,
+    size: impl Into<ImageSize>,
     pad: usize,
     t: CropFlip,
     norm: &Normalize,
 ) -> Result<(), DataError> {
-    check_shapes(image, out, channels, side, norm)?;
+    let size = size.into();
+    check_shapes(image, out, channels, size, norm)?;
     if t.top > 2 * pad || t.left > 2 * pad {
         return Err(DataError::invalid(
             "image transform",
@@ -180,7 +184,7 @@ pub fn crop_flip_into(
             ),
         ));
     }
-    crop_flip_checked(image, out, channels, side, pad, t, norm);
+    crop_flip_checked(image, out, channels, size, pad, t, norm);
     Ok(())
 }
 
@@ -189,30 +193,30 @@ pub(crate) fn crop_flip_checked(
     image: &[u8],
     out: &mut [f32],
     channels: usize,
-    side: usize,
+    size: ImageSize,
     pad: usize,
     t: CropFlip,
     norm: &Normalize,
 ) {
-    let plane = side * side;
+    let plane = size.pixels();
     // Signed shift of the source relative to the output.
     let dy = t.top as isize - pad as isize;
     let dx = t.left as isize - pad as isize;
-    let s = side as isize;
+    let (h, s) = (size.height as isize, size.width as isize);
     for c in 0..channels {
         let (scale, shift) = norm.affine(c);
         let src = &image[c * plane..(c + 1) * plane];
         let dst = &mut out[c * plane..(c + 1) * plane];
-        for y in 0..s {
+        for y in 0..h {
             let sy = y + dy;
             let row = &mut dst[(y * s) as usize..((y + 1) * s) as usize];
-            if sy < 0 || sy >= s {
+            if sy < 0 || sy >= h {
                 row.fill(shift); // byte 0 normalised
                 continue;
             }
             let src_row = &src[(sy * s) as usize..((sy + 1) * s) as usize];
             for (x, d) in row.iter_mut().enumerate() {
-                // Flip mirrors the output column: out(y, x) = crop(y, S-1-x).
+                // Flip mirrors the output column: out(y, x) = crop(y, S_w-1-x).
                 let cx = if t.flip {
                     s - 1 - x as isize
                 } else {
@@ -230,7 +234,7 @@ pub(crate) fn crop_flip_checked(
     }
 }
 
-/// Training augmentation: random crop of S x S from the image zero-padded by `pad`
+/// Training augmentation: random crop of S_h x S_w from the image zero-padded by `pad`
 /// pixels on each side, horizontal flip with probability 0.5 when `flip`, then
 /// normalisation. The randomness comes only from `rng` (two 64-bit draws).
 #[allow(clippy::too_many_arguments)]
@@ -238,12 +242,12 @@ pub fn augment_into<R: RngCore + ?Sized>(
     image: &[u8],
     out: &mut [f32],
     channels: usize,
-    side: usize,
+    size: impl Into<ImageSize>,
     rng: &mut R,
     pad: usize,
     flip: bool,
     norm: &Normalize,
 ) -> Result<(), DataError> {
     let t = CropFlip::random(rng, pad, flip);
-    crop_flip_into(image, out, channels, side, pad, t, norm)
+    crop_flip_into(image, out, channels, size, pad, t, norm)
 }

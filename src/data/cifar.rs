@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Dataset, Splits, CIFAR_RECORD_BYTES};
+use crate::model::ImageSize;
 
 /// S of CIFAR-10 images.
 pub const SIDE: usize = 32;
@@ -113,7 +114,7 @@ fn read_records(path: &Path, classes: &[String]) -> Result<Dataset, DataError> {
         labels,
         classes: classes.to_vec(),
         channels: CHANNELS,
-        side: SIDE,
+        size: ImageSize::square(SIDE),
     })
 }
 
@@ -168,7 +169,7 @@ pub fn load_cifar_dir(
             present: files.len(),
         });
     }
-    let mut train = Dataset::empty(classes.clone(), CHANNELS, SIDE);
+    let mut train = Dataset::empty(classes.clone(), CHANNELS, ImageSize::square(SIDE));
     for f in &files {
         append(&mut train, read_records(f, &classes)?);
     }
@@ -200,7 +201,7 @@ pub fn load_cifar_dir(
     if val_split == 0 {
         return Ok(Splits {
             train,
-            val: Dataset::empty(classes, CHANNELS, SIDE),
+            val: Dataset::empty(classes, CHANNELS, ImageSize::square(SIDE)),
             val_source: format!("none: no {TEST_FILE} and val_split = 0"),
             warnings,
         });
@@ -218,7 +219,7 @@ pub fn load_cifar_dir(
         labels: train.labels.split_off(keep),
         classes,
         channels: CHANNELS,
-        side: SIDE,
+        size: ImageSize::square(SIDE),
     };
     Ok(Splits {
         train,
@@ -231,11 +232,12 @@ pub fn load_cifar_dir(
 /// Checks that a set can be stored as CIFAR-10 records.
 fn check_writable(ds: &Dataset, what: &str) -> Result<(), DataError> {
     ds.validate(what)?;
-    if ds.channels != CHANNELS || ds.side != SIDE {
+    if ds.channels != CHANNELS || ds.size != ImageSize::square(SIDE) {
         return Err(DataError::NotCifarShape {
             what: what.into(),
             channels: ds.channels,
-            side: ds.side,
+            height: ds.size.height,
+            width: ds.size.width,
         });
     }
     if ds.classes.len() > 256 {

@@ -78,11 +78,12 @@ pub enum DataError {
     #[error("{path}: exists; refusing to overwrite it (pass overwrite = true to replace the data files)")]
     WouldOverwrite { path: PathBuf },
 
-    #[error("{what}: cannot write {channels}x{side}x{side} images as CIFAR-10 binary (expected 3x32x32)")]
+    #[error("{what}: cannot write {channels}x{height}x{width} images as CIFAR-10 binary (expected 3x32x32)")]
     NotCifarShape {
         what: String,
         channels: usize,
-        side: usize,
+        height: usize,
+        width: usize,
     },
 
     #[error("{what}: {problem}")]

@@ -1,6 +1,6 @@
 //! One image file, decoded by its content (the extension is not trusted: a PNG named .jpg
 //! is read as a PNG), converted to RGB (grey replicated, alpha dropped, as PIL's
-//! `convert("RGB")`) and resized to S x S planes. The ImageFolder loader and `vitk predict`
+//! `convert("RGB")`) and resized to S_h x S_w planes. The ImageFolder loader and `vitk predict`
 //! both read images here, so that training, evaluation and prediction see the same pixels.
 
 use std::fs::File;
@@ -8,9 +8,10 @@ use std::io::BufReader;
 use std::path::Path;
 
 use super::{resize, DataError};
+use crate::model::ImageSize;
 
-/// Decodes the image at `path` into `out`, [3, side, side] bytes.
-pub fn decode_into(path: &Path, side: usize, out: &mut [u8]) -> Result<(), DataError> {
+/// Decodes the image at `path` into `out`, [3, S_h, S_w] bytes.
+pub fn decode_into(path: &Path, size: ImageSize, out: &mut [u8]) -> Result<(), DataError> {
     let bad = |reason: String| DataError::BadImage {
         path: path.into(),
         reason,
@@ -34,13 +35,14 @@ pub fn decode_into(path: &Path, side: usize, out: &mut [u8]) -> Result<(), DataE
             img.height()
         )));
     }
-    resize::rgb_to_planes(&img.to_rgb8(), side, out);
+    resize::rgb_to_planes(&img.to_rgb8(), size, out);
     Ok(())
 }
 
-/// The image at `path` as [3, side, side] bytes.
-pub fn read_image(path: &Path, side: usize) -> Result<Vec<u8>, DataError> {
-    let mut out = vec![0u8; 3 * side * side];
-    decode_into(path, side, &mut out)?;
+/// The image at `path` as [3, S_h, S_w] bytes.
+pub fn read_image(path: &Path, size: impl Into<ImageSize>) -> Result<Vec<u8>, DataError> {
+    let size = size.into();
+    let mut out = vec![0u8; 3 * size.pixels()];
+    decode_into(path, size, &mut out)?;
     Ok(out)
 }

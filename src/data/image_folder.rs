@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::{image_file, DataError, Dataset, Splits};
+use crate::model::ImageSize;
 
 /// File extensions read as images (compared lowercase).
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"];
@@ -134,14 +135,14 @@ fn scan_classes(dir: &Path) -> Result<Vec<ClassDir>, DataError> {
 fn decode_all(
     files: &[(PathBuf, u16)],
     classes: &[String],
-    side: usize,
+    size: ImageSize,
 ) -> Result<Dataset, DataError> {
-    let len = 3 * side * side;
+    let len = 3 * size.pixels();
     let mut images = vec![0u8; files.len() * len];
     let results: Vec<Result<(), DataError>> = images
         .par_chunks_mut(len)
         .zip(files.par_iter())
-        .map(|(dst, (path, _))| image_file::decode_into(path, side, dst))
+        .map(|(dst, (path, _))| image_file::decode_into(path, size, dst))
         .collect();
     if let Some(err) = results.into_iter().find_map(Result::err) {
         return Err(err);
@@ -151,7 +152,7 @@ fn decode_all(
         labels: files.iter().map(|(_, l)| *l).collect(),
         classes: classes.to_vec(),
         channels: 3,
-        side,
+        size,
     })
 }
 
@@ -164,13 +165,14 @@ fn held_out_positions(n: usize, v: usize) -> Vec<usize> {
 /// Loads an ImageFolder directory (see the module documentation for the rules).
 pub fn load_image_folder(
     dir: &Path,
-    side: usize,
+    size: impl Into<ImageSize>,
     val_split: Option<usize>,
 ) -> Result<Splits, DataError> {
-    if side == 0 {
+    let size = size.into();
+    if size.pixels() == 0 {
         return Err(DataError::invalid(
             dir.display().to_string(),
-            "image side 0 requested (expected a side >= 1)",
+            format!("image size {size} requested (expected sides >= 1)"),
         ));
     }
     let train_dir = dir.join("train");
@@ -204,8 +206,8 @@ pub fn load_image_folder(
                 })?;
             val_files.extend(c.files.into_iter().map(|f| (f, k as u16)));
         }
-        let train = decode_all(&train_files, &classes, side)?;
-        let val = decode_all(&val_files, &classes, side)?;
+        let train = decode_all(&train_files, &classes, size)?;
+        let val = decode_all(&val_files, &classes, size)?;
         let name = val_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -222,9 +224,9 @@ pub fn load_image_folder(
     let n = train_files.len();
     let val_split = val_split.unwrap_or_else(|| super::default_val_split(n));
     if val_split == 0 {
-        let train = decode_all(&train_files, &classes, side)?;
+        let train = decode_all(&train_files, &classes, size)?;
         return Ok(Splits {
-            val: Dataset::empty(classes, 3, side),
+            val: Dataset::empty(classes, 3, size),
             train,
             val_source: "none: no val/ folder and val_split = 0".into(),
             warnings: Vec::new(),
@@ -237,7 +239,7 @@ pub fn load_image_folder(
             len: n,
         });
     }
-    let all = decode_all(&train_files, &classes, side)?;
+    let all = decode_all(&train_files, &classes, size)?;
     let held = held_out_positions(n, val_split);
     let mut is_val = vec![false; n];
     for &p in &held {

@@ -121,7 +121,7 @@ impl Schedule {
                     ds.image(i),
                     out,
                     ds.channels,
-                    ds.side,
+                    ds.size,
                     CROP_PAD,
                     t,
                     &cfg.normalize,

@@ -1,7 +1,8 @@
 //! The data layer: datasets in memory, their loaders from disk, augmentation and the
 //! batch loader that feeds training.
 //!
-//! Shapes use the crate's letters: B batch, C channels, S image side.
+//! Shapes use the crate's letters: B batch, C channels, S_h x S_w image height and width
+//! (S x S when square).
 //!
 //! - [`cifar`]: CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin, batches.meta.txt);
 //! - [`image_folder`]: torchvision's ImageFolder layout (one subfolder of images per class);
@@ -22,6 +23,7 @@ mod resize;
 pub mod rng;
 pub mod synthetic;
 
+use crate::model::ImageSize;
 use std::path::Path;
 
 pub use augment::{augment_into, to_tensor, Normalize};
@@ -31,7 +33,7 @@ pub use loader::{eval_batches, Batch, BatchLoader, EvalBatches, LoaderConfig};
 /// A labelled image set held in memory as bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataset {
-    /// Pixels, [n, C, S, S]: each image is C planes of S x S bytes (CHW, row-major).
+    /// Pixels, [n, C, S_h, S_w]: each image is C planes of S_h x S_w bytes (CHW, row-major).
     pub images: Vec<u8>,
     /// Labels, `[n]`; each is an index into `classes`.
     pub labels: Vec<u16>,
@@ -39,8 +41,8 @@ pub struct Dataset {
     pub classes: Vec<String>,
     /// C: planes per image (3 for RGB).
     pub channels: usize,
-    /// S: image side in pixels (images are square).
-    pub side: usize,
+    /// S_h x S_w: image height and width in pixels.
+    pub size: ImageSize,
 }
 
 impl Dataset {
@@ -50,27 +52,29 @@ impl Dataset {
         labels: Vec<u16>,
         classes: Vec<String>,
         channels: usize,
-        side: usize,
+        size: impl Into<ImageSize>,
     ) -> Result<Self, DataError> {
+        let size = size.into();
         let ds = Dataset {
             images,
             labels,
             classes,
             channels,
-            side,
+            size,
         };
         ds.validate("dataset")?;
         Ok(ds)
     }
 
     /// An empty set with the given classes and image shape (e.g. "no validation data").
-    pub fn empty(classes: Vec<String>, channels: usize, side: usize) -> Self {
+    pub fn empty(classes: Vec<String>, channels: usize, size: impl Into<ImageSize>) -> Self {
+        let size = size.into();
         Dataset {
             images: Vec::new(),
             labels: Vec::new(),
             classes,
             channels,
-            side,
+            size,
         }
     }
 
@@ -83,12 +87,12 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Bytes per image: C * S * S.
+    /// Bytes per image: C * S_h * S_w.
     pub fn image_len(&self) -> usize {
-        self.channels * self.side * self.side
+        self.channels * self.size.pixels()
     }
 
-    /// Image `i` as [C, S, S] bytes. Panics if `i >= len()`, like slice indexing.
+    /// Image `i` as [C, S_h, S_w] bytes. Panics if `i >= len()`, like slice indexing.
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
@@ -124,18 +128,18 @@ impl Dataset {
             labels,
             classes: self.classes.clone(),
             channels: self.channels,
-            side: self.side,
+            size: self.size,
         }
     }
 
     /// Checks the invariants every consumer relies on; `what` names the set in errors.
     pub fn validate(&self, what: &str) -> Result<(), DataError> {
-        if self.channels == 0 || self.side == 0 {
+        if self.channels == 0 || self.size.pixels() == 0 {
             return Err(DataError::invalid(
                 what,
                 format!(
-                    "image shape {}x{}x{} has a zero dimension (expected C, S >= 1)",
-                    self.channels, self.side, self.side
+                    "image shape {}x{}x{} has a zero dimension (expected C, S_h, S_w >= 1)",
+                    self.channels, self.size.height, self.size.width
                 ),
             ));
         }
@@ -148,8 +152,8 @@ impl Dataset {
                     self.images.len(),
                     self.labels.len(),
                     self.channels,
-                    self.side,
-                    self.side
+                    self.size.height,
+                    self.size.width
                 ),
             ));
         }
@@ -187,9 +191,9 @@ pub struct Splits {
 
 /// Loads a data directory, detecting its layout:
 /// - CIFAR-10 binary when any of data_batch_1.bin..data_batch_5.bin is present
-///   (see [`cifar::load_cifar_dir`]); images are resized to `side` when it is not 32;
+///   (see [`cifar::load_cifar_dir`]); images are resized to `size` when it is not 32x32;
 /// - otherwise an ImageFolder when the directory has subfolders
-///   (see [`image_folder::load_image_folder`]), images resized to `side`.
+///   (see [`image_folder::load_image_folder`]), images resized to `size`.
 ///
 /// `val_split` is the number of training samples held out for validation when the
 /// directory has no validation split of its own (`None`: [`default_val_split`]; 0: none).
@@ -197,14 +201,15 @@ pub struct Splits {
 /// missing (a warning in [`Splits::warnings`]); without it that is an error.
 pub fn load(
     dir: &Path,
-    side: usize,
+    size: impl Into<ImageSize>,
     val_split: Option<usize>,
     allow_partial: bool,
 ) -> Result<Splits, DataError> {
-    if side == 0 {
+    let size = size.into();
+    if size.pixels() == 0 {
         return Err(DataError::invalid(
             dir.display().to_string(),
-            "image side 0 requested (expected a side >= 1)",
+            format!("image size {size} requested (expected sides >= 1)"),
         ));
     }
     if !dir.exists() {
@@ -219,17 +224,17 @@ pub fn load(
     }
     if cifar::is_cifar_dir(dir) {
         let splits = cifar::load_cifar_dir(dir, val_split, allow_partial)?;
-        if side == cifar::SIDE {
+        if size == ImageSize::square(cifar::SIDE) {
             return Ok(splits);
         }
         return Ok(Splits {
-            train: resize::resize_dataset(&splits.train, side),
-            val: resize::resize_dataset(&splits.val, side),
+            train: resize::resize_dataset(&splits.train, size),
+            val: resize::resize_dataset(&splits.val, size),
             val_source: splits.val_source,
             warnings: splits.warnings,
         });
     }
-    image_folder::load_image_folder(dir, side, val_split)
+    image_folder::load_image_folder(dir, size, val_split)
 }
 
 /// Validation records held out when none is asked for: 10% of the training records, at

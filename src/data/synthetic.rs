@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::rng::{Rng64, TAG_SYNTH_ORDER, TAG_SYNTH_TRAIN, TAG_SYNTH_VAL};
 use super::{Dataset, Splits};
+use crate::model::ImageSize;
 
 /// S of the synthetic images.
 pub const SIDE: usize = 32;
@@ -200,7 +201,7 @@ fn generate_stream(n: usize, seed: u64, stream: u64) -> Dataset {
         labels,
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
         channels: CHANNELS,
-        side: SIDE,
+        size: ImageSize::square(SIDE),
     }
 }
 

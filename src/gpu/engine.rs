@@ -376,7 +376,7 @@ impl GpuTrainer {
 
     /// Bytes of pinned host memory the queued steps stage batches in (two slots).
     pub fn pinned_bytes(cfg: &ModelConfig, max_batch: usize) -> f64 {
-        let image = (cfg.in_chans * cfg.image_size * cfg.image_size) as f64;
+        let image = cfg.image_len() as f64;
         2.0 * max_batch as f64 * (image + 1.0) * 4.0
     }
 
@@ -435,7 +435,7 @@ impl GpuTrainer {
 
     /// The batch size of `images` [B, C, S, S], or why it does not fit this engine.
     fn batch_of(&self, images: &[f32]) -> GpuResult<usize> {
-        let image = self.cfg.in_chans * self.cfg.image_size * self.cfg.image_size;
+        let image = self.cfg.image_len();
         let batch = images.len() / image;
         if batch == 0 || batch * image != images.len() || batch > self.max_batch {
             return Err(GpuError::Shape {

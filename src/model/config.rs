@@ -1,5 +1,6 @@
 //! Model configuration and the named presets.
 
+use super::ImageSize;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -38,11 +39,11 @@ impl std::str::FromStr for Pool {
 #[error("invalid model configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// The shape of a ViT. Letters used in comments: S image_size, P patch_size, C in_chans,
-/// K num_classes, D embed_dim, L depth, H num_heads, M mlp_dim.
+/// The shape of a ViT. Letters used in comments: S image_size (S_h x S_w when not square),
+/// P patch_size, C in_chans, K num_classes, D embed_dim, L depth, H num_heads, M mlp_dim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    pub image_size: usize,
+    pub image_size: ImageSize,
     pub patch_size: usize,
     pub in_chans: usize,
     pub num_classes: usize,
@@ -120,7 +121,7 @@ impl ModelConfig {
                 ))
             })?;
         Ok(Self {
-            image_size: 32,
+            image_size: ImageSize::square(32),
             patch_size: 4,
             in_chans: 3,
             num_classes: 10,
@@ -141,13 +142,15 @@ impl ModelConfig {
     /// [`Self::validate`] with errors naming each dimension as `names` does (e.g. the flags
     /// of `vitk train`).
     pub fn check(&self, names: &DimNames) -> Result<(), ConfigError> {
+        let ImageSize { height, width } = self.image_size;
         // (name, value, largest, the dimension that bounds it)
         let dims = [
-            (names.image_size, self.image_size, LIMITS.image_size, None),
+            (names.image_size, height, LIMITS.image_size, None),
+            (names.image_size, width, LIMITS.image_size, None),
             (
                 names.patch_size,
                 self.patch_size,
-                self.image_size,
+                height.min(width),
                 Some(names.image_size),
             ),
             (names.in_chans, self.in_chans, LIMITS.in_chans, None),
@@ -175,7 +178,7 @@ impl ModelConfig {
                 )));
             }
         }
-        if !self.image_size.is_multiple_of(self.patch_size) {
+        if !height.is_multiple_of(self.patch_size) || !width.is_multiple_of(self.patch_size) {
             return Err(ConfigError(format!(
                 "{} {} is not a multiple of {} {}",
                 names.image_size, self.image_size, names.patch_size, self.patch_size
@@ -190,10 +193,20 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// N = (S / P)².
+    /// The patch grid (rows, columns): (S_h / P, S_w / P).
+    pub fn grid(&self) -> (usize, usize) {
+        self.image_size.grid(self.patch_size)
+    }
+
+    /// N = (S_h / P)·(S_w / P).
     pub fn num_patches(&self) -> usize {
-        let g = self.image_size / self.patch_size;
-        g * g
+        let (gh, gw) = self.grid();
+        gh * gw
+    }
+
+    /// C · S_h · S_w, the values of one input image.
+    pub fn image_len(&self) -> usize {
+        self.in_chans * self.image_size.pixels()
     }
 
     /// T = N + 1 with a class token, N without.

@@ -23,7 +23,7 @@ pub struct BatchDims {
     pub cpp: usize,
     /// L: blocks.
     pub depth: usize,
-    /// C·S·S: values per image.
+    /// C·S_h·S_w: values per image.
     pub image: usize,
 }
 
@@ -39,7 +39,7 @@ impl BatchDims {
             k: cfg.num_classes,
             cpp: cfg.patch_dim(),
             depth: cfg.depth,
-            image: cfg.in_chans * cfg.image_size * cfg.image_size,
+            image: cfg.image_len(),
         }
     }
 

@@ -4,6 +4,7 @@ mod checkpoint;
 pub mod checksum;
 mod config;
 mod dims;
+mod image_size;
 mod init;
 mod params;
 pub mod resample;
@@ -15,6 +16,7 @@ pub use checkpoint::{
 };
 pub use config::{ConfigError, DimNames, Limits, ModelConfig, Pool, FIELD_NAMES, LIMITS, PRESETS};
 pub use dims::BatchDims;
+pub use image_size::ImageSize;
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};
 pub use transfer::{load_transfer, TransferOptions, Transferred};

@@ -217,10 +217,7 @@ impl<'a> Transfer<'a> {
         let src_prefix = usize::from(self.tensors.contains_key("cls_token"));
         let n_src = t.shape[1].saturating_sub(src_prefix);
         let from = match source {
-            Some(s) => {
-                let g = s.image_size / s.patch_size;
-                (g, g)
-            }
+            Some(s) => s.grid(),
             None => {
                 let g = (n_src as f64).sqrt().round() as usize;
                 (g, g)
@@ -239,8 +236,7 @@ impl<'a> Transfer<'a> {
                 ),
             ));
         }
-        let g = self.cfg.image_size / self.cfg.patch_size;
-        let to: Grid = (g, g);
+        let to: Grid = self.cfg.grid();
         let prefix = usize::from(self.cfg.pool == Pool::Cls);
         // The class token's row: kept, dropped (a mean-pooled model), or left initialised.
         let mut pos = t.data.clone();

@@ -113,7 +113,7 @@ pub fn host_estimate(
     let mut e = Estimate::default();
     let n = ParamLayout::new(cfg).len as f64;
     let b = batch as f64;
-    let image = (cfg.in_chans * cfg.image_size * cfg.image_size) as f64;
+    let image = cfg.image_len() as f64;
     match engine {
         EngineKind::Cpu => {
             e.add(

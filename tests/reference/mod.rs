@@ -227,16 +227,16 @@ pub fn cross_entropy(logits: &[f64], labels: &[u32], k: usize, eps: f64) -> (f64
 }
 
 /// im2col of images [B, C, S, S] into patches [B·N, C·P·P], column order (c, ky, kx).
-pub fn im2col(images: &[f64], b: usize, c: usize, s: usize, p: usize) -> Vec<f64> {
-    let g = s / p;
-    let mut out = Vec::with_capacity(b * g * g * c * p * p);
+pub fn im2col(images: &[f64], b: usize, c: usize, (h, w): (usize, usize), p: usize) -> Vec<f64> {
+    let (gh, gw) = (h / p, w / p);
+    let mut out = Vec::with_capacity(b * gh * gw * c * p * p);
     for bi in 0..b {
-        for py in 0..g {
-            for px in 0..g {
+        for py in 0..gh {
+            for px in 0..gw {
                 for ci in 0..c {
                     for ky in 0..p {
                         for kx in 0..p {
-                            out.push(images[((bi * c + ci) * s + py * p + ky) * s + px * p + kx]);
+                            out.push(images[((bi * c + ci) * h + py * p + ky) * w + px * p + kx]);
                         }
                     }
                 }

@@ -3,27 +3,31 @@
 use super::{expect_count, expect_len, instance, shape_err, Operand, OperandArg, BLOCK};
 use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{DView, Launch, LaunchConfig, Runtime};
+use crate::model::ImageSize;
 
-/// images [B, C, S, S] -> patches [B·N, C·P·P] (fp32 or bf16), N = (S/P)², column order
-/// (c, ky, kx).
+/// images [B, C, S_h, S_w] -> patches [B·N, C·P·P] (fp32 or bf16), N = (S_h/P)·(S_w/P),
+/// column order (c, ky, kx).
 pub fn patch_embed_im2col(
     rt: &dyn Runtime,
     patches: Operand,
     images: DView,
     batch: usize,
     channels: usize,
-    side: usize,
+    size: impl Into<ImageSize>,
     patch: usize,
 ) -> GpuResult<()> {
+    let size = size.into();
     const K: &str = "patch_embed_im2col";
-    if patch == 0 || !side.is_multiple_of(patch) {
+    let (h, w) = (size.height, size.width);
+    if patch == 0 || !h.is_multiple_of(patch) || !w.is_multiple_of(patch) {
         return Err(shape_err(
             K,
-            format!("image side {side} is not a multiple of patch {patch}"),
+            format!("image {h}x{w} is not a multiple of patch {patch}"),
         ));
     }
-    let n = (side / patch) * (side / patch);
-    expect_len(K, "images", images, batch * channels * side * side)?;
+    let (gh, gw) = size.grid(patch);
+    let n = gh * gw;
+    expect_len(K, "images", images, batch * channels * h * w)?;
     let total = batch * n * channels * patch * patch;
     expect_count(K, "patches", patches.len(), total)?;
     if total == 0 {
@@ -44,7 +48,8 @@ pub fn patch_embed_im2col(
         .ptr(images)
         .int("batch", batch)
         .int("channels", channels)
-        .int("side", side)
+        .int("height", h)
+        .int("width", w)
         .int("patch", patch)
         .cost(0.0, (total * (4 + patches.elem_bytes())) as f64)
         .run(rt)
