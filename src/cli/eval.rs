@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::{self, Normalize};
 use vitk::engine::Precision;
-use vitk::model::load_checkpoint;
+use vitk::model::{
+    load_checkpoint, load_transfer, DimNames, ImageSize, ModelConfig, TransferOptions, FIELD_NAMES,
+};
 use vitk::optim::AdamWConfig;
 use vitk::train::evaluate;
 
@@ -41,6 +43,10 @@ pub struct EvalArgs {
     /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
     #[arg(long)]
     precision: Option<Precision>,
+    /// Evaluate at another input size, S or HxW (a multiple of the patch size), with
+    /// pos_embed resampled to its patch grid as timm does [default: the checkpoint's].
+    #[arg(long, allow_negative_numbers = true)]
+    image_size: Option<ImageSize>,
 }
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
@@ -49,7 +55,11 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         bail!("--batch-size 0 is out of range: expected at least 1");
     }
     let (meta, params) = load_checkpoint(&a.checkpoint)?;
-    let cfg = &meta.config;
+    let (cfg, params) = match a.image_size {
+        Some(size) if size != meta.config.image_size => at_size(&a, &meta.config, size)?,
+        _ => (meta.config.clone(), params),
+    };
+    let cfg = &cfg;
     let splits = data::load(&a.data, cfg.image_size, a.val_split, a.allow_partial)?;
     super::data_source::warn(&splits);
     let val = &splits.val;
@@ -105,6 +115,35 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         println!("  {k:>3} {}  {}", cells.join(" "), val.classes[k]);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model of the checkpoint at input size `size`, and its weights with pos_embed
+/// resampled to the new grid.
+fn at_size(
+    a: &EvalArgs,
+    trained: &ModelConfig,
+    size: ImageSize,
+) -> Result<(ModelConfig, Vec<f32>)> {
+    let cfg = ModelConfig {
+        image_size: size,
+        ..trained.clone()
+    };
+    cfg.check(&DimNames {
+        image_size: "--image-size",
+        patch_size: "the checkpoint's patch size",
+        ..FIELD_NAMES
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {}", a.checkpoint.display(), e.0))?;
+    let t = load_transfer(
+        &a.checkpoint,
+        &cfg,
+        Some(trained),
+        TransferOptions::default(),
+    )?;
+    for note in t.notes.iter().filter(|n| n.starts_with("resampled")) {
+        println!("{}: {note}", a.checkpoint.display());
+    }
+    Ok((cfg, t.params))
 }
 
 /// The checkpoint's normalisation (first three channels at most).
