@@ -928,6 +928,10 @@ impl TrainEngine for GpuTrainer {
             .map_err(|e| anyhow::anyhow!("device engine: forward: {e}"))
     }
 
+    fn attention_probs(&mut self, _images: &[f32]) -> anyhow::Result<Vec<f32>> {
+        anyhow::bail!("attention maps are computed on the CPU engine; use --device cpu")
+    }
+
     fn params(&self) -> anyhow::Result<Vec<f32>> {
         self.try_params()
             .map_err(|e| anyhow::anyhow!("device engine: download parameters: {e}"))
