@@ -4,6 +4,7 @@
 mod cli_common;
 use cli_common::*;
 
+use image::imageops::FilterType;
 use std::path::{Path, PathBuf};
 
 /// A tiny model (D 16, L 2, H 2, 32x32 input) trained for 3 steps, class or mean pooling:
@@ -82,18 +83,27 @@ fn writes_one_sheet_per_image_and_a_line_each() {
             // Whatever the input's size, the sheet shows the model's 32x32 view of it.
             assert_eq!(sheet.dimensions(), SHEET, "{pool}: {}", png_out.display());
         }
-        // The input panel is the image as the model sees it (a.png is 32x32: unresized),
-        // not normalised: pixel (x, y) of the input fills a ZOOM x ZOOM square.
-        let sheet = image::open(out.join("a.png")).expect("sheet").to_rgb8();
-        let input = image::open(&a).expect("input").to_rgb8();
-        for (x, y) in [(0, 0), (5, 9), (31, 31)] {
-            let at = (INPUT_AT.0 + x * ZOOM + 2, INPUT_AT.1 + y * ZOOM + 2);
-            assert_eq!(
-                sheet.get_pixel(at.0, at.1),
-                input.get_pixel(x, y),
-                "{pool}: input pixel ({x}, {y})"
-            );
+        // The input panel is the image as the model sees it: resized to 32x32 with the
+        // loader's filter (a.png is 32x32 already), not normalised; pixel (x, y) of it fills
+        // a ZOOM x ZOOM square.
+        for stem in ["a", "wide"] {
+            let sheet = image::open(out.join(format!("{stem}.png")))
+                .expect("sheet")
+                .to_rgb8();
+            let input = image::open(tmp.path().join(format!("{stem}.png")))
+                .expect("input")
+                .to_rgb8();
+            let seen = image::imageops::resize(&input, 32, 32, FilterType::Triangle);
+            for (x, y) in [(0, 0), (5, 9), (20, 3), (31, 31)] {
+                let at = (INPUT_AT.0 + x * ZOOM + 2, INPUT_AT.1 + y * ZOOM + 2);
+                assert_eq!(
+                    sheet.get_pixel(at.0, at.1),
+                    seen.get_pixel(x, y),
+                    "{pool} {stem}: input pixel ({x}, {y})"
+                );
+            }
         }
+        let sheet = image::open(out.join("a.png")).expect("sheet").to_rgb8();
         // The map panels are not blank: each holds more than a handful of colours.
         for panel in 1..4 {
             let x0 = 8 + panel * 168;

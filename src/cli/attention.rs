@@ -28,11 +28,12 @@ pub struct AttentionArgs {
     /// file of that name.
     #[arg(long)]
     out: PathBuf,
-    /// cpu (the default), or auto, cuda[:N], emu: the device engine does not compute
-    /// attention maps yet.
+    /// cpu, auto (a working CUDA device, else the CPU), cuda[:N], emu (the emulator). The
+    /// device engine recomputes the probabilities from q, k and the log-sum-exp.
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Arithmetic of the device engine: fp32 or bf16.
+    /// Arithmetic of the device engine: fp32 or bf16 (bf16 q and k give maps within bf16
+    /// rounding of fp32's) [default: bf16 on CUDA, fp32 on emu and the CPU].
     #[arg(long)]
     precision: Option<Precision>,
     /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, recognised by content whatever their
