@@ -203,3 +203,42 @@ fn errors_name_the_file_in_one_line() {
         &["would both be written to"],
     );
 }
+
+/// `--device emu` runs the device engine, which recomputes the probabilities from q, k and the
+/// log-sum-exp: the same class and probability, and the same sheet up to rounding.
+#[test]
+fn the_device_engine_draws_the_same_maps() {
+    let (tmp, ckpt) = trained("cls");
+    let a = png(tmp.path(), "a.png", 40, 40);
+    let mut sheets = Vec::new();
+    let mut lines = Vec::new();
+    for device in ["cpu", "emu"] {
+        let out = tmp.path().join(device);
+        let o = vitk(&[
+            "attention",
+            "--checkpoint",
+            s(&ckpt),
+            s(&a),
+            "--out",
+            s(&out),
+            "--device",
+            device,
+        ]);
+        assert!(o.status.success(), "{device}: {}", text(&o));
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        lines.push(line.split(" -> ").next().expect("line").to_owned());
+        sheets.push(image::open(out.join("a.png")).expect("sheet").to_rgb8());
+    }
+    assert_eq!(lines[0], lines[1], "class and probability");
+    assert_eq!(sheets[0].dimensions(), sheets[1].dimensions());
+    let off = sheets[0]
+        .as_raw()
+        .iter()
+        .zip(sheets[1].as_raw())
+        .filter(|(x, y)| x.abs_diff(**y) > 2)
+        .count();
+    assert!(
+        off * 1000 < sheets[0].as_raw().len(),
+        "{off} channel values differ by more than 2"
+    );
+}
