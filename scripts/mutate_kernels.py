@@ -38,6 +38,13 @@ MUTANTS = [
     ("fp32 attention keys past T not masked", "kernels/attention.cu",
      "      const float s = key ? sd * scale : -3.402823466e38f;\n      const float m_new = fmaxf(m[i], warp_max(s));\n      const float corr = expf(m[i] - m_new);\n      const float p = key ? expf(s - m_new) : 0.0f;",
      "      const float s = sd * scale;\n      const float m_new = fmaxf(m[i], warp_max(s));\n      const float corr = expf(m[i] - m_new);\n      const float p = expf(s - m_new) + 0.0f * key;"),
+    # attention_probs.cu (attention maps)
+    ("attention probabilities without the scale", "kernels/attention_probs.cu",
+     "probs[bh * tt + e] = expf(s * scale - lse[bh * t + i]);", "probs[bh * tt + e] = expf(s + 0.0f * scale - lse[bh * t + i]);"),
+    ("attention probabilities read the key's lse", "kernels/attention_probs.cu",
+     "probs[bh * tt + e] = expf(s * scale - lse[bh * t + i]);", "probs[bh * tt + e] = expf(s * scale - lse[bh * t + j]);"),
+    ("attention probabilities of q against q", "src/gpu/engine.rs",
+     "let (q, key) = (blk.qkv.slice(0, hl), blk.qkv.slice(hl, hl));", "let (q, key) = (blk.qkv.slice(0, hl), blk.qkv.slice(0, hl));"),
     # attention_tc.cu (bf16, fused, tensor cores)
     ("bf16 attention forward without the running-max rescale", "kernels/attention_tc.cu",
      "      for (int r = 0; r < 4; r++) o[n][r] *= corr[r >> 1];", "      for (int r = 0; r < 4; r++) o[n][r] *= 1.0f + 0.0f * corr[r >> 1];"),

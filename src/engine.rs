@@ -49,6 +49,11 @@ pub trait TrainEngine {
     fn finish_steps(&mut self) -> Result<Option<StepOutput>>;
     /// Logits [B, K] of images [B, C, S, S] (no state kept for backward is needed).
     fn logits(&mut self, images: &[f32]) -> Result<Vec<f32>>;
+    /// Attention probabilities of an evaluation forward pass of images [B, C, S, S]:
+    /// [L, B, H, T, T] f32, where element (l, b, h, i, j) is how much query token i attends
+    /// to key token j in head h of block l (each row a softmax: sums to 1). For attention
+    /// maps (`vitk attention`); not part of training.
+    fn attention_probs(&mut self, images: &[f32]) -> Result<Vec<f32>>;
     /// The parameters, flat in the [`ParamLayout`] order.
     fn params(&self) -> Result<Vec<f32>>;
     fn optimizer_state(&self) -> Result<OptimizerState>;

@@ -2,6 +2,7 @@
 //! a rayon CPU engine and CUDA kernels. See docs/ARCHITECTURE.md for the architecture.
 
 pub mod atomic;
+pub mod attention_maps;
 pub mod cpu;
 pub mod data;
 pub mod engine;

@@ -4,6 +4,7 @@
 //!     vitk train --data cifar-10-batches-bin --model seed --epochs 100
 //!     vitk eval --data DIR --checkpoint runs/run-1/model.safetensors
 //!     vitk predict --checkpoint runs/run-1/model.safetensors cat.png
+//!     vitk attention --checkpoint runs/run-1/model.safetensors cat.png --out maps
 //!     vitk synth --out synth-bin
 //!     vitk profile --model seed --batch-size 128 --precision bf16
 //!     vitk info
@@ -32,6 +33,9 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Top-k classes of images under a checkpoint.
     Predict(cli::predict::PredictArgs),
+    /// Attention maps of images under a checkpoint: per head of the last block and the
+    /// rollout over all blocks, one PNG per image.
+    Attention(cli::attention::AttentionArgs),
     /// Write the synthetic data set in the CIFAR-10 binary layout.
     Synth(cli::synth::SynthArgs),
     /// Time a device training step kernel by kernel (without a GPU: count it and model it).
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(*a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => cli::predict::run(a),
+        Command::Attention(a) => cli::attention::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Profile(a) => cli::profile::run(a),
         Command::Info => cli::info::run(),

@@ -351,3 +351,67 @@ fn cli_train_bf16_on_the_emulator_learns_as_the_cpu_does() {
         "bf16 losses drift from the CPU run: {worst:e}"
     );
 }
+
+/// The device engine's attention probabilities [L, B, H, T, T] (recomputed from the saved q, k
+/// and log-sum-exp: the fused attention keeps no P) against the CPU engine's (the P it saves),
+/// from the same f32 parameters and images: fp32 within 1e-5 per element; bf16 within the
+/// logits' tolerance (the roundings on the path to the last block's q and k are a subset of
+/// those on the path to the logits), with rows still summing to 1.
+#[test]
+fn attention_probabilities_match_the_cpu_engine() {
+    use vitk::cpu::CpuTrainer;
+    use vitk::engine::TrainEngine;
+    for pool in [Pool::Cls, Pool::Mean] {
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let case = format!("attention probabilities {precision} pool={pool}");
+            let mut rng = rng(&case);
+            let cfg = tiny(pool);
+            let layout = ParamLayout::new(&cfg);
+            let batch = 3;
+            // Weights this large make the attention far from uniform.
+            let params = uniform(&mut rng, layout.len, 0.8);
+            let images = uniform(&mut rng, batch * 3 * 12 * 12, 1.5);
+            let adamw = AdamWConfig::default();
+            let mut cpu = CpuTrainer::new(&cfg, batch, params.clone(), adamw).unwrap();
+            let mut gpu =
+                GpuTrainer::new(device(), &cfg, batch, &params, adamw, precision).unwrap();
+            let want = cpu.attention_probs(&images).unwrap();
+            let got = TrainEngine::attention_probs(&mut gpu, &images).unwrap();
+            let t = cfg.num_tokens();
+            assert_eq!(
+                got.len(),
+                cfg.depth * batch * cfg.num_heads * t * t,
+                "{case}"
+            );
+            let peak = want.iter().cloned().fold(0.0f32, f32::max);
+            assert!(
+                peak > 0.5,
+                "{case}: attention too uniform for a test ({peak})"
+            );
+            for (i, row) in got.chunks_exact(t).enumerate() {
+                let sum: f64 = row.iter().map(|&v| v as f64).sum();
+                assert!((sum - 1.0).abs() <= 1e-5, "{case}: row {i} sums to {sum}");
+            }
+            match precision {
+                Precision::Fp32 => {
+                    let (i, diff) = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(g, w)| (g - w).abs())
+                        .enumerate()
+                        .fold((0, 0.0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+                    assert!(
+                        diff <= 1e-5,
+                        "{case}: element {i}: {} vs {} on the CPU",
+                        got[i],
+                        want[i]
+                    );
+                }
+                Precision::Bf16 => {
+                    let tol = tol("logits", precision, cfg.depth);
+                    check(&case, "probs", tol, &got, &widen(&want));
+                }
+            }
+        }
+    }
+}

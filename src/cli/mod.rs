@@ -1,5 +1,6 @@
 //! The subcommands of the `vitk` binary. The library knows nothing of them.
 
+pub mod attention;
 pub mod data_source;
 pub mod device;
 pub mod eval;

@@ -408,6 +408,18 @@ impl<F: Float> CpuEngine<F> {
         a.head.logits
     }
 
+    /// Attention probabilities of the last forward pass, [L, B, H, T, T]: the softmax of
+    /// each block, as saved for backward, concatenated block after block.
+    pub fn attention_probs(&self) -> Vec<F> {
+        let z = BatchDims::new(&self.cfg, self.batch);
+        let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
+        let mut out = Vec::with_capacity(z.depth * z.b * z.h * z.t * z.t);
+        for blk in &a.blocks {
+            out.extend_from_slice(blk.probs); // [B, H, T, T]
+        }
+        out
+    }
+
     /// Loss of the last forward pass against `labels` [B]; also prepares the gradient of the
     /// loss for [`Self::backward`].
     pub fn loss(&mut self, labels: &[u32], smoothing: f64) -> LossStats {

@@ -120,6 +120,12 @@ impl TrainEngine for CpuTrainer {
         Ok(self.engine.logits().to_vec())
     }
 
+    fn attention_probs(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.batch_of(images)?;
+        self.engine.forward(&self.params, images);
+        Ok(self.engine.attention_probs())
+    }
+
     fn params(&self) -> Result<Vec<f32>> {
         Ok(self.params.clone())
     }

@@ -604,6 +604,25 @@ impl GpuTrainer {
         a.logits.to_vec(&*self.rt)
     }
 
+    /// Attention probabilities of an evaluation forward pass of `images` [B, C, S, S]:
+    /// [L, B, H, T, T] fp32, recomputed block by block from the saved q, k and log-sum-exp
+    /// (the fused attention keeps no P) into a buffer of one block's [B, H, T, T].
+    pub fn try_attention_probs(&mut self, images: &[f32]) -> GpuResult<Vec<f32>> {
+        self.try_forward(images)?;
+        let (z, a) = self.acts(self.batch);
+        let s = z.attn_dims();
+        let per_block = s.batch * s.heads * s.tokens * s.tokens;
+        let buf = alloc::<f32>(&self.rt, per_block, "attention probabilities")?;
+        let hl = s.head_len();
+        let mut out = Vec::with_capacity(z.depth * per_block);
+        for blk in &a.blocks {
+            let (q, key) = (blk.qkv.slice(0, hl), blk.qkv.slice(hl, hl));
+            k::attention_probs(&*self.rt, buf.view(), blk.lse, q, key, s)?;
+            out.extend(buf.view().to_vec(&*self.rt)?);
+        }
+        Ok(out)
+    }
+
     /// Loss of the last forward pass against `labels`; prepares dlogits. Runs on the device;
     /// the statistics stay there until [`Self::read_stats`].
     pub fn try_loss(&mut self, labels: &[u32], smoothing: f64) -> GpuResult<()> {
@@ -926,6 +945,11 @@ impl TrainEngine for GpuTrainer {
         self.try_forward(images)
             .and_then(|()| self.try_logits())
             .map_err(|e| anyhow::anyhow!("device engine: forward: {e}"))
+    }
+
+    fn attention_probs(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {
+        self.try_attention_probs(images)
+            .map_err(|e| anyhow::anyhow!("device engine: attention probabilities: {e}"))
     }
 
     fn params(&self) -> anyhow::Result<Vec<f32>> {

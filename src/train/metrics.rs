@@ -272,7 +272,8 @@ fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
     out
 }
 
-fn register_font() {
+/// Registers DejaVu Sans as "sans-serif" for plotters' text (once).
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // DejaVu Sans is embedded by the `dejavu` crate; registration only fails on a bad font.

@@ -169,6 +169,60 @@ pub fn attention_forward(
     launch.cost(2.0 * s.product_flops(), bytes).run(rt)
 }
 
+/// Attention probabilities for attention maps (evaluation only): probs [B, H, T, T] fp32
+/// (overwritten), P = exp(scale·QKᵀ − lse) recomputed from head-major q, k [B, H, T, hd] (both
+/// fp32 or both bf16) and the forward's lse [B, H, T] (kernels/attention_probs.cu).
+pub fn attention_probs(
+    rt: &dyn Runtime,
+    probs: DView,
+    lse: DView,
+    q: Operand,
+    k: Operand,
+    s: AttnDims,
+) -> GpuResult<()> {
+    const K: &str = "attention_probs";
+    s.check(K)?;
+    let p = q.precision();
+    same_precision(K, p, &[("k", k)])?;
+    for (name, buf) in [("q", q), ("k", k)] {
+        expect_count(K, name, buf.len(), s.head_len())?;
+    }
+    expect_len(K, "lse", lse, s.rows())?;
+    let tt = s.tokens * s.tokens;
+    expect_len(K, "probs", probs, s.batch * s.heads * tt)?;
+    if s.batch == 0 {
+        return Ok(());
+    }
+    let name = match p {
+        Precision::Fp32 => "vitk_attention_probs_f32",
+        Precision::Bf16 => "vitk_attention_probs_bf16",
+    };
+    let grid = LaunchConfig {
+        grid: (
+            u32::try_from(tt.div_ceil(256))
+                .map_err(|_| shape_err(K, format!("T*T = {tt} too large")))?,
+            (s.batch * s.heads) as u32,
+            1,
+        ),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let elems = (s.batch * s.heads * tt) as f64;
+    Launch::new(name, grid)
+        .ptr(probs)
+        .ptr(lse)
+        .operand(q)
+        .operand(k)
+        .int("tokens", s.tokens)
+        .int("head_dim", s.head_dim)
+        .f32(s.scale())
+        .cost(
+            elems * 2.0 * s.head_dim as f64,
+            elems * 4.0 + (2 * s.head_len() * q.elem_bytes() + 4 * s.rows()) as f64,
+        )
+        .run(rt)
+}
+
 /// dqkv [B, T, 3D] (overwritten, token-major) from dout [B, T, D], the forward's out and lse,
 /// and head-major q, k, v (all fp32 or all bf16); `rowdot` [B, H, T] is fp32 scratch.
 #[allow(clippy::too_many_arguments)]

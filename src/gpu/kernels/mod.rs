@@ -12,7 +12,9 @@ mod patch;
 mod reduce;
 mod tokens;
 
-pub use attention::{attention_backward, attention_forward, AttnDims, MAX_HEAD_DIM};
+pub use attention::{
+    attention_backward, attention_forward, attention_probs, AttnDims, MAX_HEAD_DIM,
+};
 pub use layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
 pub use loss::cross_entropy;
 pub use matmul::{
