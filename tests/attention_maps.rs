@@ -8,12 +8,12 @@ use common::{assert_close, rand_vec};
 use vitk::attention_maps::{image_maps, rollout};
 use vitk::cpu::CpuTrainer;
 use vitk::engine::TrainEngine;
-use vitk::model::{ModelConfig, ParamLayout, Pool};
+use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::AdamWConfig;
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {
-        image_size: 12,
+        image_size: ImageSize::square(12),
         patch_size: 4,
         in_chans: 3,
         num_classes: 5,
@@ -32,12 +32,12 @@ fn reference_forward(cfg: &ModelConfig, params: &[f64], images: &[f64]) -> (Vec<
     let p = |r: &std::ops::Range<usize>| &params[r.clone()];
     let (c, s, ps, d, m) = (
         cfg.in_chans,
-        cfg.image_size,
+        (cfg.image_size.height, cfg.image_size.width),
         cfg.patch_size,
         cfg.embed_dim,
         cfg.mlp_dim,
     );
-    let b = images.len() / (c * s * s);
+    let b = images.len() / cfg.image_len();
     let n = cfg.num_patches();
     let t = cfg.num_tokens();
     let (h, hd) = (cfg.num_heads, cfg.head_dim());
@@ -95,7 +95,7 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
 fn inputs(cfg: &ModelConfig, batch: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let n = ParamLayout::new(cfg).len;
     let params: Vec<f32> = rand_vec(n, seed, 1.0).iter().map(|&v| v as f32).collect();
-    let image = cfg.in_chans * cfg.image_size * cfg.image_size;
+    let image = cfg.image_len();
     let images: Vec<f32> = rand_vec(batch * image, seed + 1, 1.5)
         .iter()
         .map(|&v| v as f32)

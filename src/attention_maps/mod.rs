@@ -7,7 +7,7 @@ pub mod rollout;
 
 use crate::model::ModelConfig;
 
-/// The maps of one image over the patch grid, [N] each (row-major over the g x g grid),
+/// The maps of one image over the patch grid, [N] each (row-major over the gh x gw grid),
 /// unnormalised.
 pub struct ImageMaps {
     /// Per head of the last block: the class token's attention over the patches (`Pool::Cls`),

@@ -2,10 +2,11 @@
 //! (resized, not normalised), alone or in grey with a map over the patch grid upsampled
 //! bilinearly to the image and overlaid in a colour map, each titled, under a header line.
 //!
-//! Layout (pixels): every panel is S·z square, z = ⌈160 / S⌉ (at least 1) so that a 32-pixel
-//! image shows at 160; panels sit in ⌈n / 6⌉ rows of ⌈n / rows⌉ columns, each with a title
+//! Layout (pixels): every panel is S_h·z x S_w·z, z = ⌈160 / max(S_h, S_w)⌉ (at least 1) so
+//! that a 32-pixel image shows at 160; panels sit in ⌈n / 6⌉ rows of ⌈n / rows⌉ columns, each with a title
 //! strip above it; see [`sheet_size`].
 
+use crate::model::ImageSize;
 use image::RgbImage;
 use plotters::prelude::*;
 
@@ -19,7 +20,7 @@ const HEADER: usize = 30;
 /// Weight of the colour map over the image.
 const ALPHA: f64 = 0.55;
 
-/// One panel: a title and, unless it shows the image alone, a map [g·g] over the patch grid
+/// One panel: a title and, unless it shows the image alone, a map [gh·gw] over the patch grid
 /// (row-major), with values in [0, 1].
 pub struct Panel {
     pub title: String,
@@ -32,60 +33,69 @@ fn grid(panels: usize) -> (usize, usize) {
     (rows, panels.div_ceil(rows).max(1))
 }
 
-/// Side of one panel for an image of `side` pixels.
-pub fn panel_side(side: usize) -> usize {
-    side * MIN_PANEL.div_ceil(side.max(1)).max(1)
+/// (height, width) of one panel for an image of `size`.
+pub fn panel_size(size: ImageSize) -> (usize, usize) {
+    let zoom = MIN_PANEL
+        .div_ceil(size.height.max(size.width).max(1))
+        .max(1);
+    (size.height * zoom, size.width * zoom)
 }
 
-/// (width, height) of the sheet of `panels` panels of an image of `side` pixels:
-/// width = GAP + columns·(P + GAP), height = HEADER + rows·(TITLE + P + GAP), P = panel side.
-pub fn sheet_size(panels: usize, side: usize) -> (usize, usize) {
+/// (width, height) of the sheet of `panels` panels of an image of `size`:
+/// width = GAP + columns·(P_w + GAP), height = HEADER + rows·(TITLE + P_h + GAP), P the panel.
+pub fn sheet_size(panels: usize, size: ImageSize) -> (usize, usize) {
     let (rows, cols) = grid(panels);
-    let p = panel_side(side);
-    (GAP + cols * (p + GAP), HEADER + rows * (TITLE + p + GAP))
+    let (ph, pw) = panel_size(size);
+    (GAP + cols * (pw + GAP), HEADER + rows * (TITLE + ph + GAP))
 }
 
-/// Draws the sheet of `image` [3, S, S] (bytes, planar RGB) whose patch grid is `grid` x `grid`:
-/// `header` on top, then `panels` in order.
+/// Draws the sheet of `image` [3, S_h, S_w] (bytes, planar RGB) whose patch grid is
+/// `patch_grid` (rows, columns): `header` on top, then `panels` in order.
 pub fn render(
     image: &[u8],
-    side: usize,
-    patch_grid: usize,
+    size: ImageSize,
+    patch_grid: (usize, usize),
     header: &str,
     panels: &[Panel],
 ) -> Result<RgbImage, String> {
-    if image.len() != 3 * side * side || patch_grid == 0 || !side.is_multiple_of(patch_grid) {
+    let ((sh, sw), (gh, gw)) = ((size.height, size.width), patch_grid);
+    if image.len() != 3 * sh * sw
+        || gh == 0
+        || gw == 0
+        || !sh.is_multiple_of(gh)
+        || !sw.is_multiple_of(gw)
+    {
         return Err(format!(
-            "render: {} image bytes for a {side}x{side} RGB image with a {patch_grid}x{patch_grid} patch grid",
+            "render: {} image bytes for a {sh}x{sw} RGB image with a {gh}x{gw} patch grid",
             image.len()
         ));
     }
-    let (w, h) = sheet_size(panels.len(), side);
+    let (w, h) = sheet_size(panels.len(), size);
     let (_, cols) = grid(panels.len());
-    let p = panel_side(side);
+    let (ph, pw) = panel_size(size);
     let mut sheet = RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255]));
-    let plane = side * side;
+    let plane = sh * sw;
     for (i, panel) in panels.iter().enumerate() {
         let (x0, y0) = (
-            GAP + (i % cols) * (p + GAP),
-            HEADER + (i / cols) * (TITLE + p + GAP) + TITLE,
+            GAP + (i % cols) * (pw + GAP),
+            HEADER + (i / cols) * (TITLE + ph + GAP) + TITLE,
         );
         if let Some(map) = &panel.map {
-            if map.len() != patch_grid * patch_grid {
+            if map.len() != gh * gw {
                 return Err(format!(
-                    "render: panel '{}' has {} values for a {patch_grid}x{patch_grid} grid",
+                    "render: panel '{}' has {} values for a {gh}x{gw} grid",
                     panel.title,
                     map.len()
                 ));
             }
         }
-        for y in 0..p {
-            for x in 0..p {
-                // The image pixel under this display pixel (nearest), [0, S).
-                let (iy, ix) = (y * side / p, x * side / p);
+        for y in 0..ph {
+            for x in 0..pw {
+                // The image pixel under this display pixel (nearest), [0, S_h) x [0, S_w).
+                let (iy, ix) = (y * sh / ph, x * sw / pw);
                 let mut rgb = [0.0f64; 3];
                 for (c, v) in rgb.iter_mut().enumerate() {
-                    *v = f64::from(image[c * plane + iy * side + ix]);
+                    *v = f64::from(image[c * plane + iy * sw + ix]);
                 }
                 if let Some(map) = &panel.map {
                     // Under a map the image is grey (Rec. 601 luma): colour is the map's alone.
@@ -94,8 +104,8 @@ pub fn render(
                     let m = bilinear(
                         map,
                         patch_grid,
-                        (y as f64 + 0.5) / p as f64,
-                        (x as f64 + 0.5) / p as f64,
+                        (y as f64 + 0.5) / ph as f64,
+                        (x as f64 + 0.5) / pw as f64,
                     );
                     let col = colour(m);
                     for (v, c) in rgb.iter_mut().zip(col) {
@@ -107,7 +117,7 @@ pub fn render(
             }
         }
     }
-    draw_text(&mut sheet, header, panels, p, cols)?;
+    draw_text(&mut sheet, header, panels, (ph, pw), cols)?;
     Ok(sheet)
 }
 
@@ -116,7 +126,7 @@ fn draw_text(
     sheet: &mut RgbImage,
     header: &str,
     panels: &[Panel],
-    p: usize,
+    (ph, pw): (usize, usize),
     cols: usize,
 ) -> Result<(), String> {
     crate::train::metrics::register_font();
@@ -128,25 +138,25 @@ fn draw_text(
     root.draw_text(header, &big, (GAP as i32, 6))
         .map_err(|e| e.to_string())?;
     for (i, panel) in panels.iter().enumerate() {
-        let x = GAP + (i % cols) * (p + GAP);
-        let y = HEADER + (i / cols) * (TITLE + p + GAP) + 3;
+        let x = GAP + (i % cols) * (pw + GAP);
+        let y = HEADER + (i / cols) * (TITLE + ph + GAP) + 3;
         root.draw_text(&panel.title, &small, (x as i32, y as i32))
             .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
 }
 
-/// The map [g·g] at fractional position (v, u) ∈ [0, 1)² of the image, bilinear between patch
-/// centres (clamped at the borders).
-fn bilinear(map: &[f64], g: usize, v: f64, u: f64) -> f64 {
-    let coord = |t: f64| {
+/// The map [gh·gw] at fractional position (v, u) ∈ [0, 1)² of the image, bilinear between
+/// patch centres (clamped at the borders).
+fn bilinear(map: &[f64], (gh, gw): (usize, usize), v: f64, u: f64) -> f64 {
+    let coord = |t: f64, g: usize| {
         let c = (t * g as f64 - 0.5).clamp(0.0, (g - 1) as f64);
         let i = (c.floor() as usize).min(g - 1);
         (i, (i + 1).min(g - 1), c - i as f64)
     };
-    let (y0, y1, fy) = coord(v);
-    let (x0, x1, fx) = coord(u);
-    let at = |y: usize, x: usize| map[y * g + x];
+    let (y0, y1, fy) = coord(v, gh);
+    let (x0, x1, fx) = coord(u, gw);
+    let at = |y: usize, x: usize| map[y * gw + x];
     let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
     let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
     top * (1.0 - fy) + bottom * fy

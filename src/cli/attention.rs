@@ -54,7 +54,7 @@ pub fn run(a: AttentionArgs) -> Result<ExitCode> {
     }
     let outputs = output_paths(&a.images, &a.out)?;
     let side = cfg.image_size;
-    let plane = side * side;
+    let plane = side.pixels();
     // Every image is read before anything is computed or written.
     let pixels: Vec<Vec<u8>> = a
         .images
@@ -74,7 +74,7 @@ pub fn run(a: AttentionArgs) -> Result<ExitCode> {
         AdamWConfig::default(),
     )?;
     let k = cfg.num_classes;
-    let grid = side / cfg.patch_size;
+    let grid = cfg.grid();
     let heads_show = match cfg.pool {
         Pool::Cls => "the class token's attention",
         Pool::Mean => "the mean attention each patch receives",
