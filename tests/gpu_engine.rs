@@ -12,7 +12,7 @@ use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
 use vitk::gpu::GpuTrainer;
 use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning, ParamGroups};
 
 /// Norm-wise relative error allowed, by tensor family (fp32 device engine vs f64 CPU engine).
 const TOLERANCES: &[(&str, f64)] = &[
@@ -85,8 +85,11 @@ fn near_ties(logits: &[f64], classes: usize, margin: f64) -> usize {
 /// key bias: softmax ignores a shift of all scores) turns rounding noise into updates of order
 /// lr whatever the engine; fed the same gradients, both sides then differ by rounding only, so
 /// a state the device carries between steps wrongly (gradients not zeroed, moments not kept)
-/// shows at the next step.
-fn steps_match_cpu(pool: Pool, precision: Precision) {
+/// shows at the next step. `tuning`: layer-wise LR decay and a frozen backbone on both sides
+/// (the CPU reference: its head-only backward, clipping of the trainable span and AdamW with
+/// the same groups); frozen tensors must stay bitwise as they started on the device, with
+/// zero gradients and moments.
+fn steps_match_cpu(pool: Pool, precision: Precision, tuning: FineTuning) {
     let rt = device();
     let mut rng = rng(&format!("engine steps {pool}"));
     let cfg = tiny(pool);
@@ -103,14 +106,16 @@ fn steps_match_cpu(pool: Pool, precision: Precision) {
     let mut cpu = CpuEngine::<f64>::new(&cfg, batch).unwrap();
     let mut p64 = widen(&params);
     let mut opt = AdamW::<f64>::new(adamw, layout.len);
-    let mut gpu = GpuTrainer::new(rt, &cfg, batch, &params, adamw, precision).unwrap();
+    let groups = ParamGroups::new(&layout, tuning);
+    let span = groups.trainable();
+    let mut gpu = GpuTrainer::new(rt, &cfg, batch, &params, adamw, precision, tuning).unwrap();
     let depth = cfg.depth;
     let tol = |name: &str| tol(name, precision, depth);
     for (step, (lr, clip)) in [(3e-3, Some(0.5)), (2e-3, None), (1e-3, Some(0.3))]
         .into_iter()
         .enumerate()
     {
-        let case = format!("{precision} pool={pool} step={}", step + 1);
+        let case = format!("{precision} pool={pool} {tuning:?} step={}", step + 1);
         let images = uniform(&mut rng, batch * 3 * 12 * 12, 1.5);
         let labels: Vec<u32> = (0..batch as u32)
             .map(|i| (i * 3 + 1 + step as u32) % 7)
@@ -121,8 +126,15 @@ fn steps_match_cpu(pool: Pool, precision: Precision) {
         let logits = cpu.logits().to_vec();
         let stats = cpu.loss(&labels, smoothing);
         let mut grads = vec![0.0; layout.len];
-        cpu.backward(&p64, &mut grads);
-        let norm = clip_grad_norm(&mut grads.clone(), clip.unwrap_or(f64::INFINITY));
+        if tuning.freeze_backbone {
+            cpu.backward_head(&p64, &mut grads);
+        } else {
+            cpu.backward(&p64, &mut grads);
+        }
+        let norm = clip_grad_norm(
+            &mut grads[span.clone()].to_vec(),
+            clip.unwrap_or(f64::INFINITY),
+        );
 
         gpu.try_forward(&images).unwrap();
         check(
@@ -156,12 +168,29 @@ fn steps_match_cpu(pool: Pool, precision: Precision) {
 
         let mut g_dev = widen(&g_grads);
         if let Some(c) = clip {
-            clip_grad_norm(&mut g_dev, c);
+            clip_grad_norm(&mut g_dev[span.clone()], c);
         }
-        opt.update(&layout, &mut p64, &g_dev, lr);
+        opt.update(&groups, &mut p64, &g_dev, lr);
         let g_params = gpu.try_params().unwrap();
         let g_opt = gpu.try_optimizer_state().unwrap();
         assert_eq!(g_opt.step, opt.step, "{case}: optimizer step count");
+        for t in groups.tensors.iter().filter(|t| t.frozen) {
+            let r = t.range.clone();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&g_params[r.clone()]),
+                bits(&params[r.clone()]),
+                "{case}: frozen {} changed",
+                t.name
+            );
+            for (what, v) in [("grad", &g_grads), ("m", &g_opt.m), ("v", &g_opt.v)] {
+                assert!(
+                    v[r.clone()].iter().all(|&x| x.to_bits() == 0),
+                    "{case}: frozen {}: {what} not zero",
+                    t.name
+                );
+            }
+        }
         for e in &layout.entries {
             let r = e.range.clone();
             for (family, dev, want) in [
@@ -177,24 +206,66 @@ fn steps_match_cpu(pool: Pool, precision: Precision) {
     }
 }
 
+const PLAIN: FineTuning = FineTuning {
+    layer_decay: None,
+    freeze_backbone: false,
+};
+const LAYER_DECAY: FineTuning = FineTuning {
+    layer_decay: Some(0.75),
+    freeze_backbone: false,
+};
+const FROZEN: FineTuning = FineTuning {
+    layer_decay: None,
+    freeze_backbone: true,
+};
+
 #[test]
 fn training_steps_match_cpu_cls_pool() {
-    steps_match_cpu(Pool::Cls, Precision::Fp32);
+    steps_match_cpu(Pool::Cls, Precision::Fp32, PLAIN);
 }
 
 #[test]
 fn training_steps_match_cpu_mean_pool() {
-    steps_match_cpu(Pool::Mean, Precision::Fp32);
+    steps_match_cpu(Pool::Mean, Precision::Fp32, PLAIN);
 }
 
 #[test]
 fn bf16_training_steps_match_cpu_cls_pool() {
-    steps_match_cpu(Pool::Cls, Precision::Bf16);
+    steps_match_cpu(Pool::Cls, Precision::Bf16, PLAIN);
 }
 
 #[test]
 fn bf16_training_steps_match_cpu_mean_pool() {
-    steps_match_cpu(Pool::Mean, Precision::Bf16);
+    steps_match_cpu(Pool::Mean, Precision::Bf16, PLAIN);
+}
+
+#[test]
+fn layer_decay_steps_match_cpu() {
+    steps_match_cpu(Pool::Cls, Precision::Fp32, LAYER_DECAY);
+}
+
+#[test]
+fn bf16_layer_decay_steps_match_cpu() {
+    steps_match_cpu(Pool::Mean, Precision::Bf16, LAYER_DECAY);
+}
+
+/// Frozen backbone with layer decay on top (the head's rate is the base rate either way).
+#[test]
+fn frozen_backbone_steps_match_cpu() {
+    steps_match_cpu(Pool::Cls, Precision::Fp32, FROZEN);
+    steps_match_cpu(
+        Pool::Mean,
+        Precision::Fp32,
+        FineTuning {
+            layer_decay: Some(0.5),
+            freeze_backbone: true,
+        },
+    );
+}
+
+#[test]
+fn bf16_frozen_backbone_steps_match_cpu() {
+    steps_match_cpu(Pool::Mean, Precision::Bf16, FROZEN);
 }
 
 /// Runs a short `vitk train` on the synthetic set and returns the per-step losses.

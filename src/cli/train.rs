@@ -110,6 +110,15 @@ pub struct TrainArgs {
     /// Start from these weights (safetensors, timm names and shapes for this model config).
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// Layer-wise learning-rate decay R, in (0, 1] (timm's, as MAE and BEiT fine-tune): the
+    /// head and its norm train at the learning rate, block i of L at R^(L-i) times it, the
+    /// embeddings at R^(L+1) times it (weight decay scaled alike) [default: off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    layer_decay: Option<f64>,
+    /// Linear probe: only the head and its norm (norm, or fc_norm with mean pooling) train;
+    /// every other tensor keeps its initial (--init-from) value and gets no backward pass.
+    #[arg(long)]
+    freeze_backbone: bool,
     /// CPU threads, 1..=1024 [default: all cores].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
@@ -193,6 +202,8 @@ impl TrainArgs {
             seed: self.seed.unwrap_or(0),
             mean: norm("--mean", &self.mean, Normalize::CIFAR10.mean)?,
             std: norm("--std", &self.std, Normalize::CIFAR10.std)?,
+            layer_decay: self.layer_decay,
+            freeze_backbone: self.freeze_backbone,
         };
         cfg.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
@@ -223,6 +234,8 @@ impl TrainArgs {
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
+            ("--layer-decay", self.layer_decay.is_some()),
+            ("--freeze-backbone", self.freeze_backbone),
             ("--out", self.out.is_some()),
         ];
         let given = |f: &[(&'static str, bool)]| -> Vec<&'static str> {
@@ -518,7 +531,13 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         }
     }
     let n_params = p.params.len();
-    let mut engine = device.engine(&cfg.model, cfg.batch_size, p.params, cfg.adamw)?;
+    let mut engine = device.engine(
+        &cfg.model,
+        cfg.batch_size,
+        p.params,
+        cfg.adamw,
+        cfg.tuning(),
+    )?;
     let start = match &p.state {
         Some((opt, pos)) => {
             let params = engine.params()?;
