@@ -15,7 +15,7 @@ use vitk::data::{synthetic, Normalize, Splits};
 use vitk::engine::{OptimizerState, Precision};
 use vitk::model::checksum::Verified;
 use vitk::model::{init_params, load_weights, ParamLayout};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, ParamGroups};
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
@@ -376,6 +376,11 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     cfg.model.in_chans = splits.train.channels;
     cfg.validate().map_err(anyhow::Error::msg)?;
     check_loaded(&cfg, &splits, "the model")?;
+    if cfg.freeze_backbone && a.init_from.is_none() {
+        eprintln!(
+            "note: --freeze-backbone without --init-from trains a linear probe on a randomly initialised backbone"
+        );
+    }
     let layout = ParamLayout::new(&cfg.model);
     let params = match &a.init_from {
         Some(path) => load_weights(path, &cfg.model)?,
@@ -566,6 +571,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         p.splits.val_source,
         run.dir.path.display()
     );
+    if let Some(line) = describe_tuning(&cfg) {
+        println!("{line}");
+    }
     if interrupt.load(Ordering::SeqCst) {
         bail!("interrupted before the first step: nothing was trained");
     }
@@ -655,6 +663,37 @@ fn print_summary(s: &train::Summary, run: &RunDir) {
     }
 }
 
+/// "fine-tuning: ..." for a run with --layer-decay or --freeze-backbone.
+fn describe_tuning(cfg: &TrainConfig) -> Option<String> {
+    let tuning = cfg.tuning();
+    let depth = cfg.model.depth;
+    let mut parts = Vec::new();
+    if let Some(r) = tuning.layer_decay {
+        parts.push(format!(
+            "layer decay {r}: the head at the learning rate, the last block at {r} times it, the embeddings at {r}^{} = {:.3e} times it",
+            depth + 1,
+            r.powi(depth as i32 + 1)
+        ));
+    }
+    if tuning.freeze_backbone {
+        let layout = ParamLayout::new(&cfg.model);
+        let groups = ParamGroups::new(&layout, tuning);
+        let trains: Vec<&str> = groups
+            .tensors
+            .iter()
+            .filter(|t| !t.frozen)
+            .map(|t| t.name.as_str())
+            .collect();
+        parts.push(format!(
+            "backbone frozen: only {} train ({} of {} parameters)",
+            trains.join(", "),
+            groups.trainable().len(),
+            layout.len
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("fine-tuning: {}", parts.join("; ")))
+}
+
 /// `--check`: what the run would be, without writing anything.
 fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
     let what = if a.resume.is_some() {
@@ -674,4 +713,7 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         p.splits.val_source,
         p.memory
     );
+    if let Some(line) = describe_tuning(&p.cfg) {
+        println!("{line}");
+    }
 }
