@@ -71,10 +71,12 @@ extern "C" __global__ void vitk_adamw(float* p, vitk_bf16* p_low, float* m, floa
   const float coef = stats ? stats[3] : 1.0f;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
-    const int k = group[i];
-    const float keep = per_group[2 * k], step_size = per_group[2 * k + 1];
     const float gi = stats ? g[i] * coef : g[i];
     float pi = p[i];
+    // (Statement order as before groups existed: nvcc then contracts v's update into the
+    // same FMA, so that a run without --layer-decay keeps its bits on the GPU too.)
+    const int k = group[i];
+    const float keep = per_group[2 * k], step_size = per_group[2 * k + 1];
     // A group without decay has keep = 1: skipped, so that no multiply can fuse with the
     // update below (p stays exactly p, as without groups).
     if (keep != 1.0f) pi *= keep;
