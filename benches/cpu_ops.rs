@@ -17,7 +17,7 @@ use vitk::cpu::tokens::{tokens_backward, tokens_forward};
 use vitk::cpu::AdamW;
 use vitk::cpu::CpuEngine;
 use vitk::model::{init_params, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, ParamGroups};
 
 const BATCH: usize = 128;
 
@@ -152,9 +152,10 @@ fn ops(c: &mut Criterion) {
     let mut params = init_params(&cfg, &layout, 0);
     let grads = filled(layout.len, 15);
     let mut opt = AdamW::new(AdamWConfig::default(), layout.len);
+    let groups = ParamGroups::all(&layout);
     g.throughput(Throughput::Bytes((layout.len * 4 * 7) as u64)); // p, m, v read+write, g read
     g.bench_function("adamw_update", |b| {
-        b.iter(|| opt.update(&layout, &mut params, &grads, 1e-3))
+        b.iter(|| opt.update(&groups, &mut params, &grads, 1e-3))
     });
     g.finish();
 }
@@ -172,6 +173,7 @@ fn train_step(c: &mut Criterion) {
         let mut params = init_params(&cfg, &layout, 0);
         let mut grads = vec![0.0f32; layout.len];
         let mut opt = AdamW::new(AdamWConfig::default(), layout.len);
+        let groups = ParamGroups::all(&layout);
         let mut engine = CpuEngine::<f32>::new(&cfg, BATCH).expect("valid config");
         let images = filled(BATCH * 3 * 32 * 32, 10);
         let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
@@ -181,7 +183,7 @@ fn train_step(c: &mut Criterion) {
                 engine.loss(&labels, 0.1);
                 grads.fill(0.0);
                 engine.backward(&params, &mut grads);
-                opt.update(&layout, &mut params, &grads, 1e-3);
+                opt.update(&groups, &mut params, &grads, 1e-3);
             })
         });
     }

@@ -22,7 +22,7 @@ use vitk::gpu::cuda::CudaRuntime;
 use vitk::gpu::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use vitk::gpu::{DeviceBuffer, GpuResult, GpuTrainer, Runtime};
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::{AdamWConfig, AdamWScalars};
+use vitk::optim::{device_hyper, AdamWConfig, FineTuning, ParamGroups};
 
 const B: usize = 128;
 /// Dense bf16 and plain fp32 peaks of an H200 SXM (vendor datasheet).
@@ -610,7 +610,8 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
         mem.f32(np, 0.0),
     );
     let p_low = mem.bf16(np, 0.0);
-    let mask = DeviceBuffer::from_slice(rt, &vec![1u8; np]).expect("mask");
+    let groups = ParamGroups::all(&layout);
+    let table = DeviceBuffer::from_slice(rt, &groups.group_table()).expect("group table");
     let partial = DeviceBuffer::<f64>::new(rt, k::NORM_BLOCKS).expect("partial");
     let stats = mem.f32(4, 0.0);
     bench.run("grad norm + clip coef", f4 * np as f64, 0.0, &mut || {
@@ -618,10 +619,10 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
     });
     let hyper = DeviceBuffer::from_slice(
         rt,
-        &AdamWScalars::new(&AdamWConfig::default(), 1, 1e-3).to_f32s(),
+        &device_hyper(&AdamWConfig::default(), 1, 1e-3, &groups.groups),
     )
     .expect("AdamW scalars");
-    bench.run("adamw (+ bf16 copies)", 31.0 * np as f64, 0.0, &mut || {
+    bench.run("adamw (+ bf16 copies)", 32.0 * np as f64, 0.0, &mut || {
         k::adamw(
             r,
             p.view(),
@@ -629,7 +630,8 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
             mm.view(),
             vv.view(),
             g.view(),
-            &mask,
+            table.view(),
+            groups.groups.len(),
             Some(stats.view()),
             hyper.view(),
         )
@@ -646,6 +648,7 @@ fn other_kernels(cuda: &Arc<CudaRuntime>, rt: &Arc<dyn Runtime>, cfg: &ModelConf
             &params,
             AdamWConfig::default(),
             precision,
+            FineTuning::default(),
         ) {
             Ok(mut e) => {
                 let imgs = vec![0.1f32; B * 3 * 32 * 32];

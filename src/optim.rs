@@ -1,13 +1,19 @@
 //! AdamW's configuration and the scalars of one step, shared by the CPU optimizer
-//! (src/cpu/adamw.rs), the device kernel (kernels/optim.cu) and the training loop.
+//! (src/cpu/adamw.rs), the device kernel (kernels/optim.cu) and the training loop; which
+//! tensors train at which rate is [`ParamGroups`] (groups.rs).
 //!
-//! torch.optim.AdamW, per step t (1-based), for every parameter with gradient g:
-//!   p ← p · (1 − lr·wd)                      (decoupled decay; wd = 0 where the layout says no decay)
+//! torch.optim.AdamW with per-group rates, per step t (1-based), for every trainable
+//! parameter with gradient g, in a group of rate lr·s (s = 1 without `--layer-decay`):
+//!   p ← p · (1 − lr·s·wd)                    (decoupled decay; wd = 0 where the layout says no decay)
 //!   m ← m + (1 − β1)·(g − m)                 (PyTorch's lerp form)
 //!   v ← β2·v + (1 − β2)·g²
-//!   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+//!   p ← p − lr·s/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+//! Frozen parameters (`--freeze-backbone`) are not touched: no decay, no update, zero moments.
 
 use serde::{Deserialize, Serialize};
+
+mod groups;
+pub use groups::{layer_id, FineTuning, Group, ParamGroups, TensorPlan};
 
 /// Hyperparameters (PyTorch defaults except the weight decay, which is timm's usual 0.05).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,24 +53,35 @@ pub struct AdamWScalars {
     pub eps: f64,
 }
 
-/// Length of [`AdamWScalars::to_f32s`].
-pub const ADAMW_SCALARS: usize = 7;
+/// The scalars every group shares at the start of the device kernel's `hyper`
+/// ([`device_hyper`]): bc2_sqrt, b1c, b2, b2c, eps.
+pub const ADAMW_COMMON: usize = 5;
+
+/// Length of [`device_hyper`] for `groups` groups.
+pub fn hyper_len(groups: usize) -> usize {
+    ADAMW_COMMON + 2 * groups
+}
+
+/// The device kernel's `hyper` for step `t` at base rate `lr`: [bc2_sqrt, b1c, b2, b2c,
+/// eps], then (keep, step_size) of each group, computed in f64 at the group's rate lr·s as
+/// [`AdamWScalars::new`] does, then rounded to f32; keep is 1 in a group without decay.
+pub fn device_hyper(cfg: &AdamWConfig, t: u64, lr: f64, groups: &[Group]) -> Vec<f32> {
+    let base = AdamWScalars::new(cfg, t, lr);
+    let common = [base.bc2_sqrt, base.b1c, base.b2, base.b2c, base.eps];
+    let per_group = groups.iter().flat_map(|g| {
+        let s = AdamWScalars::new(cfg, t, lr * g.lr_scale);
+        [if g.decay { s.keep } else { 1.0 }, s.step_size]
+    });
+    common
+        .into_iter()
+        .chain(per_group)
+        .map(|x| x as f32)
+        .collect()
+}
 
 impl AdamWScalars {
-    /// keep, step_size, bc2_sqrt, b1c, b2, b2c, eps in f32: the device kernel's `hyper`.
-    pub fn to_f32s(&self) -> [f32; ADAMW_SCALARS] {
-        [
-            self.keep,
-            self.step_size,
-            self.bc2_sqrt,
-            self.b1c,
-            self.b2,
-            self.b2c,
-            self.eps,
-        ]
-        .map(|x| x as f32)
-    }
-
+    /// The scalars of a group at rate `lr` (the base rate times the group's scale: with scale
+    /// 1 exactly the base rate's scalars).
     pub fn new(cfg: &AdamWConfig, t: u64, lr: f64) -> Self {
         let t = i32::try_from(t).unwrap_or(i32::MAX);
         AdamWScalars {

@@ -9,7 +9,7 @@ use vitk::attention_maps::{image_maps, rollout};
 use vitk::cpu::CpuTrainer;
 use vitk::engine::TrainEngine;
 use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning};
 
 fn tiny(pool: Pool) -> ModelConfig {
     ModelConfig {
@@ -109,8 +109,14 @@ fn cpu_probabilities_match_a_plain_forward_and_rows_sum_to_one() {
         let cfg = tiny(pool);
         let batch = 2;
         let (params, images) = inputs(&cfg, batch, 11);
-        let mut e =
-            CpuTrainer::new(&cfg, batch, params.clone(), AdamWConfig::default()).expect("engine");
+        let mut e = CpuTrainer::new(
+            &cfg,
+            batch,
+            params.clone(),
+            AdamWConfig::default(),
+            FineTuning::default(),
+        )
+        .expect("engine");
         let probs = e.attention_probs(&images).expect("probabilities");
         let logits = e.logits(&images).expect("logits");
         let (l, h, t) = (cfg.depth, cfg.num_heads, cfg.num_tokens());
@@ -151,7 +157,14 @@ fn cpu_probabilities_match_a_plain_forward_and_rows_sum_to_one() {
 fn cpu_probabilities_of_each_image_do_not_depend_on_the_batch() {
     let cfg = tiny(Pool::Cls);
     let (params, images) = inputs(&cfg, 3, 21);
-    let mut e = CpuTrainer::new(&cfg, 3, params, AdamWConfig::default()).expect("engine");
+    let mut e = CpuTrainer::new(
+        &cfg,
+        3,
+        params,
+        AdamWConfig::default(),
+        FineTuning::default(),
+    )
+    .expect("engine");
     let all = e.attention_probs(&images).expect("probabilities");
     let image = images.len() / 3;
     let per = cfg.num_heads * cfg.num_tokens() * cfg.num_tokens();
@@ -289,7 +302,14 @@ fn image_maps_read_the_image_and_the_last_block() {
     let cfg = tiny(Pool::Cls);
     let batch = 2;
     let (params, images) = inputs(&cfg, batch, 31);
-    let mut e = CpuTrainer::new(&cfg, batch, params, AdamWConfig::default()).expect("engine");
+    let mut e = CpuTrainer::new(
+        &cfg,
+        batch,
+        params,
+        AdamWConfig::default(),
+        FineTuning::default(),
+    )
+    .expect("engine");
     let probs = e.attention_probs(&images).expect("probabilities");
     let (h, t, n) = (cfg.num_heads, cfg.num_tokens(), cfg.num_patches());
     let per = h * t * t;
@@ -317,7 +337,14 @@ fn image_maps_read_the_image_and_the_last_block() {
     // Mean pooling: each head's map is the mean attention a patch receives.
     let cfg = tiny(Pool::Mean);
     let (params, images) = inputs(&cfg, 1, 41);
-    let mut e = CpuTrainer::new(&cfg, 1, params, AdamWConfig::default()).expect("engine");
+    let mut e = CpuTrainer::new(
+        &cfg,
+        1,
+        params,
+        AdamWConfig::default(),
+        FineTuning::default(),
+    )
+    .expect("engine");
     let probs = e.attention_probs(&images).expect("probabilities");
     let (t, per) = (
         cfg.num_tokens(),

@@ -30,7 +30,7 @@ fn colour_folder(root: &Path) {
 }
 
 #[test]
-fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes() {
+fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes_with_layer_decay() {
     let (tmp, _data, pre) = short_run("6");
     let folder = tmp.path().join("colours");
     colour_folder(&folder);
@@ -54,6 +54,8 @@ fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes() {
         "15",
         "--warmup-epochs",
         "0",
+        "--layer-decay",
+        "0.75",
         "--threads",
         "2",
     ]);
@@ -83,6 +85,7 @@ fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes() {
         Some(s(&std::path::absolute(&ckpt).expect("abs")))
     );
     assert_eq!(init["notes"].as_array().map(Vec::len), Some(3), "{init}");
+    assert_eq!(config["layer_decay"].as_f64(), Some(0.75));
     let pre_config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(pre.join("config.json")).expect("config"))
             .expect("json");

@@ -174,6 +174,37 @@ fn optimizer_and_normalisation_flags_get_range_errors() {
     assert!(!out.exists(), "nothing written");
 }
 
+/// --layer-decay outside (0, 1]: one line naming the flag, the value and the range, before
+/// anything is written.
+#[test]
+fn layer_decay_out_of_range_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("run");
+    for (value, shown) in [
+        ("0", "--layer-decay 0 "),
+        ("1.5", "--layer-decay 1.5 "),
+        ("nan", "--layer-decay NaN "),
+        ("-0.5", "--layer-decay -0.5 "),
+        ("inf", "--layer-decay inf "),
+    ] {
+        let t = fails(
+            &["train", "--out", s(&out), "--layer-decay", value],
+            &[shown, "out of range", "expected (0, 1]"],
+        );
+        assert_eq!(t.trim().lines().count(), 1, "one line:\n{t}");
+        assert!(
+            !out.exists(),
+            "--layer-decay {value} left {}",
+            out.display()
+        );
+    }
+    fails(
+        &["train", "--out", s(&out), "--layer-decay", "x"],
+        &["--layer-decay", "expected a number"],
+    );
+    assert!(!out.exists());
+}
+
 #[test]
 fn a_failed_start_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");

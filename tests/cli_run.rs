@@ -2,7 +2,8 @@
 //! and training accuracy per epoch (on screen and in metrics.jsonl, with the epoch's time,
 //! images/s, ETA and timestamps), best.safetensors at the best validation top-1, an
 //! end-of-run summary, `--save-every` for saves inside an epoch, `--resume RUN --epochs N`
-//! to extend a run, and a note when a run never left the warm-up.
+//! to extend a run, a note when a run never left the warm-up, and the fine-tuning controls
+//! (`--layer-decay`, `--freeze-backbone`) recorded in config.json and kept on resume.
 
 mod cli_common;
 use cli_common::*;
@@ -228,4 +229,85 @@ fn resume_with_more_epochs_extends_a_finished_run() {
     let evals = records(&run, "eval");
     let best = evals.iter().map(|e| num(e, "val_acc")).fold(0.0, f64::max);
     assert!(t.contains(&format!("best val_acc {best:.4}")), "{t}");
+}
+
+/// Whether every tensor but those whose names start with one of `keep` is bit for bit the
+/// same in two safetensors files.
+fn backbone_unchanged(a: &Path, b: &Path, keep: &[&str]) -> bool {
+    use safetensors::SafeTensors;
+    let (ba, bb) = (read(a), read(b));
+    let (ta, tb) = (
+        SafeTensors::deserialize(&ba).expect("safetensors"),
+        SafeTensors::deserialize(&bb).expect("safetensors"),
+    );
+    let names: Vec<&str> = ta
+        .names()
+        .into_iter()
+        .filter(|n| !keep.iter().any(|k| n.starts_with(k)))
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("blocks.")), "{names:?}");
+    names
+        .iter()
+        .all(|n| ta.tensor(n).expect("tensor").data() == tb.tensor(n).expect("tensor").data())
+}
+
+/// A linear probe with layer decay from a run's weights: config.json records both controls,
+/// the backbone comes out bit for bit as it went in (also after a resume, which keeps the
+/// controls and refuses them as flags), the head and its norm trained; a config.json of an
+/// older vitk without the fields resumes as a plain run.
+#[test]
+fn fine_tuning_controls_are_recorded_and_kept_on_resume() {
+    let (tmp, data, base) = short_run("2");
+    let weights = base.join("model.safetensors");
+    let run = tmp.path().join("probe");
+    let t = ok(&with(
+        train_args(s(&data), s(&run), "1"),
+        &[
+            "--init-from",
+            s(&weights),
+            "--layer-decay",
+            "0.75",
+            "--freeze-backbone",
+            "--steps",
+            "3",
+        ],
+    ));
+    assert!(
+        t.contains("fine-tuning: layer decay 0.75")
+            && t.contains(
+                "backbone frozen: only norm.weight, norm.bias, head.weight, head.bias train"
+            ),
+        "{t}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&read(&run.join("config.json"))).expect("config.json");
+    assert_eq!(config["layer_decay"], 0.75);
+    assert_eq!(config["freeze_backbone"], true);
+    let model = run.join("model.safetensors");
+    assert!(backbone_unchanged(&weights, &model, &["norm.", "head."]));
+    assert!(!same_tensors(&weights, &model), "the head did not train");
+
+    for flag in [&["--freeze-backbone"][..], &["--layer-decay", "0.5"]] {
+        fails(
+            &with(vec!["train", "--resume", s(&run)], flag),
+            &[flag[0], "cannot be combined with --resume"],
+        );
+    }
+    let t = ok(&["train", "--resume", s(&run), "--steps", "5"]);
+    assert!(t.contains("backbone frozen"), "{t}");
+    assert_eq!(records(&run, "step").len(), 5);
+    assert!(backbone_unchanged(&weights, &model, &["norm.", "head."]));
+
+    // An older config.json, without the fields: a plain run, whose backbone trains.
+    let path = base.join("config.json");
+    let mut old: serde_json::Value = serde_json::from_slice(&read(&path)).expect("config.json");
+    let fields = old.as_object_mut().expect("object");
+    assert_eq!(fields.remove("layer_decay"), Some(serde_json::Value::Null));
+    assert_eq!(fields.remove("freeze_backbone"), Some(false.into()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&old).expect("json")).expect("write");
+    let before = tmp.path().join("before.safetensors");
+    std::fs::copy(&weights, &before).expect("copy");
+    let t = ok(&["train", "--resume", s(&base), "--steps", "3"]);
+    assert!(!t.contains("fine-tuning:"), "{t}");
+    assert!(!backbone_unchanged(&before, &weights, &["norm.", "head."]));
 }

@@ -60,6 +60,8 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         prop::option::of(real()),
         prop::array::uniform3(real()),
         prop::array::uniform3(real()),
+        prop::option::of(real()),
+        any::<bool>(),
     );
     (model, opt, rest).prop_map(|(m, o, r)| TrainConfig {
         model: ModelConfig {
@@ -101,6 +103,8 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         mean: r.3.map(|v| v as f32),
         std: r.4.map(|v| v as f32),
         init_from: None,
+        layer_decay: r.5,
+        freeze_backbone: r.6,
     })
 }
 
@@ -154,6 +158,10 @@ fn out_of_range(c: &TrainConfig) -> Vec<&'static str> {
     );
     flag("--mean", c.mean.iter().all(|&v| (0.0..=1.0).contains(&v)));
     flag("--std", c.std.iter().all(|&v| (1e-3..=1.0).contains(&v)));
+    flag(
+        "--layer-decay",
+        c.layer_decay.is_none_or(|r| r > 0.0 && r <= 1.0),
+    );
     bad
 }
 
@@ -359,6 +367,7 @@ const TRAIN_FLAGS: &[(&str, Kind)] = &[
     ("--beta2", Kind::Real),
     ("--label-smoothing", Kind::Real),
     ("--clip-grad", Kind::Real),
+    ("--layer-decay", Kind::Real),
     ("--mean", Kind::Triple),
     ("--std", Kind::Triple),
 ];

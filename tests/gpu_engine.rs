@@ -12,7 +12,7 @@ use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
 use vitk::gpu::GpuTrainer;
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning, ParamGroups};
 
 /// Norm-wise relative error allowed, by tensor family (fp32 device engine vs f64 CPU engine).
 const TOLERANCES: &[(&str, f64)] = &[
@@ -85,14 +85,23 @@ fn near_ties(logits: &[f64], classes: usize, margin: f64) -> usize {
 /// key bias: softmax ignores a shift of all scores) turns rounding noise into updates of order
 /// lr whatever the engine; fed the same gradients, both sides then differ by rounding only, so
 /// a state the device carries between steps wrongly (gradients not zeroed, moments not kept)
-/// shows at the next step.
-fn steps_match_cpu(pool: Pool, precision: Precision) {
-    steps_match(&tiny(pool), precision, 3, 3);
+/// shows at the next step. `tuning`: layer-wise LR decay and a frozen backbone on both sides
+/// (the CPU reference: its head-only backward, clipping of the trainable span and AdamW with
+/// the same groups); frozen tensors must stay bitwise as they started on the device, with
+/// zero gradients and moments.
+fn steps_match_cpu(pool: Pool, precision: Precision, tuning: FineTuning) {
+    steps_match(&tiny(pool), precision, 3, 3, tuning);
 }
 
 /// `steps` (at most 3) training steps of a model of `cfg` at batch `batch`, compared as
 /// [`steps_match_cpu`] describes.
-fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usize) {
+fn steps_match(
+    cfg: &ModelConfig,
+    precision: Precision,
+    steps: usize,
+    batch: usize,
+    tuning: FineTuning,
+) {
     let rt = device();
     let pool = cfg.pool;
     let mut rng = rng(&format!("engine steps {pool} {}", cfg.image_size));
@@ -108,7 +117,9 @@ fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usi
     let mut cpu = CpuEngine::<f64>::new(cfg, batch).unwrap();
     let mut p64 = widen(&params);
     let mut opt = AdamW::<f64>::new(adamw, layout.len);
-    let mut gpu = GpuTrainer::new(rt, cfg, batch, &params, adamw, precision).unwrap();
+    let groups = ParamGroups::new(&layout, tuning);
+    let span = groups.trainable();
+    let mut gpu = GpuTrainer::new(rt, cfg, batch, &params, adamw, precision, tuning).unwrap();
     let depth = cfg.depth;
     let tol = |name: &str| tol(name, precision, depth);
     let k = cfg.num_classes as u32;
@@ -118,7 +129,7 @@ fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usi
         .enumerate()
     {
         let case = format!(
-            "{precision} pool={pool} S={} T={} step={}",
+            "{precision} pool={pool} S={} T={} {tuning:?} step={}",
             cfg.image_size,
             cfg.num_tokens(),
             step + 1
@@ -133,8 +144,15 @@ fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usi
         let logits = cpu.logits().to_vec();
         let stats = cpu.loss(&labels, smoothing);
         let mut grads = vec![0.0; layout.len];
-        cpu.backward(&p64, &mut grads);
-        let norm = clip_grad_norm(&mut grads.clone(), clip.unwrap_or(f64::INFINITY));
+        if tuning.freeze_backbone {
+            cpu.backward_head(&p64, &mut grads);
+        } else {
+            cpu.backward(&p64, &mut grads);
+        }
+        let norm = clip_grad_norm(
+            &mut grads[span.clone()].to_vec(),
+            clip.unwrap_or(f64::INFINITY),
+        );
 
         gpu.try_forward(&images).unwrap();
         check(
@@ -168,12 +186,29 @@ fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usi
 
         let mut g_dev = widen(&g_grads);
         if let Some(c) = clip {
-            clip_grad_norm(&mut g_dev, c);
+            clip_grad_norm(&mut g_dev[span.clone()], c);
         }
-        opt.update(&layout, &mut p64, &g_dev, lr);
+        opt.update(&groups, &mut p64, &g_dev, lr);
         let g_params = gpu.try_params().unwrap();
         let g_opt = gpu.try_optimizer_state().unwrap();
         assert_eq!(g_opt.step, opt.step, "{case}: optimizer step count");
+        for t in groups.tensors.iter().filter(|t| t.frozen) {
+            let r = t.range.clone();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&g_params[r.clone()]),
+                bits(&params[r.clone()]),
+                "{case}: frozen {} changed",
+                t.name
+            );
+            for (what, v) in [("grad", &g_grads), ("m", &g_opt.m), ("v", &g_opt.v)] {
+                assert!(
+                    v[r.clone()].iter().all(|&x| x.to_bits() == 0),
+                    "{case}: frozen {}: {what} not zero",
+                    t.name
+                );
+            }
+        }
         for e in &layout.entries {
             let r = e.range.clone();
             for (family, dev, want) in [
@@ -189,24 +224,66 @@ fn steps_match(cfg: &ModelConfig, precision: Precision, steps: usize, batch: usi
     }
 }
 
+const PLAIN: FineTuning = FineTuning {
+    layer_decay: None,
+    freeze_backbone: false,
+};
+const LAYER_DECAY: FineTuning = FineTuning {
+    layer_decay: Some(0.75),
+    freeze_backbone: false,
+};
+const FROZEN: FineTuning = FineTuning {
+    layer_decay: None,
+    freeze_backbone: true,
+};
+
 #[test]
 fn training_steps_match_cpu_cls_pool() {
-    steps_match_cpu(Pool::Cls, Precision::Fp32);
+    steps_match_cpu(Pool::Cls, Precision::Fp32, PLAIN);
 }
 
 #[test]
 fn training_steps_match_cpu_mean_pool() {
-    steps_match_cpu(Pool::Mean, Precision::Fp32);
+    steps_match_cpu(Pool::Mean, Precision::Fp32, PLAIN);
 }
 
 #[test]
 fn bf16_training_steps_match_cpu_cls_pool() {
-    steps_match_cpu(Pool::Cls, Precision::Bf16);
+    steps_match_cpu(Pool::Cls, Precision::Bf16, PLAIN);
 }
 
 #[test]
 fn bf16_training_steps_match_cpu_mean_pool() {
-    steps_match_cpu(Pool::Mean, Precision::Bf16);
+    steps_match_cpu(Pool::Mean, Precision::Bf16, PLAIN);
+}
+
+#[test]
+fn layer_decay_steps_match_cpu() {
+    steps_match_cpu(Pool::Cls, Precision::Fp32, LAYER_DECAY);
+}
+
+#[test]
+fn bf16_layer_decay_steps_match_cpu() {
+    steps_match_cpu(Pool::Mean, Precision::Bf16, LAYER_DECAY);
+}
+
+/// Frozen backbone with layer decay on top (the head's rate is the base rate either way).
+#[test]
+fn frozen_backbone_steps_match_cpu() {
+    steps_match_cpu(Pool::Cls, Precision::Fp32, FROZEN);
+    steps_match_cpu(
+        Pool::Mean,
+        Precision::Fp32,
+        FineTuning {
+            layer_decay: Some(0.5),
+            freeze_backbone: true,
+        },
+    );
+}
+
+#[test]
+fn bf16_frozen_backbone_steps_match_cpu() {
+    steps_match_cpu(Pool::Mean, Precision::Bf16, FROZEN);
 }
 
 /// ViT-B/16's input, 224 x 224 at patch 16: T = 197 tokens (one step, a narrow model).
@@ -223,7 +300,7 @@ fn a_step_at_224_by_16_matches_cpu() {
         ..tiny(Pool::Cls)
     };
     assert_eq!(cfg.num_tokens(), 197);
-    steps_match(&cfg, Precision::Fp32, 1, 2);
+    steps_match(&cfg, Precision::Fp32, 1, 2, PLAIN);
 }
 
 /// A non-square input, 12 x 20 at patch 4 (a 3 x 5 grid), in both pool modes and precisions.
@@ -237,8 +314,8 @@ fn steps_at_a_non_square_size_match_cpu() {
             },
             ..tiny(pool)
         };
-        steps_match(&cfg, Precision::Fp32, 3, 3);
-        steps_match(&cfg, Precision::Bf16, 2, 3);
+        steps_match(&cfg, Precision::Fp32, 3, 3, PLAIN);
+        steps_match(&cfg, Precision::Bf16, 2, 3, PLAIN);
     }
 }
 
@@ -370,11 +447,11 @@ fn attention_probabilities_match_the_cpu_engine() {
             let batch = 3;
             // Weights this large make the attention far from uniform.
             let params = uniform(&mut rng, layout.len, 0.8);
-            let images = uniform(&mut rng, batch * 3 * 12 * 12, 1.5);
+            let images = uniform(&mut rng, batch * cfg.image_len(), 1.5);
             let adamw = AdamWConfig::default();
-            let mut cpu = CpuTrainer::new(&cfg, batch, params.clone(), adamw).unwrap();
+            let mut cpu = CpuTrainer::new(&cfg, batch, params.clone(), adamw, PLAIN).unwrap();
             let mut gpu =
-                GpuTrainer::new(device(), &cfg, batch, &params, adamw, precision).unwrap();
+                GpuTrainer::new(device(), &cfg, batch, &params, adamw, precision, PLAIN).unwrap();
             let want = cpu.attention_probs(&images).unwrap();
             let got = TrainEngine::attention_probs(&mut gpu, &images).unwrap();
             let t = cfg.num_tokens();

@@ -21,7 +21,7 @@ use vitk::engine::Precision;
 use vitk::gpu::kernels::{self, AttnDims};
 use vitk::gpu::{DeviceBuffer, Runtime};
 use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::{AdamWConfig, AdamWScalars};
+use vitk::optim::{device_hyper, AdamWConfig, FineTuning, ParamGroups};
 
 /// Norm-wise relative error allowed per tensor in fp32 (f32 kernels vs the f64 CPU op).
 const TOLERANCES: &[(&str, f64)] = &[
@@ -445,19 +445,31 @@ fn adamw_and_clipping_match_cpu() {
     let small = ParamLayout::new(&tiny_config(Pool::Cls));
     let large = ParamLayout::new(&large_config());
     assert!(large.len > 1_200_000);
-    for (layout, clip, steps, with_copy) in [
-        (&small, None, 3u64, false),
-        (&small, Some(0.5), 2, true),
-        (&small, Some(1e6), 1, false),
-        (&large, Some(0.5), 2, true),
-        (&large, None, 1, false),
+    let decay = FineTuning {
+        layer_decay: Some(0.65),
+        freeze_backbone: false,
+    };
+    let probe = FineTuning {
+        layer_decay: Some(0.8),
+        freeze_backbone: true,
+    };
+    for (layout, clip, steps, with_copy, tuning) in [
+        (&small, None, 3u64, false, FineTuning::default()),
+        (&small, Some(0.5), 2, true, FineTuning::default()),
+        (&small, Some(1e6), 1, false, FineTuning::default()),
+        (&small, Some(0.5), 2, true, decay),
+        (&small, None, 2, false, probe),
+        (&large, Some(0.5), 2, true, FineTuning::default()),
+        (&large, None, 1, false, decay),
     ] {
-        adamw_case(&rt, &mut rng, layout, clip, steps, with_copy);
+        adamw_case(&rt, &mut rng, layout, clip, steps, with_copy, tuning);
     }
 }
 
 /// `steps` AdamW updates (with clipping at `clip`) on the device and the CPU optimizer in
-/// f64; `with_copy`: the device also writes the bf16 parameter copies.
+/// f64, both with the optimizer groups of `tuning` (the device kernel over the trainable
+/// span, as the engine launches it); `with_copy`: the device also writes the bf16 parameter
+/// copies.
 fn adamw_case(
     rt: &std::sync::Arc<dyn Runtime>,
     rng: &mut rand::rngs::StdRng,
@@ -465,32 +477,37 @@ fn adamw_case(
     clip: Option<f64>,
     steps: u64,
     with_copy: bool,
+    tuning: FineTuning,
 ) {
-    let n = layout.len;
+    let groups = ParamGroups::new(layout, tuning);
+    let span = groups.trainable();
+    let n = span.len();
     let cfg = AdamWConfig::default();
-    let case = format!("n={n} clip={clip:?} steps={steps} bf16 copy={with_copy}");
+    let case = format!(
+        "n={n} clip={clip:?} steps={steps} bf16 copy={with_copy} {} groups",
+        groups.groups.len()
+    );
     let mut dev = Dev::new(rt);
-    let p0 = uniform(rng, n, 1.0);
-    let mut cpu_opt = AdamW::<f64>::new(cfg, n);
+    let p0 = uniform(rng, layout.len, 1.0);
+    let mut cpu_opt = AdamW::<f64>::new(cfg, layout.len);
     let mut p = widen(&p0);
-    let (gp, gm, gv) = (dev.f32(&p0), dev.f32(&vec![0.0; n]), dev.f32(&vec![0.0; n]));
+    let (gp, gm, gv) = (
+        dev.f32(&p0[span.clone()]),
+        dev.f32(&vec![0.0; n]),
+        dev.f32(&vec![0.0; n]),
+    );
     let low = with_copy.then(|| dev.bf16(&vec![f32::NAN; n]));
-    let mut mask = vec![0u8; n];
-    for e in &layout.entries {
-        if e.decay {
-            mask[e.range.clone()].fill(1);
-        }
-    }
-    let decay = DeviceBuffer::from_slice(rt, &mask).unwrap();
+    let table = DeviceBuffer::from_slice(rt, &groups.group_table()).unwrap();
     let stats = dev.nan(4);
     let partial = DeviceBuffer::<f64>::new(rt, kernels::NORM_BLOCKS).unwrap();
     for t in 1..=steps {
         let g = uniform(rng, n, 0.3);
-        let mut g64 = widen(&g);
+        let mut g64 = vec![0.0; layout.len];
+        g64[span.clone()].copy_from_slice(&widen(&g));
         let lr = 1e-2 / t as f64;
         let gg = dev.f32(&g);
         if let Some(max) = clip {
-            let norm = cpu::clip_grad_norm(&mut g64, max);
+            let norm = cpu::clip_grad_norm(&mut g64[span.clone()], max);
             kernels::grad_norm_clip(&**rt, stats, &partial, gg, max).unwrap();
             let s = dev.get32(stats);
             check(
@@ -501,8 +518,8 @@ fn adamw_case(
                 &[norm],
             );
         }
-        cpu_opt.update(layout, &mut p, &g64, lr);
-        let hyper = dev.f32(&AdamWScalars::new(&cfg, t, lr).to_f32s());
+        cpu_opt.update(&groups, &mut p, &g64, lr);
+        let hyper = dev.f32(&device_hyper(&cfg, t, lr, &groups.groups));
         kernels::adamw(
             &**rt,
             gp,
@@ -510,32 +527,38 @@ fn adamw_case(
             gm,
             gv,
             gg,
-            &decay,
+            table.view(),
+            groups.groups.len(),
             clip.map(|_| stats),
             hyper,
         )
         .unwrap();
     }
+    // The CPU optimizer leaves the frozen prefix as it was.
+    assert!(
+        p[..span.start] == widen(&p0[..span.start]),
+        "{case}: frozen"
+    );
     check(
         &case,
         "adamw.params",
         tol(TOLERANCES, "adamw.params"),
         &dev.get32(gp),
-        &p,
+        &p[span.clone()],
     );
     check(
         &case,
         "adamw.m",
         tol(TOLERANCES, "adamw.m"),
         &dev.get32(gm),
-        &cpu_opt.m,
+        &cpu_opt.m[span.clone()],
     );
     check(
         &case,
         "adamw.v",
         tol(TOLERANCES, "adamw.v"),
         &dev.get32(gv),
-        &cpu_opt.v,
+        &cpu_opt.v[span.clone()],
     );
     if let Some(low) = low {
         // Exactly the fp32 parameters rounded to bf16.

@@ -13,7 +13,7 @@ use gpu_common::{device, rng, uniform};
 use vitk::engine::{Precision, StepOutput};
 use vitk::gpu::{DeviceBuffer, GpuTrainer, Graph, Runtime};
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning};
 
 fn cfg() -> ModelConfig {
     ModelConfig {
@@ -64,6 +64,10 @@ fn steps(rng: &mut rand::rngs::StdRng) -> Vec<StepIn> {
 }
 
 fn engine(rt: &Arc<dyn Runtime>, precision: Precision) -> GpuTrainer {
+    engine_with(rt, precision, FineTuning::default())
+}
+
+fn engine_with(rt: &Arc<dyn Runtime>, precision: Precision, tuning: FineTuning) -> GpuTrainer {
     let c = cfg();
     let params = init_params(&c, &ParamLayout::new(&c), 11);
     GpuTrainer::new(
@@ -73,6 +77,7 @@ fn engine(rt: &Arc<dyn Runtime>, precision: Precision) -> GpuTrainer {
         &params,
         AdamWConfig::default(),
         precision,
+        tuning,
     )
     .unwrap()
 }
@@ -145,14 +150,14 @@ fn same_state(what: &str, a: &GpuTrainer, b: &GpuTrainer) {
     assert!(bits(oa.v) == bits(ob.v), "{what}: second moments differ");
 }
 
-fn graphs_match_direct_launches(precision: Precision) {
+fn graphs_match_direct_launches(precision: Precision, tuning: FineTuning) {
     let rt = device();
     let steps = steps(&mut rng(&format!("step pipeline {precision}")));
-    let mut reference = engine(&rt, precision);
+    let mut reference = engine_with(&rt, precision, tuning);
     let want = run_step_by_step(&mut reference, &steps);
-    let mut direct = engine(&rt, precision);
+    let mut direct = engine_with(&rt, precision, tuning);
     direct.set_graphs(false);
-    let mut graphs = engine(&rt, precision);
+    let mut graphs = engine_with(&rt, precision, tuning);
     graphs.set_graphs(true);
     let got_direct = run_queued(&mut direct, &steps);
     let got_graphs = run_queued(&mut graphs, &steps);
@@ -177,12 +182,133 @@ fn graphs_match_direct_launches(precision: Precision) {
 
 #[test]
 fn graph_replays_match_direct_launches_fp32() {
-    graphs_match_direct_launches(Precision::Fp32);
+    graphs_match_direct_launches(Precision::Fp32, FineTuning::default());
 }
 
 #[test]
 fn graph_replays_match_direct_launches_bf16() {
-    graphs_match_direct_launches(Precision::Bf16);
+    graphs_match_direct_launches(Precision::Bf16, FineTuning::default());
+}
+
+/// The per-group scalars of layer decay change with the learning rate every step: a replay
+/// reads each step's from the device (the group table is constant).
+#[test]
+fn graph_replays_match_direct_launches_with_layer_decay_and_frozen_backbone() {
+    let decay = FineTuning {
+        layer_decay: Some(0.7),
+        freeze_backbone: false,
+    };
+    graphs_match_direct_launches(Precision::Fp32, decay);
+    let probe = FineTuning {
+        layer_decay: Some(0.7),
+        freeze_backbone: true,
+    };
+    graphs_match_direct_launches(Precision::Bf16, probe);
+}
+
+/// --layer-decay 1 is the plain step bit for bit on the device (every group scale is 1).
+#[test]
+fn layer_decay_one_is_the_plain_device_step() {
+    let rt = device();
+    let steps = steps(&mut rng("layer decay one"));
+    let mut plain = engine(&rt, Precision::Fp32);
+    let one = FineTuning {
+        layer_decay: Some(1.0),
+        freeze_backbone: false,
+    };
+    let mut with_one = engine_with(&rt, Precision::Fp32, one);
+    let a = run_queued(&mut plain, &steps);
+    let b = run_queued(&mut with_one, &steps);
+    same_outputs("layer decay 1 vs none", &b, &a);
+    same_state("layer decay 1 vs none", &with_one, &plain);
+}
+
+/// Kernels launched by one queued step without graphs (after a first step).
+fn step_launches(rt: &Arc<dyn Runtime>, e: &mut GpuTrainer, s: &StepIn) -> u64 {
+    e.submit_step(&s.images, &s.labels, s.lr, SMOOTHING, s.clip)
+        .unwrap();
+    let before = rt.counts();
+    e.submit_step(&s.images, &s.labels, s.lr, SMOOTHING, s.clip)
+        .unwrap();
+    let n = rt.counts().since(&before).launches;
+    e.finish_steps().unwrap();
+    n
+}
+
+/// A linear probe on the device: the step launches no backward kernel of the blocks or the
+/// embedding (fewer kernels per step and per captured graph), on a fixed batch the loss
+/// falls, the head and its norm move, and every other tensor stays bit for bit as it
+/// started, with zero moments.
+#[test]
+fn a_frozen_backbone_skips_the_backbone_backward_on_the_device() {
+    let rt = device();
+    let frozen = FineTuning {
+        layer_decay: None,
+        freeze_backbone: true,
+    };
+    let fixed = &steps(&mut rng("frozen backbone"))[0];
+    let mut plain = engine(&rt, Precision::Fp32);
+    plain.set_graphs(false);
+    let mut probe = engine_with(&rt, Precision::Fp32, frozen);
+    probe.set_graphs(false);
+    let (all, head) = (
+        step_launches(&rt, &mut plain, fixed),
+        step_launches(&rt, &mut probe, fixed),
+    );
+    println!("kernels per step: full backward {all}, frozen backbone {head}");
+    // Per block the backward launches at least 4 dX products, 4 weight gradients, 2
+    // LayerNorm backwards and the attention backward; then pooling, tokens, patch embedding.
+    let depth = cfg().depth as u64;
+    assert!(
+        head + 11 * depth + 3 <= all,
+        "frozen backbone: {head} kernels per step, full backward {all}"
+    );
+
+    let mut e = engine_with(&rt, Precision::Fp32, frozen);
+    e.set_graphs(true);
+    let c = cfg();
+    let layout = ParamLayout::new(&c);
+    let initial = init_params(&c, &layout, 11);
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        losses.extend(
+            e.submit_step(&fixed.images, &fixed.labels, 3e-2, SMOOTHING, Some(1.0))
+                .unwrap(),
+        );
+    }
+    losses.extend(e.finish_steps().unwrap());
+    let (first, last) = (losses[0].loss, losses[losses.len() - 1].loss);
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    let kernels = e.graph_kernels();
+    let mut full = engine(&rt, Precision::Fp32);
+    full.set_graphs(true);
+    step_launches(&rt, &mut full, fixed);
+    assert!(
+        kernels[0] + 11 * depth + 3 <= full.graph_kernels()[0],
+        "graph kernels: frozen {kernels:?}, full {:?}",
+        full.graph_kernels()
+    );
+    let after = e.try_params().unwrap();
+    let opt = e.try_optimizer_state().unwrap();
+    let trainable = layout.head_norm_w.start;
+    for entry in &layout.entries {
+        let r = entry.range.clone();
+        let same = after[r.clone()]
+            .iter()
+            .zip(&initial[r.clone()])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if r.start < trainable {
+            assert!(same, "frozen {} changed", entry.name);
+            assert!(
+                opt.m[r.clone()].iter().all(|&x| x.to_bits() == 0)
+                    && opt.v[r].iter().all(|&x| x.to_bits() == 0),
+                "frozen {} has moments",
+                entry.name
+            );
+        } else {
+            assert!(!same, "{} did not train", entry.name);
+        }
+    }
 }
 
 /// A queued step, once its graph exists: one graph replay, no other launch, no host wait,

@@ -3,10 +3,11 @@
 mod common;
 
 use common::{assert_close, rand_vec};
-use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, global_norm, AdamW};
+use vitk::cpu::{CpuEngine, CpuTrainer};
+use vitk::engine::TrainEngine;
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning, ParamGroups};
 use vitk::train::{LrSchedule, ScheduleKind};
 
 fn tiny(pool: Pool) -> ModelConfig {
@@ -53,7 +54,7 @@ fn adamw_overfits_a_fixed_batch() {
             last = stats.loss;
             grads.fill(0.0);
             engine.backward(&params, &mut grads);
-            opt.update(&layout, &mut params, &grads, 3e-3);
+            opt.update(&ParamGroups::all(&layout), &mut params, &grads, 3e-3);
         }
         let first = first.expect("ran");
         assert!(
@@ -113,8 +114,9 @@ fn adamw_matches_pytorch_formula() {
     let lr = 0.01;
     let mut opt = AdamW::<f64>::new(c, layout.len);
     let mut p = p0.clone();
-    opt.update(&layout, &mut p, &g1, lr);
-    opt.update(&layout, &mut p, &g2, lr);
+    let groups = ParamGroups::all(&layout);
+    opt.update(&groups, &mut p, &g1, lr);
+    opt.update(&groups, &mut p, &g2, lr);
     for e in &layout.entries {
         let wd = if e.decay { c.weight_decay } else { 0.0 };
         let want: Vec<f64> = e
@@ -135,6 +137,197 @@ fn adamw_matches_pytorch_formula() {
             .collect();
         assert_close(&e.name, &p[e.range.clone()], &want, 1e-12);
     }
+}
+
+/// timm's layer id of a tiny model's tensor (L = 2), written out per name.
+fn tiny_layer_id(name: &str) -> i32 {
+    match name {
+        "cls_token" | "pos_embed" | "patch_embed.proj.weight" | "patch_embed.proj.bias" => 0,
+        n if n.starts_with("blocks.0.") => 1,
+        n if n.starts_with("blocks.1.") => 2,
+        n if ["norm.", "fc_norm.", "head."]
+            .iter()
+            .any(|p| n.starts_with(p)) =>
+        {
+            3
+        }
+        n => panic!("unexpected tensor {n}"),
+    }
+}
+
+/// Two AdamW steps with layer-wise LR decay (and with a frozen backbone) against PyTorch's
+/// AdamW with one param group per tensor, lr_g = lr·R^(L+1−id), written out by hand: the
+/// scale multiplies the step and the decoupled weight decay; frozen tensors do not move.
+#[test]
+fn adamw_with_layer_decay_matches_pytorch_formula() {
+    let cfg = tiny(Pool::Cls);
+    let layout = ParamLayout::new(&cfg);
+    let p0 = rand_vec(layout.len, 15, 1.0);
+    let g1 = rand_vec(layout.len, 16, 1.0);
+    let g2 = rand_vec(layout.len, 17, 1.0);
+    let c = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let (lr, r) = (0.01, 0.6f64);
+    for freeze in [false, true] {
+        let tuning = FineTuning {
+            layer_decay: Some(r),
+            freeze_backbone: freeze,
+        };
+        let groups = ParamGroups::new(&layout, tuning);
+        let mut opt = AdamW::<f64>::new(c, layout.len);
+        let mut p = p0.clone();
+        opt.update(&groups, &mut p, &g1, lr);
+        opt.update(&groups, &mut p, &g2, lr);
+        for e in &layout.entries {
+            let id = tiny_layer_id(&e.name);
+            let trains = !freeze || id == 3;
+            let lr_g = lr * r.powi(3 - id);
+            let wd = if e.decay { c.weight_decay } else { 0.0 };
+            let want: Vec<f64> = e
+                .range
+                .clone()
+                .map(|i| {
+                    let (mut x, mut m, mut v) = (p0[i], 0.0, 0.0);
+                    for (t, g) in [(1, g1[i]), (2, g2[i])] {
+                        x *= 1.0 - lr_g * wd;
+                        m = c.beta1 * m + (1.0 - c.beta1) * g;
+                        v = c.beta2 * v + (1.0 - c.beta2) * g * g;
+                        let mhat = m / (1.0 - c.beta1.powi(t));
+                        let vhat = v / (1.0 - c.beta2.powi(t));
+                        x -= lr_g * mhat / (vhat.sqrt() + c.eps);
+                    }
+                    x
+                })
+                .collect();
+            let name = format!("{} (freeze {freeze})", e.name);
+            if trains {
+                assert_close(&name, &p[e.range.clone()], &want, 1e-12);
+            } else {
+                assert!(p[e.range.clone()] == p0[e.range.clone()], "{name} moved");
+                assert!(
+                    opt.m[e.range.clone()].iter().all(|&x| x == 0.0)
+                        && opt.v[e.range.clone()].iter().all(|&x| x == 0.0),
+                    "{name}: moments"
+                );
+            }
+        }
+    }
+}
+
+/// R = 1 is the plain optimizer bit for bit (every scale is exactly 1).
+#[test]
+fn layer_decay_one_is_the_plain_update() {
+    let cfg = tiny(Pool::Mean);
+    let layout = ParamLayout::new(&cfg);
+    let p0: Vec<f32> = rand_vec(layout.len, 25, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let g: Vec<f32> = rand_vec(layout.len, 26, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let run = |tuning: FineTuning| {
+        let mut opt = AdamW::<f32>::new(AdamWConfig::default(), layout.len);
+        let mut p = p0.clone();
+        for _ in 0..2 {
+            opt.update(&ParamGroups::new(&layout, tuning), &mut p, &g, 3e-3);
+        }
+        p.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    let one = FineTuning {
+        layer_decay: Some(1.0),
+        freeze_backbone: false,
+    };
+    assert!(run(one) == run(FineTuning::default()));
+}
+
+/// A linear probe on the CPU trainer: on a fixed batch the loss falls, the head and its norm
+/// move, and every other tensor stays bit for bit as it started with zero moments (clipping
+/// on, so that a clip over frozen gradients would show too).
+#[test]
+fn frozen_backbone_trains_only_the_head_on_the_cpu() {
+    for pool in [Pool::Cls, Pool::Mean] {
+        let cfg = tiny(pool);
+        let layout = ParamLayout::new(&cfg);
+        let params = init_params(&cfg, &layout, 4);
+        let tuning = FineTuning {
+            layer_decay: None,
+            freeze_backbone: true,
+        };
+        let mut t = CpuTrainer::new(&cfg, 8, params.clone(), AdamWConfig::default(), tuning)
+            .expect("valid config");
+        let images: Vec<f32> = rand_vec(8 * 3 * 64, 9, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let labels = [0u32, 1, 2, 3, 4, 0, 1, 2];
+        let mut losses = Vec::new();
+        for _ in 0..30 {
+            losses.extend(
+                t.train_step(&images, &labels, 1e-2, 0.0, Some(1.0))
+                    .unwrap(),
+            );
+        }
+        losses.extend(t.finish_steps().unwrap());
+        let (first, last) = (losses[0].loss, losses[losses.len() - 1].loss);
+        assert!(last < 0.8 * first, "{pool}: loss {first} -> {last}");
+        let after = t.params().unwrap();
+        let opt = t.optimizer_state().unwrap();
+        let groups = ParamGroups::new(&layout, tuning);
+        for tp in &groups.tensors {
+            let r = tp.range.clone();
+            let same = after[r.clone()]
+                .iter()
+                .zip(&params[r.clone()])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            if tp.frozen {
+                assert!(same, "{pool}: frozen {} changed", tp.name);
+                assert!(
+                    opt.m[r.clone()].iter().all(|&x| x == 0.0)
+                        && opt.v[r].iter().all(|&x| x == 0.0),
+                    "{pool}: frozen {} has moments",
+                    tp.name
+                );
+            } else {
+                assert!(!same, "{pool}: {} did not train", tp.name);
+            }
+        }
+        assert!(groups.tensors.iter().filter(|t| !t.frozen).count() == 4);
+    }
+}
+
+/// The head-only backward writes the gradients of the head and its norm and nothing else:
+/// the backward of the blocks and the embedding does not run at all.
+#[test]
+fn head_backward_stops_after_the_head_norm() {
+    let cfg = tiny(Pool::Cls);
+    let layout = ParamLayout::new(&cfg);
+    let params: Vec<f64> = init_params(&cfg, &layout, 2)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let mut e = CpuEngine::<f64>::new(&cfg, 4).expect("valid config");
+    e.forward(&params, &rand_vec(4 * 3 * 64, 3, 1.0));
+    e.loss(&[0, 1, 2, 3], 0.1);
+    let mut full = vec![0.0; layout.len];
+    e.backward(&params, &mut full);
+    let mut head = vec![f64::NAN; layout.len];
+    let start = layout.head_norm_w.start;
+    head[start..].fill(0.0);
+    e.backward_head(&params, &mut head);
+    assert!(
+        head[..start].iter().all(|v| v.is_nan()),
+        "a backbone gradient was written"
+    );
+    assert!(
+        head[start..] == full[start..],
+        "head gradients differ from the full backward"
+    );
 }
 
 #[test]

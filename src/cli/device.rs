@@ -15,7 +15,7 @@ use vitk::engine::{Precision, TrainEngine};
 use vitk::gpu::kernels::MAX_HEAD_DIM;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
 use vitk::model::ModelConfig;
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning};
 use vitk::train::memory::{self, DataSize, EngineKind};
 
 /// The engines this build can run.
@@ -185,12 +185,23 @@ impl Opened {
         max_batch: usize,
         params: Vec<f32>,
         adamw: AdamWConfig,
+        tuning: FineTuning,
     ) -> Result<Box<dyn TrainEngine>> {
         match self {
-            Opened::Cpu => Ok(Box::new(CpuTrainer::new(cfg, max_batch, params, adamw)?)),
+            Opened::Cpu => Ok(Box::new(CpuTrainer::new(
+                cfg, max_batch, params, adamw, tuning,
+            )?)),
             Opened::Device { rt, precision, .. } => {
-                let e = GpuTrainer::new(rt.clone(), cfg, max_batch, &params, adamw, *precision)
-                    .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
+                let e = GpuTrainer::new(
+                    rt.clone(),
+                    cfg,
+                    max_batch,
+                    &params,
+                    adamw,
+                    *precision,
+                    tuning,
+                )
+                .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
                 Ok(Box::new(e))
             }
         }
@@ -210,5 +221,5 @@ pub fn engine(
     let opened = open(device, precision)?;
     opened.check_model(cfg)?;
     opened.check_memory(cfg, max_batch, None)?;
-    opened.engine(cfg, max_batch, params, adamw)
+    opened.engine(cfg, max_batch, params, adamw, FineTuning::default())
 }

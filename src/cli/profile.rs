@@ -16,7 +16,7 @@ use vitk::gpu::emu::EmuRuntime;
 use vitk::gpu::profile::{h200, DryRuntime, Profile, Profiler};
 use vitk::gpu::{GpuTrainer, Runtime};
 use vitk::model::{init_params, ParamLayout};
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, FineTuning};
 
 use super::model_args::ModelArgs;
 use super::parse::whole;
@@ -152,6 +152,7 @@ pub fn run(a: ProfileArgs) -> Result<std::process::ExitCode> {
         &params,
         AdamWConfig::default(),
         precision,
+        FineTuning::default(),
     )
     .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);

@@ -17,7 +17,7 @@ use vitk::model::checksum::Verified;
 use vitk::model::{
     init_params, load_transfer, read_meta, CheckpointMeta, ImageSize, ParamLayout, TransferOptions,
 };
-use vitk::optim::AdamWConfig;
+use vitk::optim::{AdamWConfig, ParamGroups};
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
@@ -119,6 +119,15 @@ pub struct TrainArgs {
     /// (FlexiViT's pseudo-inverse resize) instead of refusing the checkpoint.
     #[arg(long)]
     resample_patch: bool,
+    /// Layer-wise learning-rate decay R, in (0, 1] (timm's, as MAE and BEiT fine-tune): the
+    /// head and its norm train at the learning rate, block i of L at R^(L-i) times it, the
+    /// embeddings at R^(L+1) times it (weight decay scaled alike) [default: off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    layer_decay: Option<f64>,
+    /// Linear probe: only the head and its norm (norm, or fc_norm with mean pooling) train;
+    /// every other tensor keeps its initial (--init-from) value and gets no backward pass.
+    #[arg(long)]
+    freeze_backbone: bool,
     /// CPU threads, 1..=1024 [default: all cores].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     threads: Option<usize>,
@@ -220,6 +229,8 @@ impl TrainArgs {
             mean: norm("--mean", &self.mean, default_norm.mean)?,
             std: norm("--std", &self.std, default_norm.std)?,
             init_from: None,
+            layer_decay: self.layer_decay,
+            freeze_backbone: self.freeze_backbone,
         };
         cfg.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
@@ -251,6 +262,8 @@ impl TrainArgs {
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
             ("--resample-patch", self.resample_patch),
+            ("--layer-decay", self.layer_decay.is_some()),
+            ("--freeze-backbone", self.freeze_backbone),
             ("--out", self.out.is_some()),
         ];
         let given = |f: &[(&'static str, bool)]| -> Vec<&'static str> {
@@ -398,6 +411,11 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     cfg.model.in_chans = splits.train.channels;
     cfg.validate().map_err(anyhow::Error::msg)?;
     check_loaded(&cfg, &splits, "the model")?;
+    if cfg.freeze_backbone && a.init_from.is_none() {
+        eprintln!(
+            "note: --freeze-backbone without --init-from trains a linear probe on a randomly initialised backbone"
+        );
+    }
     let layout = ParamLayout::new(&cfg.model);
     let params = match &a.init_from {
         Some(path) => {
@@ -570,7 +588,13 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         }
     }
     let n_params = p.params.len();
-    let mut engine = device.engine(&cfg.model, cfg.batch_size, p.params, cfg.adamw)?;
+    let mut engine = device.engine(
+        &cfg.model,
+        cfg.batch_size,
+        p.params,
+        cfg.adamw,
+        cfg.tuning(),
+    )?;
     let start = match &p.state {
         Some((opt, pos)) => {
             let params = engine.params()?;
@@ -599,6 +623,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         p.splits.val_source,
         run.dir.path.display()
     );
+    if let Some(line) = describe_tuning(&cfg) {
+        println!("{line}");
+    }
     if interrupt.load(Ordering::SeqCst) {
         bail!("interrupted before the first step: nothing was trained");
     }
@@ -688,6 +715,37 @@ fn print_summary(s: &train::Summary, run: &RunDir) {
     }
 }
 
+/// "fine-tuning: ..." for a run with --layer-decay or --freeze-backbone.
+fn describe_tuning(cfg: &TrainConfig) -> Option<String> {
+    let tuning = cfg.tuning();
+    let depth = cfg.model.depth;
+    let mut parts = Vec::new();
+    if let Some(r) = tuning.layer_decay {
+        parts.push(format!(
+            "layer decay {r}: the head at the learning rate, the last block at {r} times it, the embeddings at {r}^{} = {:.3e} times it",
+            depth + 1,
+            r.powi(depth as i32 + 1)
+        ));
+    }
+    if tuning.freeze_backbone {
+        let layout = ParamLayout::new(&cfg.model);
+        let groups = ParamGroups::new(&layout, tuning);
+        let trains: Vec<&str> = groups
+            .tensors
+            .iter()
+            .filter(|t| !t.frozen)
+            .map(|t| t.name.as_str())
+            .collect();
+        parts.push(format!(
+            "backbone frozen: only {} train ({} of {} parameters)",
+            trains.join(", "),
+            groups.trainable().len(),
+            layout.len
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("fine-tuning: {}", parts.join("; ")))
+}
+
 /// `--check`: what the run would be, without writing anything.
 fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
     let what = if a.resume.is_some() {
@@ -707,4 +765,7 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         p.splits.val_source,
         p.memory
     );
+    if let Some(line) = describe_tuning(&p.cfg) {
+        println!("{line}");
+    }
 }

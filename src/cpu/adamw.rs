@@ -1,9 +1,8 @@
-//! AdamW on the CPU (torch.optim.AdamW; the update rule is written out in src/optim.rs) and
-//! clip_grad_norm_, over the flat parameter buffer.
+//! AdamW on the CPU (torch.optim.AdamW with per-group rates; the update rule is written out
+//! in src/optim.rs) and clip_grad_norm_, over the flat parameter buffer.
 
 use super::Float;
-use crate::model::ParamLayout;
-use crate::optim::{AdamWConfig, AdamWScalars};
+use crate::optim::{AdamWConfig, AdamWScalars, ParamGroups};
 use rayon::prelude::*;
 
 /// Optimizer state: the two moments in the parameter layout, and the step count.
@@ -28,18 +27,22 @@ impl<F: Float> AdamW<F> {
         }
     }
 
-    /// One update of `params` with `grads` at learning rate `lr`.
-    pub fn update(&mut self, layout: &ParamLayout, params: &mut [F], grads: &[F], lr: f64) {
+    /// One update of the trainable tensors of `params` with `grads` at base learning rate
+    /// `lr`, each at its group's rate lr·s (`groups`: the same layout as the buffers);
+    /// frozen tensors and their moments are not touched.
+    pub fn update(&mut self, groups: &ParamGroups, params: &mut [F], grads: &[F], lr: f64) {
+        let n = self.m.len();
         assert!(
-            params.len() == layout.len && grads.len() == layout.len,
+            params.len() == n && grads.len() == n && groups.trainable().end == n,
             "AdamW: buffer sizes"
         );
         self.step += 1;
-        // Scalars as PyTorch computes them: in double precision, then used in F.
-        let s = AdamWScalars::new(&self.cfg, self.step, lr);
-        let (step_size, bc2_sqrt) = (F::of(s.step_size), F::of(s.bc2_sqrt));
-        let (b1c, b2, b2c, eps) = (F::of(s.b1c), F::of(s.b2), F::of(s.b2c), F::of(s.eps));
-        for e in &layout.entries {
+        for e in groups.tensors.iter().filter(|t| !t.frozen) {
+            // Scalars as PyTorch computes them: in double precision at the group's rate, then
+            // used in F (lr·1 is lr: without layer decay, the base rate's scalars exactly).
+            let s = AdamWScalars::new(&self.cfg, self.step, lr * e.lr_scale);
+            let (step_size, bc2_sqrt) = (F::of(s.step_size), F::of(s.bc2_sqrt));
+            let (b1c, b2, b2c, eps) = (F::of(s.b1c), F::of(s.b2), F::of(s.b2c), F::of(s.eps));
             let keep = if e.decay { F::of(s.keep) } else { F::one() };
             let r = e.range.clone();
             params[r.clone()]

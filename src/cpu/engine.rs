@@ -432,12 +432,20 @@ impl<F: Float> CpuEngine<F> {
     /// Backward pass of the last forward pass and [`Self::loss`]: adds the gradient of the
     /// mean loss to `grads` (same layout as the parameters; zero it first for a fresh step).
     pub fn backward(&mut self, params: &[F], grads: &mut [F]) {
+        self.backward_head(params, grads);
+        self.backward_backbone(params, grads);
+    }
+
+    /// The head's part of [`Self::backward`]: adds the gradients of `head.*` and of its norm
+    /// (`norm.*` or `fc_norm.*`) and stops there; every other gradient is left as it is. All
+    /// a frozen backbone needs (`--freeze-backbone`).
+    pub fn backward_head(&mut self, params: &[F], grads: &mut [F]) {
         let lay = &self.layout;
         assert_eq!(params.len(), lay.len, "backward: parameter buffer");
         assert_eq!(grads.len(), lay.len, "backward: gradient buffer");
         assert!(self.batch > 0, "backward before forward");
         let z = BatchDims::new(&self.cfg, self.batch);
-        let (r, d, m) = (z.rows(), z.d, z.m);
+        let d = z.d;
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
         let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
         let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
@@ -469,6 +477,18 @@ impl<F: Float> CpuEngine<F> {
             p(&lay.head_norm_w),
             d,
         );
+    }
+
+    /// The rest of [`Self::backward`] after [`Self::backward_head`] (whose d pooled it
+    /// reads from the scratch): pooling, the blocks in reverse, the tokens and the patch
+    /// embedding.
+    fn backward_backbone(&mut self, params: &[F], grads: &mut [F]) {
+        let lay = &self.layout;
+        let z = BatchDims::new(&self.cfg, self.batch);
+        let (r, d, m) = (z.rows(), z.d, z.m);
+        let p = |range: &std::ops::Range<usize>| &params[range.clone()];
+        let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
         pool_backward(s.dx, s.dpooled, z.t, d, self.cfg.pool);
 
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {

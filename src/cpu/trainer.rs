@@ -5,13 +5,15 @@ use super::adamw::{clip_grad_norm, AdamW};
 use super::CpuEngine;
 use crate::engine::{OptimizerState, StepOutput, TrainEngine};
 use crate::model::{ConfigError, ModelConfig, ParamLayout};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
 use anyhow::Result;
 
 /// The rayon CPU engine with its parameters, gradients and AdamW state in f32.
 pub struct CpuTrainer {
     engine: CpuEngine<f32>,
     layout: ParamLayout,
+    /// Which tensors train, at which rate (`--layer-decay`, `--freeze-backbone`).
+    groups: ParamGroups,
     params: Vec<f32>,
     grads: Vec<f32>,
     opt: AdamW<f32>,
@@ -26,6 +28,7 @@ impl CpuTrainer {
         max_batch: usize,
         params: Vec<f32>,
         adamw: AdamWConfig,
+        tuning: FineTuning,
     ) -> Result<Self, ConfigError> {
         let engine = CpuEngine::new(cfg, max_batch)?;
         let layout = ParamLayout::new(cfg);
@@ -39,6 +42,7 @@ impl CpuTrainer {
         let n = layout.len;
         Ok(Self {
             engine,
+            groups: ParamGroups::new(&layout, tuning),
             layout,
             params,
             grads: vec![0.0; n],
@@ -97,11 +101,17 @@ impl TrainEngine for CpuTrainer {
         }
         self.engine.forward(&self.params, images);
         let stats = self.engine.loss(labels, smoothing);
-        self.grads.fill(0.0);
-        self.engine.backward(&self.params, &mut self.grads);
-        let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads, max));
+        // Gradients outside the trainable span are never written: they stay zero.
+        let trainable = self.groups.trainable();
+        self.grads[trainable.clone()].fill(0.0);
+        if self.groups.backbone_frozen() {
+            self.engine.backward_head(&self.params, &mut self.grads);
+        } else {
+            self.engine.backward(&self.params, &mut self.grads);
+        }
+        let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads[trainable], max));
         self.opt
-            .update(&self.layout, &mut self.params, &self.grads, lr);
+            .update(&self.groups, &mut self.params, &self.grads, lr);
         let out = StepOutput {
             loss: stats.loss,
             correct: stats.correct,

@@ -16,7 +16,7 @@ use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::optim::{AdamWConfig, AdamWScalars, ADAMW_SCALARS};
+use crate::optim::{device_hyper, hyper_len, AdamWConfig, FineTuning, ParamGroups};
 
 mod pipeline;
 use pipeline::Pipeline;
@@ -244,13 +244,17 @@ pub struct GpuTrainer {
     v: DView,
     /// The bf16 copy of the parameters the bf16 matmuls read (bf16 path only).
     params_low: Option<DeviceBuffer<bf16>>,
-    decay: DeviceBuffer<u8>,
+    /// Which tensors train, at which rate (`--layer-decay`, `--freeze-backbone`).
+    groups: ParamGroups,
+    /// [trainable span] the optimizer group of each trainable scalar (constant).
+    group_table: DeviceBuffer<u16>,
     acts_f32: DeviceBuffer<f32>,
     acts_low: DeviceBuffer<bf16>,
     splitk: usize,
     labels: DeviceBuffer<u32>,
     stats: DeviceBuffer<f32>,
-    /// The step's AdamW scalars ([`AdamWScalars::to_f32s`]), read by the update kernel.
+    /// The step's AdamW scalars ([`device_hyper`]: shared, then per group), read by the
+    /// update kernel.
     hyper: DeviceBuffer<f32>,
     norm_partial: DeviceBuffer<f64>,
     step: u64,
@@ -262,7 +266,7 @@ pub struct GpuTrainer {
 
 impl GpuTrainer {
     /// An engine for `cfg` on `rt` holding `params`, with room for batches of `max_batch`,
-    /// computing in `precision`.
+    /// computing in `precision`, training the tensors `tuning` says at their rates.
     pub fn new(
         rt: Arc<dyn Runtime>,
         cfg: &ModelConfig,
@@ -270,6 +274,7 @@ impl GpuTrainer {
         params: &[f32],
         adamw: AdamWConfig,
         precision: Precision,
+        tuning: FineTuning,
     ) -> GpuResult<Self> {
         let bad = |m: String| GpuError::Shape {
             kernel: "engine".into(),
@@ -297,14 +302,10 @@ impl GpuTrainer {
             Precision::Fp32 => None,
             Precision::Bf16 => Some(alloc::<bf16>(&rt, n, "bf16 weight copies")?),
         };
-        let mut mask = vec![0u8; n];
-        for e in &layout.entries {
-            if e.decay {
-                mask[e.range.clone()].fill(1);
-            }
-        }
-        let mut decay = alloc::<u8>(&rt, n, "weight-decay mask")?;
-        decay.upload(&mask)?;
+        let groups = ParamGroups::new(&layout, tuning);
+        let table = groups.group_table();
+        let mut group_table = alloc::<u16>(&rt, table.len(), "optimizer group table")?;
+        group_table.upload(&table)?;
         let z = BatchDims::new(cfg, max_batch);
         if act_bound(&z) > MAX_COUNTED {
             return Err(GpuError::Memory {
@@ -320,7 +321,7 @@ impl GpuTrainer {
         let acts_low = alloc::<bf16>(&rt, n_low, "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
-        let hyper = alloc::<f32>(&rt, ADAMW_SCALARS, "AdamW scalars")?;
+        let hyper = alloc::<f32>(&rt, hyper_len(groups.groups.len()), "AdamW scalars")?;
         let norm_partial = alloc::<f64>(&rt, k::NORM_BLOCKS, "gradient norm partials")?;
         let mut engine = GpuTrainer {
             rt,
@@ -335,7 +336,8 @@ impl GpuTrainer {
             m,
             v,
             params_low,
-            decay,
+            groups,
+            group_table,
             acts_f32,
             acts_low,
             splitk,
@@ -364,8 +366,9 @@ impl GpuTrainer {
             Precision::Fp32 => 0.0,
             Precision::Bf16 => 2.0 * n,
         };
-        // parameters, gradients, m, v; bf16 weights; the weight-decay mask; labels
-        let fixed = 16.0 * n + low + n + 4.0 * max_batch as f64;
+        // parameters, gradients, m, v; bf16 weights; the optimizer group table (u16, at most
+        // one per parameter); labels
+        let fixed = 16.0 * n + low + 2.0 * n + 4.0 * max_batch as f64;
         let z = BatchDims::new(cfg, max_batch);
         if act_bound(&z) > MAX_COUNTED {
             return fixed + act_bound(&z) * 4.0;
@@ -668,13 +671,15 @@ impl GpuTrainer {
     }
 
     /// Backward of the last forward and loss: the gradient buffer is zeroed and then holds
-    /// the gradient of the mean loss.
+    /// the gradient of the mean loss. With a frozen backbone it stops after the head norm's
+    /// gradient (no kernel of the blocks or the embedding runs); the gradients outside the
+    /// trainable span are never written and stay zero.
     pub fn try_backward(&mut self) -> GpuResult<()> {
         let rt = &*self.rt;
         let lay = &self.layout;
         let (z, a) = self.acts(self.batch);
         let (r, d, m, b) = (z.rows(), z.d, z.m, z.b);
-        self.grads.fill_bytes(rt, 0)?;
+        self.trainable(self.grads).fill_bytes(rt, 0)?;
         // Weight and bias gradients of one linear layer: dW += dyᵀ x, db += Σ dy.
         let dw = |wr: &std::ops::Range<usize>,
                   br: &std::ops::Range<usize>,
@@ -723,6 +728,9 @@ impl GpuTrainer {
             self.p(&lay.head_norm_w),
             d,
         )?;
+        if self.groups.backbone_frozen() {
+            return Ok(());
+        }
         k::pool_backward(
             rt,
             a.dx,
@@ -823,28 +831,45 @@ impl GpuTrainer {
         )
     }
 
-    /// Optional clipping (on device) and one AdamW update at rate `lr`.
+    /// Optional clipping (on device) and one AdamW update at base rate `lr`.
     pub fn try_update(&mut self, lr: f64, clip: Option<f64>) -> GpuResult<()> {
         self.step += 1;
-        let hyper = AdamWScalars::new(&self.adamw, self.step, lr).to_f32s();
+        let hyper = self.hyper_values(lr);
         self.hyper.upload(&hyper)?;
         self.update(clip)
     }
 
-    /// Enqueues optional clipping and the AdamW update with the scalars already in `hyper`.
+    /// The AdamW scalars of step `self.step` at base rate `lr` (the `hyper` buffer's values).
+    fn hyper_values(&self, lr: f64) -> Vec<f32> {
+        device_hyper(&self.adamw, self.step, lr, &self.groups.groups)
+    }
+
+    /// The trainable tensors' part of a parameter-shaped view.
+    fn trainable(&self, v: DView) -> DView {
+        let span = self.groups.trainable();
+        v.slice(span.start, span.len())
+    }
+
+    /// Enqueues optional clipping of the trainable tensors' gradients and the AdamW update
+    /// of the trainable tensors with the scalars already in `hyper`.
     fn update(&self, clip: Option<f64>) -> GpuResult<()> {
         let rt = &*self.rt;
+        let grads = self.trainable(self.grads);
         if let Some(max) = clip {
-            k::grad_norm_clip(rt, self.stats.view(), &self.norm_partial, self.grads, max)?;
+            k::grad_norm_clip(rt, self.stats.view(), &self.norm_partial, grads, max)?;
         }
+        let span = self.groups.trainable();
         k::adamw(
             rt,
-            self.params,
-            self.params_low.as_ref().map(|b| b.view()),
-            self.m,
-            self.v,
-            self.grads,
-            &self.decay,
+            self.trainable(self.params),
+            self.params_low
+                .as_ref()
+                .map(|b| b.view().slice(span.start, span.len())),
+            self.trainable(self.m),
+            self.trainable(self.v),
+            grads,
+            self.group_table.view(),
+            self.groups.groups.len(),
             clip.map(|_| self.stats.view()),
             self.hyper.view(),
         )

@@ -229,6 +229,9 @@ impl Elem for i32 {
 impl Elem for u8 {
     const NAME: &'static str = "u8";
 }
+impl Elem for u16 {
+    const NAME: &'static str = "u16";
+}
 impl Elem for half::bf16 {
     const NAME: &'static str = "bf16";
 }

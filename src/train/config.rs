@@ -4,7 +4,7 @@
 use super::schedule::ScheduleKind;
 use crate::data::fingerprint::Fingerprint;
 use crate::model::{DimNames, ModelConfig};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, FineTuning};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -52,6 +52,13 @@ pub struct TrainConfig {
     /// Per-channel normalisation (mean, std) applied to inputs in [0, 1].
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Layer-wise learning-rate decay R in (0, 1] (`--layer-decay`; None: off; absent in
+    /// configs of older vitk).
+    #[serde(default)]
+    pub layer_decay: Option<f64>,
+    /// Only the head and its norm train (`--freeze-backbone`; absent in older configs).
+    #[serde(default)]
+    pub freeze_backbone: bool,
     /// The pretrained weights the run started from (--init-from), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFrom>,
@@ -95,6 +102,14 @@ fn within(flag: &str, value: f64, ok: bool, shown: &str) -> Result<(), String> {
 }
 
 impl TrainConfig {
+    /// Which tensors train, at which rate (the engines' [`FineTuning`]).
+    pub fn tuning(&self) -> FineTuning {
+        FineTuning {
+            layer_decay: self.layer_decay,
+            freeze_backbone: self.freeze_backbone,
+        }
+    }
+
     /// Checks every value against its range (data-independent); the message names the flag,
     /// the value and the range expected. Run for new runs and for a resumed config.json.
     pub fn validate(&self) -> Result<(), String> {
@@ -168,6 +183,9 @@ impl TrainConfig {
                     shown(&self.std)
                 ));
             }
+        }
+        if let Some(r) = self.layer_decay {
+            within("--layer-decay", r, r > 0.0 && r <= 1.0, "(0, 1]")?;
         }
         let eps = self.adamw.eps;
         within(

@@ -132,10 +132,10 @@ pub fn host_estimate(
             pinned,
             device_is_host,
         } => {
-            // the f32 parameters, their bf16 copy and the weight-decay mask, built here
+            // the f32 parameters, their bf16 copy and the optimizer group table (u16), built here
             e.add(
                 format!("parameters on the host ({n} parameters)"),
-                7.0 * n,
+                8.0 * n,
                 HINT_MODEL,
             );
             e.add(

@@ -13,7 +13,7 @@ use super::GpuTrainer;
 use crate::engine::StepOutput;
 use crate::gpu::error::{GpuError, GpuResult};
 use crate::gpu::stream::{Fence, Graph, PinnedBuffer};
-use crate::optim::{AdamWScalars, ADAMW_SCALARS};
+use crate::optim::hyper_len;
 
 /// What makes two steps the same graph: everything a kernel takes by value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,7 +27,7 @@ struct StepShape {
 struct StepSlot {
     images: PinnedBuffer<f32>, // [max_batch, C, S, S]
     labels: PinnedBuffer<u32>, // [max_batch]
-    hyper: PinnedBuffer<f32>,  // [ADAMW_SCALARS]
+    hyper: PinnedBuffer<f32>,  // [hyper_len(groups)] the step's AdamW scalars
     stats: PinnedBuffer<f32>,  // [4] loss, correct, grad norm, clip coefficient
     /// Recorded after the step's statistics download: once passed, the slot is the host's.
     fence: Fence,
@@ -100,7 +100,7 @@ impl GpuTrainer {
         // call returned, so its staging is free.
         debug_assert!(self.pipeline.queued.iter().all(|q| q.slot != s));
         self.step += 1;
-        let hyper = AdamWScalars::new(&self.adamw, self.step, lr).to_f32s();
+        let hyper = self.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
         let labels_dev = self.labels.view().slice(0, batch);
         let slot = &mut self.pipeline.slots[s];
@@ -139,7 +139,7 @@ impl GpuTrainer {
         Ok(StepSlot {
             images: PinnedBuffer::new(rt, self.max_batch * image)?,
             labels: PinnedBuffer::new(rt, self.max_batch)?,
-            hyper: PinnedBuffer::new(rt, ADAMW_SCALARS)?,
+            hyper: PinnedBuffer::new(rt, hyper_len(self.groups.groups.len()))?,
             stats: PinnedBuffer::new(rt, 4)?,
             fence: Fence::new(rt)?,
         })

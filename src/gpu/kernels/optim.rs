@@ -3,8 +3,8 @@
 
 use super::{elementwise, expect_len, shape_err};
 use crate::gpu::error::GpuResult;
-use crate::gpu::runtime::{BView, DView, DeviceBuffer, Launch, LaunchConfig, Runtime};
-use crate::optim::ADAMW_SCALARS;
+use crate::gpu::runtime::{BView, DView, DeviceBuffer, Launch, LaunchConfig, Runtime, View};
+use crate::optim::ADAMW_COMMON;
 
 /// Blocks of the first pass of the gradient norm (the length of its f64 partials buffer).
 pub const NORM_BLOCKS: usize = 256;
@@ -50,10 +50,12 @@ pub fn grad_norm_clip(
         .run(rt)
 }
 
-/// One AdamW update of params, m, v with grads (times stats[3] when `clip_stats` is given);
-/// `decay` [n] is 1 where weight decay applies; `params_low` (optional) receives the bf16
-/// copy of the updated parameters; `hyper` [ADAMW_SCALARS] holds the step's
-/// [`AdamWScalars::to_f32s`], on the device so that a captured step reads each step's own.
+/// One AdamW update of params, m, v with grads (times stats[3] when `clip_stats` is given),
+/// every scalar at its optimizer group's rate and decay: `group` [n] holds each scalar's
+/// group, below `groups`; `hyper` [5 + 2·groups] the step's [`crate::optim::device_hyper`],
+/// on the device so that a captured step reads each step's own. `params_low` (optional)
+/// receives the bf16 copy of the updated parameters. The views may be any span of the
+/// layout (the trainable tensors of a frozen backbone).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(
     rt: &dyn Runtime,
@@ -62,24 +64,23 @@ pub fn adamw(
     m: DView,
     v: DView,
     grads: DView,
-    decay: &DeviceBuffer<u8>,
+    group: View<u16>,
+    groups: usize,
     clip_stats: Option<DView>,
     hyper: DView,
 ) -> GpuResult<()> {
     const K: &str = "vitk_adamw";
     let n = params.len();
-    expect_len(K, "hyper", hyper, ADAMW_SCALARS)?;
+    expect_len(K, "hyper", hyper, crate::optim::hyper_len(groups))?;
     for (name, b) in [("m", m), ("v", v), ("grads", grads)] {
         expect_len(K, name, b, n)?;
     }
+    expect_len(K, "group", group, n)?;
     if let Some(low) = params_low {
         expect_len(K, "params_low", low, n)?;
     }
-    if decay.len() != n {
-        return Err(shape_err(
-            K,
-            format!("decay mask has {} elements, expected {n}", decay.len()),
-        ));
+    if groups == 0 {
+        return Err(shape_err(K, "no optimizer group".into()));
     }
     if n == 0 {
         return Ok(());
@@ -91,10 +92,13 @@ pub fn adamw(
         .ptr(m)
         .ptr(v)
         .ptr(grads)
-        .ptr(decay.view())
+        .ptr(group)
         .opt(clip_stats)
         .ptr(hyper)
         .i64(n)
-        .cost(12.0 * n as f64, ((29 + low) * n) as f64)
+        .cost(12.0 * n as f64, ((30 + low) * n) as f64)
         .run(rt)
 }
+
+/// The per-group scalars start after these in `hyper` (the kernel's `hyper + 5`).
+const _: () = assert!(ADAMW_COMMON == 5);
