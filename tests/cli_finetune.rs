@@ -161,3 +161,37 @@ fn a_non_square_model_trains_evaluates_and_predicts() {
     let p = ok(&["predict", "--checkpoint", s(&ckpt), "--top", "1", s(&img)]);
     assert!(p.contains("odd.png:"), "{p}");
 }
+
+#[test]
+fn eval_at_another_image_size_resamples_pos_embed() {
+    let (tmp, data, pre) = short_run("2");
+    let ckpt = pre.join("model.safetensors");
+    let before = std::fs::read(&ckpt).expect("checkpoint");
+    let e = ok(&[
+        "eval",
+        "--data",
+        s(&data),
+        "--checkpoint",
+        s(&ckpt),
+        "--image-size",
+        "40x48",
+    ]);
+    assert!(
+        e.contains("resampled pos_embed 8x8 -> 10x12") && e.contains("samples: 60"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&ckpt).expect("checkpoint"), before);
+    fails(
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--checkpoint",
+            s(&ckpt),
+            "--image-size",
+            "30",
+        ],
+        &["--image-size 30 is not a multiple of the checkpoint's patch size 4"],
+    );
+    drop(tmp);
+}
