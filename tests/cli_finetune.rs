@@ -3,7 +3,7 @@
 
 mod cli_common;
 
-use cli_common::{fails, ok, s, short_run, train_args, with};
+use cli_common::{fails, ok, s, short_run, synth, train_args, with};
 use std::path::Path;
 
 /// A 3-class ImageFolder (train/ and val/) of images of several sizes whose class is the
@@ -31,7 +31,25 @@ fn colour_folder(root: &Path) {
 
 #[test]
 fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes_with_layer_decay() {
-    let (tmp, _data, pre) = short_run("6");
+    // `micro` (D64 L4 H4 M128) trained on 10 classes at 32x32.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let pre = tmp.path().join("pre");
+    ok(&[
+        "train",
+        "--model",
+        "micro",
+        "--data",
+        s(&data),
+        "--out",
+        s(&pre),
+        "--batch-size",
+        "50",
+        "--steps",
+        "6",
+        "--threads",
+        "2",
+    ]);
     let folder = tmp.path().join("colours");
     colour_folder(&folder);
     let ckpt = pre.join("model.safetensors");
@@ -60,10 +78,10 @@ fn a_model_trained_at_32_fine_tunes_at_48_on_new_classes_with_layer_decay() {
         "2",
     ]);
     for line in [
-        "loaded 30 of 32 tensors",
+        "loaded 54 of 56 tensors",
         "resampled pos_embed 8x8 -> 12x12 (bicubic, antialiased, as timm)",
         "new head 10 -> 3 classes (re-initialised)",
-        "model D16 L2 H2 M24 P4 S48 C3 K3",
+        "model D64 L4 H4 M128 P4 S48 C3 K3",
     ] {
         assert!(out.contains(line), "missing {line:?}:\n{out}");
     }
