@@ -15,8 +15,8 @@ use vitk::data::image_file::read_image;
 use vitk::data::image_folder::load_image_folder;
 use vitk::data::loader::epoch_order;
 use vitk::data::{
-    augment_into, eval_batches, load, synthetic, to_tensor, Batch, BatchLoader, DataError, Dataset,
-    LoaderConfig, Normalize,
+    augment_into, eval_batches, load, load_unlabelled, synthetic, to_tensor, Batch, BatchLoader,
+    DataError, Dataset, LoaderConfig, Normalize,
 };
 use vitk::model::ImageSize;
 
@@ -862,4 +862,46 @@ fn eval_batches_in_order_keep_last_partial_batch() {
         eval_batches(&empty, 4, Normalize::CIFAR10).unwrap().count(),
         0
     );
+}
+
+// ---------------------------------------------------------------- unlabelled images
+
+/// Pre-training reads a folder of images with no class subfolders (one class), and whatever
+/// `load` reads; a folder with subfolders stays an ImageFolder.
+#[test]
+fn unlabelled_folders_load_as_one_class() {
+    let dir = tmp();
+    let d = dir.path();
+    for (i, (w, h)) in [(20, 30), (40, 10), (8, 8), (33, 17), (12, 12)]
+        .iter()
+        .enumerate()
+    {
+        solid_png(&d.join(format!("img{i}.png")), *w, *h, [i as u8 * 40, 7, 9]);
+    }
+    fs::write(d.join("notes.txt"), "ignored").unwrap();
+    let size = ImageSize {
+        height: 8,
+        width: 12,
+    };
+    let s = load_unlabelled(d, size, Some(2), false).unwrap();
+    assert_eq!(s.train.classes, ["images"]);
+    assert_eq!((s.train.len(), s.val.len(), s.train.size), (3, 2, size));
+    assert!(s.train.labels.iter().chain(&s.val.labels).all(|&l| l == 0));
+    // Evenly spaced hold-out in file-name order: positions 1 and 3 (img1, img3).
+    assert_eq!(s.val.image(0)[0], 40);
+    assert_eq!(s.val.image(1)[0], 120);
+    // The labelled loader still refuses it; the unlabelled one takes an ImageFolder too.
+    assert!(load(d, size, Some(2), false).is_err());
+    let classes = tmp();
+    solid_png(&classes.path().join("a/x.png"), 9, 9, [1, 2, 3]);
+    solid_png(&classes.path().join("b/y.png"), 9, 9, [4, 5, 6]);
+    let s = load_unlabelled(classes.path(), 4, Some(0), false).unwrap();
+    assert_eq!(s.train.classes, ["a", "b"]);
+    // An empty folder and a folder without images are clear errors.
+    let empty = tmp();
+    let (e, _) = err_text(load_unlabelled(empty.path(), 4, None, false));
+    assert!(matches!(e, DataError::EmptyDir { .. }), "{e:?}");
+    let text = tmp();
+    fs::write(text.path().join("a.txt"), "x").unwrap();
+    assert!(load_unlabelled(text.path(), 4, None, false).is_err());
 }

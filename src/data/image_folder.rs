@@ -221,10 +221,30 @@ pub fn load_image_folder(
         });
     }
 
-    let n = train_files.len();
+    hold_out(
+        &train_files,
+        classes,
+        size,
+        val_split,
+        &root,
+        "(class, file name) order",
+    )
+}
+
+/// The images `files` decoded into a training set with `val_split` of them held out for
+/// validation (None: [`super::default_val_split`]) at evenly spaced positions of `order`.
+fn hold_out(
+    files: &[(PathBuf, u16)],
+    classes: Vec<String>,
+    size: ImageSize,
+    val_split: Option<usize>,
+    root: &Path,
+    order: &str,
+) -> Result<Splits, DataError> {
+    let n = files.len();
     let val_split = val_split.unwrap_or_else(|| super::default_val_split(n));
     if val_split == 0 {
-        let train = decode_all(&train_files, &classes, size)?;
+        let train = decode_all(files, &classes, size)?;
         return Ok(Splits {
             val: Dataset::empty(classes, 3, size),
             train,
@@ -239,7 +259,7 @@ pub fn load_image_folder(
             len: n,
         });
     }
-    let all = decode_all(&train_files, &classes, size)?;
+    let all = decode_all(files, &classes, size)?;
     let held = held_out_positions(n, val_split);
     let mut is_val = vec![false; n];
     for &p in &held {
@@ -250,10 +270,45 @@ pub fn load_image_folder(
         train: all.select(&kept),
         val: all.select(&held),
         val_source: format!(
-            "held out: {val_split} of {n} images, evenly spaced in (class, file name) order (no val/ folder)"
+            "held out: {val_split} of {n} images, evenly spaced in {order} (no val/ folder)"
         ),
         warnings: Vec::new(),
     })
+}
+
+/// Whether `dir` is a folder of image files with no (visible) subfolders.
+pub fn is_flat_folder(dir: &Path) -> bool {
+    sorted_entries(dir).is_ok_and(|entries| {
+        !entries.iter().any(|p| p.is_dir()) && entries.iter().any(|p| is_image_file(p))
+    })
+}
+
+/// A folder of image files with no class subfolders, for pre-training without labels: one
+/// class, `images`; the images are the folder's own image files, sorted by name (other files
+/// and hidden names are ignored), decoded and resized as an ImageFolder's.
+pub fn load_flat_folder(
+    dir: &Path,
+    size: impl Into<ImageSize>,
+    val_split: Option<usize>,
+) -> Result<Splits, DataError> {
+    let size = size.into();
+    let entries = sorted_entries(dir)?;
+    let files: Vec<(PathBuf, u16)> = entries
+        .into_iter()
+        .filter(|p| p.is_file() && is_image_file(p))
+        .map(|p| (p, 0))
+        .collect();
+    if files.is_empty() {
+        return Err(DataError::NoImages { path: dir.into() });
+    }
+    hold_out(
+        &files,
+        vec!["images".into()],
+        size,
+        val_split,
+        dir,
+        "file name order",
+    )
 }
 
 #[cfg(test)]

@@ -237,6 +237,28 @@ pub fn load(
     image_folder::load_image_folder(dir, size, val_split)
 }
 
+/// Loads images for pre-training, where labels are not needed: anything [`load`] reads (its
+/// labels are kept and go unused), or a folder of image files with no class subfolders
+/// ([`image_folder::load_flat_folder`]: one class, validation held out by `val_split`).
+pub fn load_unlabelled(
+    dir: &Path,
+    size: impl Into<ImageSize>,
+    val_split: Option<usize>,
+    allow_partial: bool,
+) -> Result<Splits, DataError> {
+    let size = size.into();
+    if dir.is_dir() && !cifar::is_cifar_dir(dir) && image_folder::is_flat_folder(dir) {
+        if size.pixels() == 0 {
+            return Err(DataError::invalid(
+                dir.display().to_string(),
+                format!("image size {size} requested (expected sides >= 1)"),
+            ));
+        }
+        return image_folder::load_flat_folder(dir, size, val_split);
+    }
+    load(dir, size, val_split, allow_partial)
+}
+
 /// Validation records held out when none is asked for: 10% of the training records, at
 /// most 5000 (the usual 45,000 / 5,000 split of CIFAR-10's training set).
 pub fn default_val_split(train_records: usize) -> usize {
