@@ -1,5 +1,6 @@
 //! `vitk eval`: a checkpoint on the validation split of a data directory.
 
+use super::at_size::load_at_size;
 use super::device::{self, Device};
 use super::parse::whole;
 use anyhow::{bail, Result};
@@ -8,9 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vitk::data::{self, Normalize};
 use vitk::engine::Precision;
-use vitk::model::{
-    load_checkpoint, load_transfer, DimNames, ImageSize, ModelConfig, TransferOptions, FIELD_NAMES,
-};
+use vitk::model::ImageSize;
 use vitk::optim::AdamWConfig;
 use vitk::train::evaluate;
 
@@ -54,11 +53,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if a.batch_size == 0 {
         bail!("--batch-size 0 is out of range: expected at least 1");
     }
-    let (meta, params) = load_checkpoint(&a.checkpoint)?;
-    let (cfg, params) = match a.image_size {
-        Some(size) if size != meta.config.image_size => at_size(&a, &meta.config, size)?,
-        _ => (meta.config.clone(), params),
-    };
+    let (meta, cfg, params) = load_at_size(&a.checkpoint, a.image_size)?;
     let cfg = &cfg;
     let splits = data::load(&a.data, cfg.image_size, a.val_split, a.allow_partial)?;
     super::data_source::warn(&splits);
@@ -115,35 +110,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         println!("  {k:>3} {}  {}", cells.join(" "), val.classes[k]);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The model of the checkpoint at input size `size`, and its weights with pos_embed
-/// resampled to the new grid.
-fn at_size(
-    a: &EvalArgs,
-    trained: &ModelConfig,
-    size: ImageSize,
-) -> Result<(ModelConfig, Vec<f32>)> {
-    let cfg = ModelConfig {
-        image_size: size,
-        ..trained.clone()
-    };
-    cfg.check(&DimNames {
-        image_size: "--image-size",
-        patch_size: "the checkpoint's patch size",
-        ..FIELD_NAMES
-    })
-    .map_err(|e| anyhow::anyhow!("{}: {}", a.checkpoint.display(), e.0))?;
-    let t = load_transfer(
-        &a.checkpoint,
-        &cfg,
-        Some(trained),
-        TransferOptions::default(),
-    )?;
-    for note in t.notes.iter().filter(|n| n.starts_with("resampled")) {
-        println!("{}: {note}", a.checkpoint.display());
-    }
-    Ok((cfg, t.params))
 }
 
 /// The checkpoint's normalisation (first three channels at most).

@@ -1,5 +1,6 @@
 //! The subcommands of the `vitk` binary. The library knows nothing of them.
 
+mod at_size;
 pub mod attention;
 pub mod data_source;
 pub mod device;

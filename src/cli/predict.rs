@@ -1,5 +1,6 @@
 //! `vitk predict`: top-k classes of image files under a checkpoint.
 
+use super::at_size::load_at_size;
 use super::device::{self, Device};
 use super::eval::normalize_of;
 use super::parse::whole;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use vitk::data::image_file::read_image;
 use vitk::data::to_tensor;
 use vitk::engine::Precision;
-use vitk::model::load_checkpoint;
+use vitk::model::ImageSize;
 use vitk::optim::AdamWConfig;
 
 #[derive(Args)]
@@ -28,6 +29,10 @@ pub struct PredictArgs {
     /// tensor cores, fp32 master weights) [default: bf16 on CUDA, fp32 on emu and the CPU].
     #[arg(long)]
     precision: Option<Precision>,
+    /// Run the model at another input size, S or HxW (a multiple of the patch size), with
+    /// pos_embed resampled to its patch grid as timm does [default: the checkpoint's].
+    #[arg(long, allow_negative_numbers = true)]
+    image_size: Option<ImageSize>,
     /// Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, recognised by content whatever their
     /// extension); resized to the model's input as training resizes them.
     #[arg(required = true)]
@@ -38,8 +43,7 @@ pub fn run(a: PredictArgs) -> Result<ExitCode> {
     if a.top == 0 {
         bail!("--top 0 is out of range: expected at least 1");
     }
-    let (meta, params) = load_checkpoint(&a.checkpoint)?;
-    let cfg = meta.config.clone();
+    let (meta, cfg, params) = load_at_size(&a.checkpoint, a.image_size)?;
     if cfg.in_chans != 3 {
         bail!(
             "{}: predict reads RGB images; this model takes {} channels",
