@@ -105,7 +105,8 @@ fn normalise_half(v: &[f32]) -> Vec<f32> {
 
 #[test]
 fn mean_colour_of_solid_patches() {
-    // One 4x8 image, patch 4: patch 0 solid (0.9, 0.3, 0.55) → levels (7, 2, 4) → class 468;
+    // One 4x8 image, patch 4: patch 0 solid (0.9, 0.33, 0.7) → levels (7, 2, 5) → class 469
+    // (⌊7.2⌋, ⌊2.64⌋, ⌊5.6⌋: rounding would give 3 and 6);
     // patch 1: red half 0 and half 1 (mean exactly 0.5 → level 4), green 0.25 (exactly 2/8 →
     // level 2), blue 1 (level 8 clamped to 7) → class 279.
     let (h, w) = (4, 8);
@@ -113,7 +114,7 @@ fn mean_colour_of_solid_patches() {
     for y in 0..h {
         for x in 0..w {
             let px = if x < 4 {
-                [0.9, 0.3, 0.55]
+                [0.9, 0.33, 0.7]
             } else {
                 [if y < 2 { 0.0 } else { 1.0 }, 0.25, 1.0]
             };
@@ -136,7 +137,7 @@ fn mean_colour_of_solid_patches() {
         [0.5; 3],
         [0.5; 3],
     );
-    assert_eq!(classes, [468, 279]);
+    assert_eq!(classes, [469, 279]);
     // The same solid colour under CIFAR-10's statistics (values far from the edges).
     let (mean, std) = ([0.4914f32, 0.4822, 0.4465], [0.2470f32, 0.2435, 0.2616]);
     let x: Vec<f32> = v
@@ -145,7 +146,7 @@ fn mean_colour_of_solid_patches() {
         .map(|(i, &v)| (v - mean[i / (h * w)]) / std[i / (h * w)])
         .collect();
     mean_colour_targets(&mut classes, &x, 1, size, 4, mean, std);
-    assert_eq!(classes[0], 468);
+    assert_eq!(classes[0], 469);
     assert_eq!(colour_class([1.0, 1.0, 1.0]) as usize, COLOUR_CLASSES - 1);
 }
 
