@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests every mutant runs against (the emulator is the default device; `training` holds
 # the CPU optimizer's tests against PyTorch's formula, for mutants of code both engines share).
-TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "step_pipeline", "training"]
+TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "step_pipeline", "training",
+         "mim_colour_parity"]
 
 # (name, file, original text, mutated text). The original must occur exactly once, and the
 # mutant must still build (a mutant that leaves a parameter unused would fail -Werror and
@@ -132,6 +133,15 @@ MUTANTS = [
      "const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing;"),
     ("cross-entropy through log_z = m + lse (loses precision on large logits)", "kernels/loss.cu",
      "vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_b);", "vitk_st(drow + c, (expf(row[c] - (mx + lse)) - target) * inv_b);"),
+    # mim_colour.cu (the ViT paper's colour objective, tests/mim_colour_parity.rs)
+    ("mean colour un-normalised through an FMA", "kernels/mim_colour.cu",
+     "s = __fadd_rn(s, __fadd_rn(__fmul_rn(row[kx], stdv[c]), mean[c]));", "s = __fadd_rn(s, __fmaf_rn(row[kx], stdv[c], mean[c]));"),
+    ("masked cross-entropy averaged over all rows", "kernels/mim_colour.cu",
+     "stats[0] = total * inv_m;", "stats[0] = total / rows;"),
+    ("masked cross-entropy leaves unmasked rows of dlogits unwritten", "kernels/mim_colour.cu",
+     "for (int c = lane; c < classes; c += 32) vitk_st(drow + c, 0.0f);", "for (int c = lane; c < classes && rows < 0; c += 32) vitk_st(drow + c, 0.0f);"),
+    ("masked cross-entropy arg-max loses the lowest-index tie-break", "kernels/mim_colour.cu",
+     "if (ov > v || (ov == v && oi < idx)) {", "if (ov > v || (ov == v && oi > idx)) {"),
     ("block sum reads lanes past the end of a partial warp", "kernels/reduce.cuh",
      "if (lane + offset < lanes) v += other;", "if (lane + offset < lanes || true) v += other;"),
     ("tokens forward adds position 0 everywhere", "kernels/tokens.cu",

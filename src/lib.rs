@@ -9,4 +9,5 @@ pub mod engine;
 pub mod gpu;
 pub mod model;
 pub mod optim;
+pub mod pretrain;
 pub mod train;

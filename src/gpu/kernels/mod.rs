@@ -7,6 +7,7 @@ mod attention;
 mod layernorm;
 mod loss;
 mod matmul;
+pub mod mim_colour;
 mod optim;
 mod patch;
 mod reduce;
