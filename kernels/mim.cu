@@ -4,8 +4,8 @@
 //   vitk_mask_tokens_forward:  x[r, c] = mask[r] ? token[c] : pe[r, c]
 //   vitk_mask_tokens_backward_pe_{f32,bf16}: dpe[r, c] = mask[r] ? 0 : dx[r, c] (overwritten;
 //                               bf16 on the bf16 path, where it is the patch matmul's dY)
-//   vitk_mask_tokens_token_partial: partial[j, c] = sum of dx[r, c] over the masked rows r of
-//                               chunk j (rows [j*rows_per_chunk, (j+1)*rows_per_chunk), in
+//   vitk_mask_tokens_token_partial: partial[j, c] = sum of dx[r, c] over the masked rows r
+//                               (mask[r] != 0, or src[r] < 0 when mask is null) of chunk j (rows [j*rows_per_chunk, (j+1)*rows_per_chunk), in
 //                               order); vitk_mask_tokens_token_reduce: dtoken[c] += sum_j
 //                               partial[j, c], j in order. The chunking is fixed by the
 //                               launcher, not by the grid: the sum is deterministic.
@@ -65,15 +65,16 @@ VITK_MASK_TOKENS_BACKWARD_PE(vitk_mask_tokens_backward_pe_f32, float)
 VITK_MASK_TOKENS_BACKWARD_PE(vitk_mask_tokens_backward_pe_bf16, vitk_bf16)
 
 extern "C" __global__ void vitk_mask_tokens_token_partial(float* partial, const float* dx,
-                                                          const unsigned char* mask, int rows,
-                                                          int dim, int rows_per_chunk) {
+                                                          const unsigned char* mask,
+                                                          const int* src, int rows, int dim,
+                                                          int rows_per_chunk) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= dim) return;
   const int j = blockIdx.y;
   const int r0 = j * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
   float s = 0.0f;
   for (int r = r0; r < r1; r++)
-    if (mask[r]) s += dx[(long long)r * dim + c];
+    if (mask ? mask[r] != 0 : src[r] < 0) s += dx[(long long)r * dim + c];
   partial[(long long)j * dim + c] = s;
 }
 VITK_EXPORT(vitk_mask_tokens_token_partial)
@@ -183,3 +184,51 @@ extern "C" __global__ void vitk_masked_pixel_loss_reduce(float* loss, const floa
   if (threadIdx.x == 0) loss[0] = m > 0.0f ? s / m : 0.0f;
 }
 VITK_EXPORT(vitk_masked_pixel_loss_reduce)
+
+// ---- BERT-style substitution (the ViT paper's masked patch prediction) --------------------
+//   vitk_substitute_forward: x[b, n, c] = src[b, n] < 0 ? token[c] : pe[b, src[b, n], c]
+//   vitk_substitute_backward_pe_{f32,bf16}: dpe[b, m, c] = sum over n with src[b, n] == m of
+//                   dx[b, n, c], n in order (overwritten); O(N) source reads per element (from
+//                   L1: the N sources of one image); dtoken: the token kernels above with
+//                   `src` instead of `mask` (a row is masked when src < 0).
+// Launch: elementwise (grid-stride, as above).
+extern "C" __global__ void vitk_substitute_forward(float* x, const float* pe, const int* src,
+                                                   const float* token, int rows, int n,
+                                                   int dim) {
+  const long long total = (long long)rows * dim;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    const long long r = i / dim;
+    const int c = (int)(i - r * dim);
+    const int s = src[r];
+    x[i] = s < 0 ? token[c] : pe[((r - r % n) + s) * dim + c];
+  }
+}
+VITK_EXPORT(vitk_substitute_forward)
+
+template <typename OutT>
+__device__ __forceinline__ void vitk_substitute_backward_pe(OutT* dpe, const float* dx,
+                                                            const int* src, int rows, int n,
+                                                            int dim) {
+  const long long total = (long long)rows * dim;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    const long long r = i / dim;
+    const int c = (int)(i - r * dim);
+    const long long r0 = r - r % n;
+    const int m = (int)(r - r0);
+    float s = 0.0f;
+    for (int j = 0; j < n; j++)
+      if (src[r0 + j] == m) s += dx[(r0 + j) * dim + c];
+    vitk_st(dpe + i, s);
+  }
+}
+
+#define VITK_SUBSTITUTE_BACKWARD_PE(NAME, OUT)                                               \
+  extern "C" __global__ void NAME(OUT* dpe, const float* dx, const int* src, int rows, int n, \
+                                  int dim) {                                                 \
+    vitk_substitute_backward_pe<OUT>(dpe, dx, src, rows, n, dim);                            \
+  }                                                                                          \
+  VITK_EXPORT(NAME)
+VITK_SUBSTITUTE_BACKWARD_PE(vitk_substitute_backward_pe_f32, float)
+VITK_SUBSTITUTE_BACKWARD_PE(vitk_substitute_backward_pe_bf16, vitk_bf16)

@@ -6,7 +6,8 @@ mod common;
 
 use common::{assert_close, dot, fd_grad, rand_vec, FD_STEP, GRAD_TOL};
 use vitk::cpu::mim::{
-    mask_tokens_backward, mask_tokens_forward, masked_pixel_loss, patch_targets, PixelLoss,
+    mask_tokens_backward, mask_tokens_forward, masked_pixel_loss, patch_targets,
+    substitute_backward, substitute_forward, PixelLoss, SOURCE_MASK_TOKEN,
 };
 use vitk::model::ImageSize;
 
@@ -188,4 +189,65 @@ fn masked_loss_forward_values() {
     let l0 = masked_pixel_loss(&pred, &target, &[false; 3], PixelLoss::L2, Some(&mut d));
     assert_eq!(l0, 0.0);
     assert_eq!(d, [0.0; 6]);
+}
+
+/// Sources [B·N] for B images of `n` patches with every kind: the mask token, the patch
+/// itself, another patch (patch 0 of each image is the source of two others).
+fn sources(b: usize, n: usize) -> Vec<i32> {
+    (0..b * n)
+        .map(|r| match (r % n) % 4 {
+            0 => SOURCE_MASK_TOKEN,
+            1 => 0,
+            _ => (r % n) as i32,
+        })
+        .collect()
+}
+
+#[test]
+fn substitute_gradients() {
+    let (b, n, d) = (2, 9, 5);
+    let src = sources(b, n);
+    let pe = rand_vec(b * n * d, 11, 1.0);
+    let token = rand_vec(d, 12, 1.0);
+    let g = rand_vec(b * n * d, 13, 1.0);
+    let loss = |pe: &[f64], token: &[f64]| {
+        let mut x = vec![0.0; b * n * d];
+        substitute_forward(&mut x, pe, &src, n, token);
+        dot(&x, &g)
+    };
+    let mut dpe = vec![f64::NAN; b * n * d];
+    let mut dtoken = vec![0.0; d];
+    substitute_backward(&mut dpe, &mut dtoken, &g, &src, n);
+    assert_close(
+        "dpe",
+        &dpe,
+        &fd_grad(&pe, FD_STEP, |p| loss(p, &token)),
+        GRAD_TOL,
+    );
+    assert_close(
+        "dtoken",
+        &dtoken,
+        &fd_grad(&token, FD_STEP, |t| loss(&pe, t)),
+        GRAD_TOL,
+    );
+}
+
+#[test]
+fn substitute_forward_values() {
+    // N = 3, D = 1: patch 0 from patch 2, patch 1 the token, patch 2 itself.
+    let pe = [1.0, 2.0, 3.0, 10.0, 20.0, 30.0];
+    let src = [2, SOURCE_MASK_TOKEN, 2, 1, 1, SOURCE_MASK_TOKEN];
+    let mut x = [0.0; 6];
+    substitute_forward(&mut x, &pe, &src, 3, &[-1.0]);
+    assert_eq!(x, [3.0, -1.0, 3.0, 20.0, 20.0, -1.0]);
+    let (mut dpe, mut dtok) = ([f64::NAN; 6], [0.0]);
+    substitute_backward(
+        &mut dpe,
+        &mut dtok,
+        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+        &src,
+        3,
+    );
+    assert_eq!(dpe, [0.0, 0.0, 5.0, 0.0, 24.0, 0.0]);
+    assert_eq!(dtok, [34.0]);
 }

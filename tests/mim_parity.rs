@@ -2,7 +2,8 @@
 //! substitution, patch-pixel targets and the masked pixel loss, on fresh random inputs at
 //! shapes that are not multiples of any block size and at model scale (B = 4, N = 64, D = 64,
 //! K = 48), with outputs poisoned (NaN) before the launch. The gradients that feed a matmul
-//! (dpe, dpred) are checked in both precisions; everything else is fp32 only (the kernels
+//! (dpe, dpred) are checked in both precisions; the BERT-style substitution runs on the
+//! sampler's own corruption tables; everything else is fp32 only (the kernels
 //! have no bf16 inputs). Device: the emulator, or a GPU with VITK_TEST_DEVICE=cuda.
 
 mod common;
@@ -11,6 +12,7 @@ mod gpu_common;
 use gpu_common::{check, device, rng, tol, uniform, widen, Dev, U16};
 use rand::Rng;
 use vitk::cpu::mim::{self, PixelLoss};
+use vitk::data::masking::{bert_corruption, corruption_sources};
 use vitk::engine::Precision;
 use vitk::gpu::kernels;
 use vitk::gpu::DeviceBuffer;
@@ -24,6 +26,9 @@ const TOLERANCES: &[(&str, f64)] = &[
     ("mask_tokens.x", 0.0),
     ("mask_tokens.dpe", 0.0),
     ("mask_tokens.dtoken", 1e-5),
+    ("substitute.x", 0.0),
+    // dpe sums the dx rows that copied a patch (at most a few): fp32 rounding.
+    ("substitute.dpe", 1e-6),
     ("patch_targets.raw", 0.0),
     ("patch_targets.norm", 1e-5),
     ("masked_loss.loss", 1e-5),
@@ -218,6 +223,52 @@ fn masked_pixel_loss_matches_cpu() {
                     &d,
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn substitute_matches_cpu() {
+    let rt = device();
+    let mut rng = rng("substitute");
+    // (B, N, D): odd; D > 256 with 2 chunks of token rows; model scale B = 4, N = 64, D = 64.
+    for (b, n, d) in [(1, 1, 3), (3, 7, 5), (2, 65, 300), (4, 64, 64)] {
+        // BERT's corruption of half the patches (mask token, other patch, unchanged).
+        let src: Vec<i32> = (0..b as u64)
+            .flat_map(|i| corruption_sources(&bert_corruption(rng.random(), 0, i, n, 0.5)))
+            .collect();
+        let pe = uniform(&mut rng, b * n * d, 1.0);
+        let token = uniform(&mut rng, d, 1.0);
+        let dx = uniform(&mut rng, b * n * d, 1.0);
+        let dtoken0 = uniform(&mut rng, d, 1.0);
+        let mut x = vec![0.0; b * n * d];
+        mim::substitute_forward(&mut x, &widen(&pe), &src, n, &widen(&token));
+        let mut dpe = vec![0.0; b * n * d];
+        let mut dtoken = widen(&dtoken0);
+        mim::substitute_backward(&mut dpe, &mut dtoken, &widen(&dx), &src, n);
+        let g_src = DeviceBuffer::from_slice(&rt, &src).unwrap();
+        for prec in BOTH {
+            let case = format!("{prec} B={b} N={n} D={d}");
+            let mut dev = Dev::new(&rt);
+            let (g_x, g_pe, g_tok) = (dev.nan(b * n * d), dev.f32(&pe), dev.f32(&token));
+            kernels::substitute_forward(&*rt, g_x, g_pe, g_src.view(), g_tok, n).unwrap();
+            check(
+                &case,
+                "substitute.x",
+                tol(TOLERANCES, "substitute.x"),
+                &dev.get32(g_x),
+                &x,
+            );
+            let g_dpe = dev.out(prec, b * n * d);
+            let g_dtok = dev.f32(&dtoken0);
+            let scratch = dev.nan(kernels::mask_tokens_backward_scratch_len(b * n, d));
+            let g_dx = dev.f32(&dx);
+            kernels::substitute_backward(&*rt, g_dpe, g_dtok, scratch, g_dx, g_src.view(), n)
+                .unwrap();
+            let t = tol_in("substitute.dpe", prec);
+            check(&case, "substitute.dpe", t, &dev.get(g_dpe), &dpe);
+            let t = tol(TOLERANCES, "mask_tokens.dtoken");
+            check(&case, "substitute.dtoken", t, &dev.get32(g_dtok), &dtoken);
         }
     }
 }

@@ -187,3 +187,77 @@ pub fn masked_pixel_loss<F: Float>(
     }
     total / masked as f64
 }
+
+/// Source marker of [`substitute_forward`]: the patch takes the mask token.
+pub const SOURCE_MASK_TOKEN: i32 = -1;
+
+/// The BERT-style corruption of the ViT paper as a gather: x [B, N, D] (overwritten) with
+/// x[b, n] = src[b, n] < 0 ? token [D] : pe[b, src[b, n]], src [B, N] indexing patches of the
+/// same image (src[b, n] = n leaves a patch as it is; see `data::masking::corruption_sources`).
+pub fn substitute_forward<F: Float>(
+    x: &mut [F],
+    pe: &[F],
+    src: &[i32],
+    n_patches: usize,
+    token: &[F],
+) {
+    let dim = token.len();
+    assert_eq!(x.len(), src.len() * dim, "substitute_forward: x");
+    assert_eq!(pe.len(), x.len(), "substitute_forward: pe");
+    assert!(
+        n_patches > 0 && src.len().is_multiple_of(n_patches),
+        "substitute_forward: src"
+    );
+    x.par_chunks_mut(dim)
+        .zip(src.par_iter())
+        .enumerate()
+        .for_each(|(row, (xr, &s))| {
+            if s < 0 {
+                xr.copy_from_slice(token);
+            } else {
+                let s = s as usize;
+                assert!(
+                    s < n_patches,
+                    "substitute_forward: source {s} >= N = {n_patches}"
+                );
+                let r = row - row % n_patches + s;
+                xr.copy_from_slice(&pe[r * dim..(r + 1) * dim]);
+            }
+        });
+}
+
+/// Gradients of [`substitute_forward`] given dx [B, N, D]: dpe [B, N, D] (overwritten) with
+/// dpe[b, m] = Σ over n with src[b, n] = m of dx[b, n] (n in order: a patch that is copied
+/// elsewhere gets both gradients); dtoken [D] += Σ over src < 0 of dx, rows in order.
+pub fn substitute_backward<F: Float>(
+    dpe: &mut [F],
+    dtoken: &mut [F],
+    dx: &[F],
+    src: &[i32],
+    n_patches: usize,
+) {
+    let dim = dtoken.len();
+    assert_eq!(dx.len(), src.len() * dim, "substitute_backward: dx");
+    assert_eq!(dpe.len(), dx.len(), "substitute_backward: dpe");
+    assert!(
+        n_patches > 0 && src.len().is_multiple_of(n_patches),
+        "substitute_backward: src"
+    );
+    dpe.par_chunks_mut(dim).enumerate().for_each(|(row, dr)| {
+        let (b, m) = (row / n_patches, row % n_patches);
+        dr.fill(F::zero());
+        for n in 0..n_patches {
+            if src[b * n_patches + n] == m as i32 {
+                let g = &dx[(b * n_patches + n) * dim..(b * n_patches + n + 1) * dim];
+                for (a, &v) in dr.iter_mut().zip(g) {
+                    *a += v;
+                }
+            }
+        }
+    });
+    dtoken.par_iter_mut().enumerate().for_each(|(c, a)| {
+        for (row, _) in src.iter().enumerate().filter(|(_, &s)| s < 0) {
+            *a += dx[row * dim + c];
+        }
+    });
+}

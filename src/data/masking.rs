@@ -112,6 +112,20 @@ pub fn bert_corruption(
     out
 }
 
+/// The gather table of `cpu::mim::substitute_forward` for one image: −1 (the mask token)
+/// for `MaskToken`, the source index for `OtherPatch`, the patch itself otherwise.
+pub fn corruption_sources(corruption: &[Corruption]) -> Vec<i32> {
+    corruption
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match *c {
+            Corruption::MaskToken => -1,
+            Corruption::OtherPatch(s) => s as i32,
+            Corruption::Visible | Corruption::Unchanged => i as i32,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +214,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sources_of_each_treatment() {
+        let c = [
+            Corruption::Visible,
+            Corruption::MaskToken,
+            Corruption::OtherPatch(0),
+            Corruption::Unchanged,
+        ];
+        assert_eq!(corruption_sources(&c), [0, -1, 0, 3]);
     }
 
     #[test]

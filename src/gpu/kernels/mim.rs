@@ -75,17 +75,7 @@ pub fn mask_tokens_backward(
     let (rows, dim) = (mask.len(), dtoken.len());
     expect_len(K, "dx", dx, rows * dim)?;
     expect_count(K, "dpe", dpe.len(), rows * dim)?;
-    let chunks = rows.div_ceil(MASK_TOKEN_ROWS_PER_CHUNK);
-    if scratch.len() < chunks * dim {
-        return Err(shape_err(
-            K,
-            format!(
-                "scratch has {} elements, needs {}",
-                scratch.len(),
-                chunks * dim
-            ),
-        ));
-    }
+    token_scratch(K, scratch, rows, dim)?;
     if dx.is_empty() {
         return Ok(());
     }
@@ -107,6 +97,36 @@ pub fn mask_tokens_backward(
         .int("dim", dim)
         .cost(0.0, n * (4.0 + dpe.elem_bytes() as f64) + rows as f64)
         .run(rt)?;
+    token_gradient(rt, dtoken, scratch, dx, Some(mask), None)
+}
+
+fn token_scratch(kernel: &str, scratch: DView, rows: usize, dim: usize) -> GpuResult<()> {
+    let need = mask_tokens_backward_scratch_len(rows, dim);
+    if scratch.len() < need {
+        return Err(shape_err(
+            kernel,
+            format!("scratch has {} elements, needs {need}", scratch.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// dtoken [D] += Σ of dx [R, D] over the rows that take the token (mask[r] != 0, or src[r] <
+/// 0 without a mask): chunks of [`MASK_TOKEN_ROWS_PER_CHUNK`] rows into `scratch`, then the
+/// chunks in order. Shapes are checked by the callers.
+fn token_gradient(
+    rt: &dyn Runtime,
+    dtoken: DView,
+    scratch: DView,
+    dx: DView,
+    mask: Option<View<u8>>,
+    src: Option<View<i32>>,
+) -> GpuResult<()> {
+    const K: &str = "vitk_mask_tokens_token_partial";
+    let dim = dtoken.len();
+    let rows = dx.len() / dim;
+    let chunks = rows.div_ceil(MASK_TOKEN_ROWS_PER_CHUNK);
+    let n = dx.len() as f64;
     let cols = dim.div_ceil(BLOCK as usize) as u32;
     let chunks_u32 = u32::try_from(chunks)
         .ok()
@@ -117,10 +137,11 @@ pub fn mask_tokens_backward(
         block: (BLOCK, 1, 1),
         shared_bytes: 0,
     };
-    Launch::new("vitk_mask_tokens_token_partial", partial)
+    Launch::new(K, partial)
         .ptr(scratch)
         .ptr(dx)
-        .ptr(mask)
+        .opt(mask)
+        .opt(src)
         .int("rows", rows)
         .int("dim", dim)
         .int("rows per chunk", MASK_TOKEN_ROWS_PER_CHUNK)
@@ -262,4 +283,94 @@ pub fn masked_pixel_loss(
         .int("rows", rows)
         .cost(rows as f64, 5.0 * rows as f64)
         .run(rt)
+}
+
+/// x [B·N, D] (overwritten) = src < 0 ? token : pe[row of the same image at src] (see
+/// `cpu::mim::substitute_forward`); src [B·N] must lie in −1..N (the sampler's output).
+pub fn substitute_forward(
+    rt: &dyn Runtime,
+    x: DView,
+    pe: DView,
+    src: View<i32>,
+    token: DView,
+    n_patches: usize,
+) -> GpuResult<()> {
+    const K: &str = "vitk_substitute_forward";
+    let (rows, dim) = (src.len(), token.len());
+    expect_len(K, "x", x, rows * dim)?;
+    expect_len(K, "pe", pe, rows * dim)?;
+    if n_patches == 0 || !rows.is_multiple_of(n_patches) {
+        return Err(shape_err(
+            K,
+            format!("{rows} rows are not images of {n_patches} patches"),
+        ));
+    }
+    if x.is_empty() {
+        return Ok(());
+    }
+    fits_i32(K, "rows", rows)?;
+    fits_i32(K, "dim", dim)?;
+    let n = x.len() as f64;
+    Launch::new(K, elementwise(x.len()))
+        .ptr(x)
+        .ptr(pe)
+        .ptr(src)
+        .ptr(token)
+        .int("rows", rows)
+        .int("patches", n_patches)
+        .int("dim", dim)
+        .cost(0.0, 8.0 * n + 4.0 * rows as f64)
+        .run(rt)
+}
+
+/// Gradients of [`substitute_forward`] from dx [B·N, D]: dpe (overwritten; fp32 or bf16) =
+/// Σ over the rows that copied each patch, in order; dtoken [D] += Σ over src < 0 of dx, in
+/// the fixed order of [`mask_tokens_backward`] (`scratch` as there).
+#[allow(clippy::too_many_arguments)]
+pub fn substitute_backward(
+    rt: &dyn Runtime,
+    dpe: Operand,
+    dtoken: DView,
+    scratch: DView,
+    dx: DView,
+    src: View<i32>,
+    n_patches: usize,
+) -> GpuResult<()> {
+    const K: &str = "substitute_backward";
+    let (rows, dim) = (src.len(), dtoken.len());
+    expect_len(K, "dx", dx, rows * dim)?;
+    expect_count(K, "dpe", dpe.len(), rows * dim)?;
+    if n_patches == 0 || !rows.is_multiple_of(n_patches) {
+        return Err(shape_err(
+            K,
+            format!("{rows} rows are not images of {n_patches} patches"),
+        ));
+    }
+    token_scratch(K, scratch, rows, dim)?;
+    if dx.is_empty() {
+        return Ok(());
+    }
+    fits_i32(K, "rows", rows)?;
+    fits_i32(K, "dim", dim)?;
+    let n = dx.len() as f64;
+    let name = instance(
+        dpe.precision(),
+        [
+            "vitk_substitute_backward_pe_f32",
+            "vitk_substitute_backward_pe_bf16",
+        ],
+    );
+    Launch::new(name, elementwise(dx.len()))
+        .operand(dpe)
+        .ptr(dx)
+        .ptr(src)
+        .int("rows", rows)
+        .int("patches", n_patches)
+        .int("dim", dim)
+        .cost(
+            n,
+            n * (4.0 + dpe.elem_bytes() as f64) + 4.0 * (rows * n_patches) as f64,
+        )
+        .run(rt)?;
+    token_gradient(rt, dtoken, scratch, dx, None, Some(src))
 }

@@ -24,7 +24,7 @@ pub use matmul::{
 };
 pub use mim::{
     mask_tokens_backward, mask_tokens_backward_scratch_len, mask_tokens_forward, masked_pixel_loss,
-    patch_targets, MASK_TOKEN_ROWS_PER_CHUNK,
+    patch_targets, substitute_backward, substitute_forward, MASK_TOKEN_ROWS_PER_CHUNK,
 };
 pub use optim::{adamw, grad_norm_clip, NORM_BLOCKS};
 pub use patch::patch_embed_im2col;
