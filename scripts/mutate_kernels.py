@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests every mutant runs against (the emulator is the default device; `training` holds
 # the CPU optimizer's tests against PyTorch's formula, for mutants of code both engines share).
-TESTS = ["kernels_parity", "matmul_parity", "gpu_engine", "tensor_core_wrappers", "step_pipeline", "training",
+TESTS = ["kernels_parity", "matmul_parity", "mim_parity", "gpu_engine", "tensor_core_wrappers", "step_pipeline", "training",
          "mim_colour_parity"]
 
 # (name, file, original text, mutated text). The original must occur exactly once, and the
@@ -152,6 +152,19 @@ MUTANTS = [
      "pooled[i] = s * (1.0f / t);", "pooled[i] = s * (1.0f / (t - 1 + (t == 1)));"),
     ("im2col swaps ky and kx", "kernels/patch_embed.cu",
      "const int ky = k / patch, kx = k - ky * patch;", "const int kx = k / patch, ky = k - kx * patch;"),
+    # mim.cu (masked image modelling, tests/mim_parity.rs)
+    ("mask-token gradient skips the last chunk", "kernels/mim.cu",
+     "for (int j = 0; j < chunks; j++)", "for (int j = 0; j < chunks - 1; j++)"),
+    ("masked patches pass their gradient to pe", "kernels/mim.cu",
+     "vitk_st(dpe + i, mask[i / dim] ? 0.0f : dx[i]);", "vitk_st(dpe + i, (mask[i / dim] && false) ? 0.0f : dx[i]);"),
+    ("pixel targets channel-first (im2col order, not MAE's)", "kernels/mim.cu",
+     "const int c = i % channels, q = i / channels;", "const int c = i / (patch * patch), q = i % (patch * patch);"),
+    ("norm_pix with the biased variance", "kernels/mim.cu",
+     "const float var = k > 1 ? ss / (k - 1) : 0.0f;", "const float var = k > 1 ? ss / k : 0.0f;"),
+    ("masked loss averaged over all rows", "kernels/mim.cu",
+     "if (threadIdx.x == 0) loss[0] = m > 0.0f ? s / m : 0.0f;", "if (threadIdx.x == 0) loss[0] = m > 0.0f ? s / rows : 0.0f;"),
+    ("substitution gradient not passed to the source patch", "kernels/mim.cu",
+     "      if (src[r0 + j] == m) s += dx[(r0 + j) * dim + c];", "      if (src[r0 + j] == m && j == m) s += dx[(r0 + j) * dim + c];"),
     # the engine and launchers (Rust, src/gpu)
     ("device engine stops zeroing gradients", "src/gpu/engine.rs",
      "        self.grads.fill_bytes(rt, 0)?;\n", ""),

@@ -13,6 +13,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod loss;
 pub mod matmul;
+pub mod mim;
 pub mod mim_colour;
 pub mod patch_embed;
 pub mod pooling;

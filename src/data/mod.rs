@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod image_file;
 pub mod image_folder;
 pub mod loader;
+pub mod masking;
 mod resize;
 pub mod rng;
 pub mod synthetic;

@@ -16,6 +16,7 @@ pub(crate) const TAG_AUGMENT: u64 = 0x6175_676d; // "augm"
 pub(crate) const TAG_SYNTH_TRAIN: u64 = 0x7379_6e74; // "synt"
 pub(crate) const TAG_SYNTH_VAL: u64 = 0x7379_6e76; // "synv"
 pub(crate) const TAG_SYNTH_ORDER: u64 = 0x7379_6e6f; // "syno"
+pub(crate) const TAG_MASK: u64 = 0x6d61_736b; // "mask"
 
 /// A random stream determined by a key of up to four 64-bit words.
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ mod attention;
 mod layernorm;
 mod loss;
 mod matmul;
+mod mim;
 pub mod mim_colour;
 mod optim;
 mod patch;
@@ -21,6 +22,10 @@ pub use loss::cross_entropy;
 pub use matmul::{
     linear_backward_dw, linear_backward_dx, linear_forward, matmul_plan, qkv_forward,
     splitk_workspace_len, LinearEpilogue, MatmulPlan, Tile,
+};
+pub use mim::{
+    mask_tokens_backward, mask_tokens_backward_scratch_len, mask_tokens_forward, masked_pixel_loss,
+    patch_targets, substitute_backward, substitute_forward, MASK_TOKEN_ROWS_PER_CHUNK,
 };
 pub use optim::{adamw, grad_norm_clip, NORM_BLOCKS};
 pub use patch::patch_embed_im2col;
