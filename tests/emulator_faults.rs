@@ -280,6 +280,7 @@ fn every_launched_kernel_is_registered() {
         include_str!("../src/gpu/kernels/layernorm.rs"),
         include_str!("../src/gpu/kernels/loss.rs"),
         include_str!("../src/gpu/kernels/matmul.rs"),
+        include_str!("../src/gpu/kernels/mim.rs"),
         include_str!("../src/gpu/kernels/mim_colour.rs"),
         include_str!("../src/gpu/kernels/optim.rs"),
         include_str!("../src/gpu/kernels/patch.rs"),
