@@ -405,9 +405,15 @@ pub fn attention_lse(qkv: &[f64], b: usize, t: usize, h: usize, hd: usize) -> Ve
     lse
 }
 
+/// Half the spacing of bf16's subnormals (2⁻¹³³ apart: bf16 has fp32's exponent range and 7
+/// mantissa bits): the absolute error floor of a bf16 rounding, which the relative bound u16
+/// misses below 2⁻¹²⁶ (scores of ±200 make probabilities and their gradients that small).
+pub const BF16_SUBNORMAL_HALF_ULP: f64 = 4.591774807899561e-41; // 2^-134
+
 /// Rounding bounds of a bf16 fused attention (P and dS enter their products as bf16, every
 /// output is stored as bf16, everything else is fp32), element by element: (out [B, T, D],
-/// dqkv [B, T, 3D]). `u16` bounds one bf16 rounding, `g` the fp32 rounding of a sum of the
+/// dqkv [B, T, 3D]). `u16` bounds one bf16 rounding relatively, with the absolute floor
+/// [`BF16_SUBNORMAL_HALF_ULP`] for results in bf16's subnormal range; `g` the fp32 rounding of a sum of the
 /// lengths involved. Each P_ij carries the fp32 error of its score and of lse (relative
 /// g·(scale·Σ|q k| + |lse| + 1), 4x), and the bf16 rounding where it enters P·V and Pᵀ·dO;
 /// each dS_ij the errors of P, dP and D (D = rowsum(dO ⊙ O) from the bf16-rounded O: u16 of
@@ -448,7 +454,7 @@ pub fn attention_bf16_bounds(
                         .map(|e| (at(bi, i, 0, hi, e) * at(bi, j, 1, hi, e)).abs())
                         .sum();
                     let fp32 = p[k] * 4.0 * g * (scale * aqk + l + 1.0);
-                    e_p[k] = u16 * p[k] + fp32;
+                    e_p[k] = u16 * p[k] + BF16_SUBNORMAL_HALF_ULP + fp32;
                     let dp: f64 = (0..hd).map(|e| dov(i, e) * at(bi, j, 2, hi, e)).sum();
                     let adp: f64 = (0..hd)
                         .map(|e| (dov(i, e) * at(bi, j, 2, hi, e)).abs())
@@ -456,6 +462,7 @@ pub fn attention_bf16_bounds(
                     ds[k] = p[k] * (dp - dot);
                     // D is computed from the bf16 output: u16 of Σ|dO O| besides the fp32 terms
                     e_ds[k] = u16 * ds[k].abs()
+                        + BF16_SUBNORMAL_HALF_ULP
                         + fp32 * (dp - dot).abs()
                         + p[k] * (u16 * adot + 4.0 * g * (adp + adot));
                 }
@@ -466,7 +473,7 @@ pub fn attention_bf16_bounds(
                     let err: f64 = (0..t)
                         .map(|j| (e_p[i * t + j] + g * p[i * t + j]) * at(bi, j, 2, hi, e).abs())
                         .sum();
-                    bo[o] = err + u16 * out[o].abs();
+                    bo[o] = err + u16 * out[o].abs() + BF16_SUBNORMAL_HALF_ULP;
                     // dQ_i = scale Σ_j dS_ij K_j
                     let gq = (bi * t + i) * 3 * d + hi * hd + e;
                     let err: f64 = (0..t)
@@ -474,7 +481,7 @@ pub fn attention_bf16_bounds(
                             (e_ds[i * t + j] + g * ds[i * t + j].abs()) * at(bi, j, 1, hi, e).abs()
                         })
                         .sum();
-                    bg[gq] = scale * err + u16 * grad[gq].abs();
+                    bg[gq] = scale * err + u16 * grad[gq].abs() + BF16_SUBNORMAL_HALF_ULP;
                     // dK_j = scale Σ_i dS_ij Q_i and dV_j = Σ_i P_ij dO_i, with j = i here
                     let j = i;
                     let gk = (bi * t + j) * 3 * d + d + hi * hd + e;
@@ -484,12 +491,12 @@ pub fn attention_bf16_bounds(
                                 * at(bi, ii, 0, hi, e).abs()
                         })
                         .sum();
-                    bg[gk] = scale * err + u16 * grad[gk].abs();
+                    bg[gk] = scale * err + u16 * grad[gk].abs() + BF16_SUBNORMAL_HALF_ULP;
                     let gv = gk + d;
                     let err: f64 = (0..t)
                         .map(|ii| (e_p[ii * t + j] + g * p[ii * t + j]) * dov(ii, e).abs())
                         .sum();
-                    bg[gv] = err + u16 * grad[gv].abs();
+                    bg[gv] = err + u16 * grad[gv].abs() + BF16_SUBNORMAL_HALF_ULP;
                 }
             }
         }
