@@ -3,8 +3,7 @@
 //   per row b of logits [B, K] with label y: m = max_k l[k], lse = log(sum exp(l - m)),
 //     loss_b  = (1 - eps)((m - l[y]) + lse) + eps ((m - mean_k l[k]) + lse)
 //     dlogits[b, k] = (exp((l[k] - m) - lse) - (1 - eps) [k == y] - eps / K) / B  (overwritten)
-//   Always through l - m, never log_z = m + lse: for logits of size 1e4 the rounding of
-//   log_z alone would cost the probabilities ~1e-3 of relative precision.
+//   (one row: vitk_ce_row, softmax_ce.cuh, shared with the colour objective's loss).
 //   stats[0] = mean_b loss_b, stats[1] = number of rows whose first arg-max is y.
 //   dlogits is fp32 (vitk_cross_entropy_f32) or bf16 (_bf16: the head matmuls' dY on the bf16
 //   path); logits and the loss are fp32.
@@ -12,21 +11,7 @@
 // warp totals are then added in warp order by thread 0.
 // Launch: one block of 256 threads (8 warps), one warp per row, lanes stride over K.
 // Memory traffic: reads logits twice (the second pass from L1), writes dlogits once.
-#include "reduce.cuh"
-
-namespace vitk_loss_detail {
-// Max over a warp, and the lowest lane index holding it (first arg-max).
-__device__ __forceinline__ void warp_argmax(float& v, int& idx) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(VITK_FULL_MASK, v, o);
-    const int oi = __shfl_xor_sync(VITK_FULL_MASK, idx, o);
-    if (ov > v || (ov == v && oi < idx)) {
-      v = ov;
-      idx = oi;
-    }
-  }
-}
-}  // namespace vitk_loss_detail
+#include "softmax_ce.cuh"
 
 template <typename OutT>
 __device__ __forceinline__ void vitk_cross_entropy(float* stats, OutT* dlogits,
@@ -40,32 +25,10 @@ __device__ __forceinline__ void vitk_cross_entropy(float* stats, OutT* dlogits,
   int correct = 0;
   for (int r = warp; r < batch; r += nwarps) {
     const float* row = logits + (long long)r * classes;
-    const int y = (int)labels[r];
-    float mx = -3.402823466e38f, sum_l = 0.0f;
-    int arg = 0x7fffffff;
-    for (int c = lane; c < classes; c += 32) {
-      const float l = row[c];
-      if (l > mx) {
-        mx = l;
-        arg = c;
-      }
-      sum_l += l;
-    }
-    vitk_loss_detail::warp_argmax(mx, arg);
-    sum_l = vitk_warp_sum(sum_l);
-    float se = 0.0f;
-    for (int c = lane; c < classes; c += 32) se += expf(row[c] - mx);
-    se = vitk_warp_sum(se);
-    const float lse = logf(se);
     OutT* drow = dlogits + (long long)r * classes;
-    for (int c = lane; c < classes; c += 32) {
-      const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing * inv_k;
-      vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_b);
-    }
-    const float nll = (mx - row[y]) + lse;
-    const float mean_nll = (mx - sum_l * inv_k) + lse;
-    loss += (1.0f - smoothing) * nll + smoothing * mean_nll;
-    correct += arg == y;
+    bool hit;
+    loss += vitk_ce_row(row, drow, (int)labels[r], classes, smoothing, inv_k, inv_b, lane, hit);
+    correct += hit;
   }
   if (lane == 0) {
     warp_loss[warp] = loss;

@@ -24,21 +24,9 @@
 //   Launch: one block of 256 threads (8 warps), one warp per row, lanes stride over K.
 //   Memory traffic: reads the mask twice, logits of masked rows twice (the second pass from L1),
 //   writes dlogits once.
-#include "reduce.cuh"
+#include "softmax_ce.cuh"
 
 namespace vitk_mim_colour_detail {
-// Max over a warp, and the lowest index holding it (first arg-max).
-__device__ __forceinline__ void warp_argmax(float& v, int& idx) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(VITK_FULL_MASK, v, o);
-    const int oi = __shfl_xor_sync(VITK_FULL_MASK, idx, o);
-    if (ov > v || (ov == v && oi < idx)) {
-      v = ov;
-      idx = oi;
-    }
-  }
-}
-
 __device__ __forceinline__ unsigned colour_level(float mean) {
   return (unsigned)fminf(fmaxf(floorf(mean * 8.0f), 0.0f), 7.0f);
 }
@@ -105,31 +93,9 @@ __device__ __forceinline__ void vitk_masked_cross_entropy(float* stats, OutT* dl
       continue;
     }
     const float* row = logits + (long long)r * classes;
-    const int y = (int)targets[r];
-    float mx = -3.402823466e38f, sum_l = 0.0f;
-    int arg = 0x7fffffff;
-    for (int c = lane; c < classes; c += 32) {
-      const float l = row[c];
-      if (l > mx) {
-        mx = l;
-        arg = c;
-      }
-      sum_l += l;
-    }
-    vitk_mim_colour_detail::warp_argmax(mx, arg);
-    sum_l = vitk_warp_sum(sum_l);
-    float se = 0.0f;
-    for (int c = lane; c < classes; c += 32) se += expf(row[c] - mx);
-    se = vitk_warp_sum(se);
-    const float lse = logf(se);
-    for (int c = lane; c < classes; c += 32) {
-      const float target = c == y ? 1.0f - smoothing + smoothing * inv_k : smoothing * inv_k;
-      vitk_st(drow + c, (expf((row[c] - mx) - lse) - target) * inv_m);
-    }
-    const float nll = (mx - row[y]) + lse;
-    const float mean_nll = (mx - sum_l * inv_k) + lse;
-    loss += (1.0f - smoothing) * nll + smoothing * mean_nll;
-    correct += arg == y;
+    bool hit;
+    loss += vitk_ce_row(row, drow, (int)targets[r], classes, smoothing, inv_k, inv_m, lane, hit);
+    correct += hit;
   }
   if (lane == 0) {
     warp_loss[warp] = loss;
