@@ -207,12 +207,7 @@ pub fn load(
     allow_partial: bool,
 ) -> Result<Splits, DataError> {
     let size = size.into();
-    if size.pixels() == 0 {
-        return Err(DataError::invalid(
-            dir.display().to_string(),
-            format!("image size {size} requested (expected sides >= 1)"),
-        ));
-    }
+    check_size(dir, size)?;
     if !dir.exists() {
         return Err(DataError::MissingDir {
             path: dir.to_path_buf(),
@@ -249,15 +244,21 @@ pub fn load_unlabelled(
 ) -> Result<Splits, DataError> {
     let size = size.into();
     if dir.is_dir() && !cifar::is_cifar_dir(dir) && image_folder::is_flat_folder(dir) {
-        if size.pixels() == 0 {
-            return Err(DataError::invalid(
-                dir.display().to_string(),
-                format!("image size {size} requested (expected sides >= 1)"),
-            ));
-        }
+        check_size(dir, size)?;
         return image_folder::load_flat_folder(dir, size, val_split);
     }
     load(dir, size, val_split, allow_partial)
+}
+
+/// An image size with a zero side is refused, naming the data it was asked for.
+fn check_size(dir: &Path, size: ImageSize) -> Result<(), DataError> {
+    if size.pixels() == 0 {
+        return Err(DataError::invalid(
+            dir.display().to_string(),
+            format!("image size {size} requested (expected sides >= 1)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validation records held out when none is asked for: 10% of the training records, at
