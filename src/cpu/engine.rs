@@ -7,6 +7,7 @@ use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::linear::{linear_backward, linear_forward, linear_residual_forward};
 use super::loss::{cross_entropy, LossStats};
+use super::mim::{mask_tokens_backward, mask_tokens_forward};
 use super::patch_embed::im2col;
 use super::pooling::{pool_backward, pool_forward};
 use super::tokens::{tokens_backward, tokens_forward};
@@ -290,9 +291,29 @@ impl<F: Float> CpuEngine<F> {
     /// Forward pass of `images` [B, C, S_h, S_w] (normalised) with `params`; keeps the
     /// activations for [`Self::backward`]. B = images.len() / (C·S_h·S_w) ≤ max_batch.
     pub fn forward(&mut self, params: &[F], images: &[F]) {
+        assert_eq!(params.len(), self.layout.len, "forward: parameter buffer");
+        self.forward_encoder(params, images, None);
+        self.forward_head(params);
+    }
+
+    /// The encoder's part of [`Self::forward`]: patch embedding, optionally SimMIM's mask-token
+    /// substitution, tokens and the blocks, up to x_L [R, D] (see [`Self::encoder_output`]).
+    /// `masking` = (mask [B, N], mask token [D]): masked patches' embeddings are replaced by
+    /// the token before pos_embed is added. Reads only the encoder's tensors of `params`
+    /// (those of [`ParamLayout`] before `head.*`, at the same offsets), so a longer buffer
+    /// whose prefix is laid out the same way (the pre-training layout) may be passed.
+    pub(crate) fn forward_encoder(
+        &mut self,
+        params: &[F],
+        images: &[F],
+        masking: Option<(&[bool], &[F])>,
+    ) {
         let cfg = &self.cfg;
         let lay = &self.layout;
-        assert_eq!(params.len(), lay.len, "forward: parameter buffer");
+        assert!(
+            params.len() >= lay.head_w.start,
+            "forward: parameter buffer"
+        );
         let image_len = cfg.image_len();
         assert_eq!(images.len() % image_len, 0, "forward: images");
         let batch = images.len() / image_len;
@@ -326,6 +347,15 @@ impl<F: Float> CpuEngine<F> {
             z.cpp,
             d,
         );
+        // With masking, the substituted embeddings [B·N, D] live in dpatch (free in forward).
+        let embeddings: &[F] = match masking {
+            Some((mask, token)) => {
+                assert_eq!(mask.len(), np, "forward: mask [B, N]");
+                mask_tokens_forward(s.dpatch, a.embed.patch_out, mask, token);
+                s.dpatch
+            }
+            None => a.embed.patch_out,
+        };
         // The residual stream x_l lives at the start of block l's views (x_L in the head's).
         let mut stream: Vec<&mut [F]> = Vec::with_capacity(z.depth + 1);
         let mut blocks = Vec::with_capacity(z.depth);
@@ -336,7 +366,7 @@ impl<F: Float> CpuEngine<F> {
         stream.push(std::mem::take(&mut a.head.x));
         tokens_forward(
             stream[0],
-            a.embed.patch_out,
+            embeddings,
             p(&lay.pos_embed),
             lay.cls_token.as_ref().map(p),
             d,
@@ -378,9 +408,19 @@ impl<F: Float> CpuEngine<F> {
             gelu_forward(s.gelu, blk.fc1);
             linear_residual_forward(x_next, blk.x_mid, s.gelu, p(&w.fc2_w), p(&w.fc2_b), r, m, d);
         }
-        let x_last: &[F] = stream[z.depth];
-        let h = &mut a.head;
-        pool_forward(h.pooled, x_last, z.t, d, cfg.pool);
+    }
+
+    /// The head's part of [`Self::forward`] after [`Self::forward_encoder`]: pooling, the
+    /// head norm and the logits.
+    fn forward_head(&mut self, params: &[F]) {
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        let z = BatchDims::new(cfg, self.batch);
+        let d = z.d;
+        let p = |range: &std::ops::Range<usize>| &params[range.clone()];
+        let a = Acts::carve(&mut self.acts[..z.acts_len::<usize>()], &z);
+        let h = a.head;
+        pool_forward(h.pooled, h.x, z.t, d, cfg.pool);
         layernorm_forward(
             h.normed,
             h.mean,
@@ -395,10 +435,30 @@ impl<F: Float> CpuEngine<F> {
             h.normed,
             p(&lay.head_w),
             Some(p(&lay.head_b)),
-            batch,
+            self.batch,
             d,
             z.k,
         );
+    }
+
+    /// Batch size of the last forward pass (0 before the first).
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// x_L [R, D]: the last block's output of the last forward pass (before any final norm).
+    pub(crate) fn encoder_output(&self) -> &[F] {
+        let z = BatchDims::new(&self.cfg, self.batch);
+        let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
+        a.head.x
+    }
+
+    /// d x_L [R, D], the scratch view [`Self::backward_encoder`] reads its incoming gradient
+    /// from: the caller overwrites it between the forward and the backward pass.
+    pub(crate) fn encoder_output_grad(&mut self) -> &mut [F] {
+        let z = BatchDims::new(&self.cfg, self.batch);
+        let mut buf: &mut [F] = &mut self.scratch[..z.scratch_len::<usize>()];
+        Scratch::carve(&mut buf, &z).dx
     }
 
     /// Logits [B, K] of the last forward pass.
@@ -480,16 +540,36 @@ impl<F: Float> CpuEngine<F> {
     }
 
     /// The rest of [`Self::backward`] after [`Self::backward_head`] (whose d pooled it
-    /// reads from the scratch): pooling, the blocks in reverse, the tokens and the patch
-    /// embedding.
+    /// reads from the scratch): pooling, then [`Self::backward_encoder`].
     fn backward_backbone(&mut self, params: &[F], grads: &mut [F]) {
+        let z = BatchDims::new(&self.cfg, self.batch);
+        let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
+        pool_backward(s.dx, s.dpooled, z.t, z.d, self.cfg.pool);
+        self.backward_encoder(params, grads, None);
+    }
+
+    /// Backward of [`Self::forward_encoder`] from d x_L [R, D] in the scratch (see
+    /// [`Self::encoder_output_grad`]; consumed): the blocks in reverse, the tokens, the
+    /// mask-token substitution (`masking` = (mask [B, N], the mask token's range in `grads`,
+    /// which is added to) and the patch embedding. Adds to the encoder's gradients only.
+    pub(crate) fn backward_encoder(
+        &mut self,
+        params: &[F],
+        grads: &mut [F],
+        masking: Option<(&[bool], std::ops::Range<usize>)>,
+    ) {
         let lay = &self.layout;
+        assert!(
+            params.len() >= lay.head_w.start,
+            "backward: parameter buffer"
+        );
+        assert_eq!(grads.len(), params.len(), "backward: gradient buffer");
+        assert!(self.batch > 0, "backward before forward");
         let z = BatchDims::new(&self.cfg, self.batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
         let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
         let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
-        pool_backward(s.dx, s.dpooled, z.t, d, self.cfg.pool);
 
         for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
             // x_next = x_mid + fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next.
@@ -584,14 +664,25 @@ impl<F: Float> CpuEngine<F> {
             }
             None => tokens_backward(s.dpatch, &mut grads[lay.pos_embed.clone()], None, s.dx, d),
         }
-        let (gw, gb) = two_mut(grads, lay.patch_w.clone(), lay.patch_b.clone());
         let np = z.b * z.n;
+        // With masking, d of the patch embeddings (zero where masked) goes to the start of
+        // dln [R, D] (free here; R ≥ B·N).
+        let dembed: &[F] = match masking {
+            Some((mask, token)) => {
+                assert_eq!(mask.len(), np, "backward: mask [B, N]");
+                let dpe = &mut s.dln[..np * d];
+                mask_tokens_backward(dpe, &mut grads[token], s.dpatch, mask);
+                dpe
+            }
+            None => s.dpatch,
+        };
+        let (gw, gb) = two_mut(grads, lay.patch_w.clone(), lay.patch_b.clone());
         linear_backward(
             None,
             false,
             gw,
             Some(gb),
-            s.dpatch,
+            dembed,
             a.embed.patches,
             p(&lay.patch_w),
             np,

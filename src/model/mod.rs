@@ -7,6 +7,7 @@ mod dims;
 mod image_size;
 mod init;
 mod params;
+mod pretrain_layout;
 pub mod resample;
 mod transfer;
 
@@ -19,4 +20,5 @@ pub use dims::BatchDims;
 pub use image_size::ImageSize;
 pub use init::init_params;
 pub use params::{BlockParams, ParamEntry, ParamLayout};
+pub use pretrain_layout::PretrainLayout;
 pub use transfer::{load_transfer, TransferOptions, Transferred};
