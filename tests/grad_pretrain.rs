@@ -398,3 +398,53 @@ fn layout_is_the_encoder_prefix_then_token_and_decoder() {
         assert_eq!(pre.mask_token.start, pre.encoder_len);
     }
 }
+
+/// The f32 engine (the one that will train) computes what the f64 one does, to f32
+/// rounding: loss, predictions and gradients.
+#[test]
+fn f32_engine_matches_f64() {
+    let cfg = tiny(Pool::Cls, WIDE);
+    let objective = PixelObjective {
+        loss: PixelLoss::L2,
+        norm_pix: true,
+    };
+    let layout = PretrainLayout::new(&cfg);
+    let params = params_for(&layout, 600);
+    let images = rand_vec(2 * cfg.image_len(), 601, 1.0);
+    let mask = mask_for(2, cfg.num_patches());
+    let mut e64 = CpuPretrainEngine::<f64>::new(&cfg, objective, 2).unwrap();
+    e64.forward(&params, &images, &mask);
+    let loss64 = e64.loss();
+    let mut g64 = vec![0.0; layout.len];
+    e64.backward(&params, &mut g64);
+
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let mut e32 = CpuPretrainEngine::<f32>::new(&cfg, objective, 2).unwrap();
+    let p32 = to32(&params);
+    e32.forward(&p32, &to32(&images), &mask);
+    let loss32 = e32.loss();
+    let mut g32 = vec![0.0f32; layout.len];
+    e32.backward(&p32, &mut g32);
+    // f32 rounding through a two-block model: ~1e-6 per op, a few hundred ops deep.
+    let tol = 1e-4;
+    assert!(
+        ((loss32 - loss64) / loss64).abs() <= tol,
+        "loss f32 {loss32} vs f64 {loss64}"
+    );
+    assert_close(
+        "predictions f32",
+        &to64(e32.predictions()),
+        e64.predictions(),
+        tol,
+    );
+    for e in &layout.entries {
+        let r = e.range.clone();
+        assert_close(
+            &format!("{} f32", e.name),
+            &to64(&g32[r.clone()]),
+            &g64[r],
+            tol,
+        );
+    }
+}
