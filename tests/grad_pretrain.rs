@@ -10,7 +10,9 @@ mod reference;
 use common::{assert_close, fd_grad, rand_vec, FD_STEP, GRAD_TOL};
 use vitk::cpu::mim::PixelLoss;
 use vitk::cpu::{CpuPretrainEngine, PixelObjective};
-use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool, PretrainLayout};
+use vitk::model::{
+    init_params, init_pretrain_params, ImageSize, ModelConfig, ParamLayout, Pool, PretrainLayout,
+};
 
 const WIDE: ImageSize = ImageSize {
     height: 8,
@@ -446,5 +448,57 @@ fn f32_engine_matches_f64() {
             &g64[r],
             tol,
         );
+    }
+}
+
+/// The initialisation: the encoder exactly as the classifier's with the same seed, the mask
+/// token a normal of std 0.02 (truncated at ±2 absolute, as timm's `trunc_normal_`), the decoder uniform in ±1/√D; a model
+/// that runs.
+#[test]
+fn init_draws_the_encoder_as_the_classifier_and_the_new_tensors_in_range() {
+    for pool in [Pool::Cls, Pool::Mean] {
+        let cfg = ModelConfig {
+            embed_dim: 48,
+            num_heads: 4,
+            ..tiny(pool, WIDE)
+        };
+        let layout = PretrainLayout::new(&cfg);
+        let p = init_pretrain_params(&cfg, &layout, 9);
+        assert_eq!(p.len(), layout.len);
+        let cls = init_params(&cfg, &ParamLayout::new(&cfg), 9);
+        assert_eq!(&p[..layout.encoder_len], &cls[..layout.encoder_len]);
+        assert_eq!(p, init_pretrain_params(&cfg, &layout, 9), "deterministic");
+        assert_ne!(
+            p,
+            init_pretrain_params(&cfg, &layout, 10),
+            "depends on the seed"
+        );
+
+        let token = &p[layout.mask_token.clone()];
+        let std = (token.iter().map(|v| v * v).sum::<f32>() / token.len() as f32).sqrt();
+        assert!((0.01..0.03).contains(&std), "mask_token std {std}");
+        let bound = 1.0 / (cfg.embed_dim as f32).sqrt();
+        for r in [layout.decoder_w.clone(), layout.decoder_b.clone()] {
+            let v = &p[r];
+            assert!(v.iter().all(|x| x.abs() <= bound));
+            let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(
+                max > 0.5 * bound,
+                "decoder values up to {max}, bound {bound}"
+            );
+        }
+
+        let objective = PixelObjective {
+            loss: PixelLoss::L1,
+            norm_pix: true,
+        };
+        let mut engine = CpuPretrainEngine::<f32>::new(&cfg, objective, 2).unwrap();
+        let images: Vec<f32> = rand_vec(2 * cfg.image_len(), 700, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        engine.forward(&p, &images, &mask_for(2, cfg.num_patches()));
+        let loss = engine.loss();
+        assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
     }
 }

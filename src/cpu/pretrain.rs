@@ -7,17 +7,18 @@
 //! - done: [`PretrainLayout`] (src/model/pretrain_layout.rs), [`CpuPretrainEngine`] forward,
 //!   loss and backward in f32/f64, reusing [`CpuEngine`]'s encoder through the crate-private
 //!   stages `forward_encoder` / `backward_encoder` (the classification engine's numbers are
-//!   unchanged: it runs the same ops in the same order). tests/grad_pretrain.rs: the whole
+//!   unchanged: the same ops in the same order; checked bit for bit against the commit
+//!   before, f32 logits, loss and every gradient, both poolings). tests/grad_pretrain.rs: the whole
 //!   model's gradients against finite differences in f64 (cls and mean pooling, L1 and L2,
 //!   norm_pix on and off, 8x12 images), the loss against a plain f64 forward, nothing masked,
 //!   everything masked, the f32 engine against the f64 one.
-//! - not done: initialisation of `mask_token` / `decoder.*` (SimMIM: trunc_normal(0.02) for
-//!   the token, timm's linear init for the decoder), an optimizer/trainer over this layout
+//!   `init_pretrain_params` (src/model/init.rs) and `CpuPretrainEngine::buffer_elems`.
+//! - not done: an optimizer/trainer over this layout
 //!   (AdamW over `PretrainLayout::entries`, layer decay ids), checkpoints of the pre-training
 //!   layout and loading its encoder into a classifier (the encoder is the classification
 //!   layout's prefix, so it is a copy), a `TrainEngine`-like interface, the device engine,
-//!   the CLI (`vitk pretrain`), the memory estimate (`CpuEngine::buffer_elems` does not
-//!   count the decoder's B·N·(4D + 2 + 3K) here), a training loop test that the loss falls.
+//!   the CLI (`vitk pretrain`) and its memory estimate (use `CpuPretrainEngine::buffer_elems`),
+//!   a training-loop test that the loss falls.
 //!
 //! Shapes: B batch, N patches, T tokens (N + 1 with a class token), D width, K = P·P·C pixel
 //! values per patch, R = B·T.
@@ -111,6 +112,11 @@ impl<F: Float> CpuPretrainEngine<F> {
             ))
         })?;
         acts.resize(n, F::zero());
+        assert_eq!(
+            CpuEngine::<F>::buffer_elems(cfg, max_batch) + n as f64,
+            Self::buffer_elems(cfg, max_batch),
+            "decoder buffer and buffer_elems disagree"
+        );
         Ok(Self {
             encoder,
             layout: PretrainLayout::new(cfg),
@@ -118,6 +124,14 @@ impl<F: Float> CpuPretrainEngine<F> {
             mask: Vec::new(),
             acts,
         })
+    }
+
+    /// Elements of the buffers [`Self::new`] allocates for `cfg` and `max_batch` (in f64:
+    /// no overflow for any model, for memory estimates): the encoder's and the decoder's.
+    pub fn buffer_elems(cfg: &ModelConfig, max_batch: usize) -> f64 {
+        let z = BatchDims::new(cfg, max_batch);
+        let (np, d, k) = (z.b as f64 * z.n as f64, z.d as f64, z.cpp as f64);
+        CpuEngine::<F>::buffer_elems(cfg, max_batch) + np * (4.0 * d + 2.0 + 3.0 * k)
     }
 
     pub fn config(&self) -> &ModelConfig {

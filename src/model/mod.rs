@@ -18,7 +18,7 @@ pub use checkpoint::{
 pub use config::{ConfigError, DimNames, Limits, ModelConfig, Pool, FIELD_NAMES, LIMITS, PRESETS};
 pub use dims::BatchDims;
 pub use image_size::ImageSize;
-pub use init::init_params;
+pub use init::{init_params, init_pretrain_params};
 pub use params::{BlockParams, ParamEntry, ParamLayout};
 pub use pretrain_layout::PretrainLayout;
 pub use transfer::{load_transfer, TransferOptions, Transferred};
