@@ -12,13 +12,14 @@
 //!   model's gradients against finite differences in f64 (cls and mean pooling, L1 and L2,
 //!   norm_pix on and off, 8x12 images), the loss against a plain f64 forward, nothing masked,
 //!   everything masked, the f32 engine against the f64 one.
-//!   `init_pretrain_params` (src/model/init.rs) and `CpuPretrainEngine::buffer_elems`.
-//! - not done: an optimizer/trainer over this layout
-//!   (AdamW over `PretrainLayout::entries`, layer decay ids), checkpoints of the pre-training
+//!   `init_pretrain_params` (src/model/init.rs), `CpuPretrainEngine::buffer_elems`,
+//!   `ParamGroups::pretraining` (src/optim/groups.rs: everything at the base rate) with which
+//!   the CPU `AdamW` trains this layout (tests/grad_pretrain.rs: the loss falls).
+//! - not done: a pre-training trainer (masks from `data::masking::patch_mask` per batch,
+//!   clipping, the LR schedule, metrics), checkpoints of the pre-training
 //!   layout and loading its encoder into a classifier (the encoder is the classification
 //!   layout's prefix, so it is a copy), a `TrainEngine`-like interface, the device engine,
-//!   the CLI (`vitk pretrain`) and its memory estimate (use `CpuPretrainEngine::buffer_elems`),
-//!   a training-loop test that the loss falls.
+//!   the CLI (`vitk pretrain`) and its memory estimate (use `CpuPretrainEngine::buffer_elems`).
 //!
 //! Shapes: B batch, N patches, T tokens (N + 1 with a class token), D width, K = P·P·C pixel
 //! values per patch, R = B·T.

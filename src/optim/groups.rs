@@ -11,7 +11,7 @@
 //! gradient, no update and no weight decay; in timm's order they are a prefix of the
 //! layout, so the trainable tensors are one contiguous span of the flat buffer.
 
-use crate::model::ParamLayout;
+use crate::model::{ParamEntry, ParamLayout, PretrainLayout};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -88,10 +88,24 @@ impl ParamGroups {
     /// The plan of `layout` under `ft` (`ft.layer_decay` must lie in (0, 1]:
     /// `TrainConfig::validate` checks it).
     pub fn new(layout: &ParamLayout, ft: FineTuning) -> Self {
-        let depth = layout.blocks.len();
-        let mut groups: Vec<Group> = Vec::new();
-        let tensors: Vec<TensorPlan> = layout
+        Self::build(&layout.entries, layout.blocks.len(), layout.len, ft)
+    }
+
+    /// The plan of the pre-training layout: every tensor trains at the base rate (no layer
+    /// decay, nothing frozen), decayed as the layout says (`mask_token` and `decoder.bias`
+    /// not, `decoder.weight` yes); `mask_token` and `decoder.*` take layer id L + 1.
+    pub fn pretraining(layout: &PretrainLayout) -> Self {
+        let depth = layout
             .entries
+            .iter()
+            .filter(|e| e.name.starts_with("blocks.") && e.name.ends_with(".norm1.weight"))
+            .count();
+        Self::build(&layout.entries, depth, layout.len, FineTuning::default())
+    }
+
+    fn build(entries: &[ParamEntry], depth: usize, len: usize, ft: FineTuning) -> Self {
+        let mut groups: Vec<Group> = Vec::new();
+        let tensors: Vec<TensorPlan> = entries
             .iter()
             .map(|e| {
                 let layer_id = layer_id(&e.name, depth);
@@ -125,7 +139,7 @@ impl ParamGroups {
         let start = tensors
             .iter()
             .find(|t| !t.frozen)
-            .map_or(layout.len, |t| t.range.start);
+            .map_or(len, |t| t.range.start);
         debug_assert!(
             tensors.iter().all(|t| if t.frozen {
                 t.range.end <= start
@@ -137,7 +151,7 @@ impl ParamGroups {
         ParamGroups {
             tensors,
             groups,
-            trainable: start..layout.len,
+            trainable: start..len,
             freeze_backbone: ft.freeze_backbone,
         }
     }
