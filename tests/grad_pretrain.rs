@@ -60,7 +60,7 @@ fn mask_for(batch: usize, n: usize) -> Vec<bool> {
 fn check_gradients(pool: Pool, loss: PixelLoss, norm_pix: bool, image_size: ImageSize) {
     let cfg = tiny(pool, image_size);
     let objective = PixelObjective { loss, norm_pix };
-    let layout = PretrainLayout::new(&cfg);
+    let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
     let batch = 2;
     let params = params_for(&layout, 200);
     let images = rand_vec(batch * cfg.image_len(), 201, 1.0);
@@ -132,7 +132,7 @@ fn reference_forward(
     mask: &[bool],
 ) -> (Vec<f64>, f64) {
     let enc = ParamLayout::new(cfg);
-    let lay = PretrainLayout::new(cfg);
+    let lay = PretrainLayout::new(cfg, cfg.patch_dim());
     let p = |r: &std::ops::Range<usize>| &params[r.clone()];
     let (c, ps, d, m) = (cfg.in_chans, cfg.patch_size, cfg.embed_dim, cfg.mlp_dim);
     let (sh, sw) = (cfg.image_size.height, cfg.image_size.width);
@@ -239,7 +239,7 @@ fn loss_and_predictions_match_a_plain_forward() {
             for norm_pix in [false, true] {
                 let cfg = tiny(pool, size);
                 let objective = PixelObjective { loss, norm_pix };
-                let layout = PretrainLayout::new(&cfg);
+                let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
                 let batch = 2;
                 let params = params_for(&layout, 300);
                 let images = rand_vec(batch * cfg.image_len(), 301, 1.0);
@@ -276,7 +276,7 @@ fn masking_nothing_gives_zero_loss_and_zero_gradients() {
             loss: PixelLoss::L2,
             norm_pix: false,
         };
-        let layout = PretrainLayout::new(&cfg);
+        let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
         let params = params_for(&layout, 400);
         let images = rand_vec(2 * cfg.image_len(), 401, 1.0);
         let mask = vec![false; 2 * cfg.num_patches()];
@@ -307,7 +307,7 @@ fn masked_patches_embeddings_get_no_gradient() {
             loss: PixelLoss::L1,
             norm_pix: true,
         };
-        let layout = PretrainLayout::new(&cfg);
+        let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
         let params = params_for(&layout, 500);
         let images = rand_vec(2 * cfg.image_len(), 501, 1.0);
         let n = cfg.num_patches();
@@ -376,7 +376,7 @@ fn layout_is_the_encoder_prefix_then_token_and_decoder() {
     for pool in [Pool::Cls, Pool::Mean] {
         let cfg = tiny(pool, WIDE);
         let cls = ParamLayout::new(&cfg);
-        let pre = PretrainLayout::new(&cfg);
+        let pre = PretrainLayout::new(&cfg, cfg.patch_dim());
         assert_eq!(pre.encoder_len, cls.head_w.start);
         let encoder: Vec<_> = cls
             .entries
@@ -411,7 +411,7 @@ fn f32_engine_matches_f64() {
         loss: PixelLoss::L2,
         norm_pix: true,
     };
-    let layout = PretrainLayout::new(&cfg);
+    let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
     let params = params_for(&layout, 600);
     let images = rand_vec(2 * cfg.image_len(), 601, 1.0);
     let mask = mask_for(2, cfg.num_patches());
@@ -463,7 +463,7 @@ fn init_draws_the_encoder_as_the_classifier_and_the_new_tensors_in_range() {
             num_heads: 4,
             ..tiny(pool, WIDE)
         };
-        let layout = PretrainLayout::new(&cfg);
+        let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
         let p = init_pretrain_params(&cfg, &layout, 9);
         assert_eq!(p.len(), layout.len);
         let cls = init_params(&cfg, &ParamLayout::new(&cfg), 9);
@@ -509,7 +509,7 @@ fn init_draws_the_encoder_as_the_classifier_and_the_new_tensors_in_range() {
 #[test]
 fn pretraining_groups_train_everything_at_the_base_rate() {
     let cfg = tiny(Pool::Cls, WIDE);
-    let layout = PretrainLayout::new(&cfg);
+    let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
     let groups = ParamGroups::pretraining(&layout);
     assert_eq!(groups.trainable(), 0..layout.len);
     assert!(!groups.backbone_frozen());
@@ -547,7 +547,7 @@ fn adamw_steps_lower_the_loss() {
             loss: PixelLoss::L2,
             norm_pix: true,
         };
-        let layout = PretrainLayout::new(&cfg);
+        let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
         let groups = ParamGroups::pretraining(&layout);
         let mut params = init_pretrain_params(&cfg, &layout, 3);
         let images: Vec<f32> = rand_vec(2 * cfg.image_len(), 800, 1.0)

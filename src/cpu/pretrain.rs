@@ -120,7 +120,7 @@ impl<F: Float> CpuPretrainEngine<F> {
         );
         Ok(Self {
             encoder,
-            layout: PretrainLayout::new(cfg),
+            layout: PretrainLayout::new(cfg, cfg.patch_dim()),
             objective,
             mask: Vec::new(),
             acts,

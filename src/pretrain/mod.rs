@@ -1,4 +1,13 @@
-//! Building blocks of `vitk pretrain` (masked image modelling): the reconstructions picture.
-//! The colour objective's ops are `cpu::mim_colour` and `gpu::kernels::mim_colour`.
+//! `vitk pretrain`: masked image modelling without labels (issue 12). The objective, the
+//! batch masks, the engine interface, the CPU engine, the loop and the reconstructions picture.
+//! The ops are `cpu::mim`, `cpu::mim_colour` and their kernels; the CPU model is
+//! `cpu::pretrain`.
 
+pub mod engine;
+pub mod masks;
+pub mod objective;
 pub mod reconstructions;
+
+pub use engine::{PretrainEngine, PretrainStepOutput};
+pub use masks::PatchMasks;
+pub use objective::Objective;
