@@ -625,6 +625,14 @@ impl Engine {
     }
 }
 
+/// The parameters of the run's model: the classifier's, or the pre-training model's.
+fn param_count(cfg: &TrainConfig) -> usize {
+    match objective_of(cfg) {
+        Ok(Some(o)) => PretrainLayout::new(&cfg.model, o.decoder_outputs(&cfg.model)).len,
+        _ => ParamLayout::new(&cfg.model).len,
+    }
+}
+
 /// The objective of a pre-training run (None for a classification run).
 fn objective_of(cfg: &TrainConfig) -> Result<Option<Objective>> {
     cfg.pretrain
@@ -898,7 +906,7 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         "check: {what} {}: model {} ({} parameters) on {}, batch {}; train {} images, validation {} ({}); memory: {}; nothing written",
         p.out.display(),
         p.cfg.model.summary(),
-        ParamLayout::new(&p.cfg.model).len,
+        param_count(&p.cfg),
         device.describe(),
         p.cfg.batch_size,
         p.splits.train.len(),
@@ -907,6 +915,9 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         p.memory
     );
     if let Some(line) = describe_tuning(&p.cfg) {
+        println!("{line}");
+    }
+    if let Some(line) = super::pretrain::describe(&p.cfg) {
         println!("{line}");
     }
 }
