@@ -132,6 +132,8 @@ pub struct CpuPretrainEngine<F: Float> {
     sources: Vec<i32>,
     /// Colour classes [B, N] of the last forward pass (empty for pixels).
     classes: Vec<u32>,
+    /// The colour objective's images [B, C, S_h, S_w] in f32 (reused between batches).
+    images32: Vec<f32>,
     acts: Vec<F>,
 }
 
@@ -182,6 +184,7 @@ impl<F: Float> CpuPretrainEngine<F> {
             mask: Vec::new(),
             sources: Vec::new(),
             classes,
+            images32: Vec::new(),
             acts,
         })
     }
@@ -308,10 +311,12 @@ impl<F: Float> CpuPretrainEngine<F> {
             Objective::Colour => {
                 // The classes are defined on f32 images (the kernel's rule); an f64 batch is
                 // rounded to f32 first.
-                let images32: Vec<f32> = images.iter().map(|&v| Float::to_f64(v) as f32).collect();
+                self.images32.clear();
+                self.images32
+                    .extend(images.iter().map(|&v| Float::to_f64(v) as f32));
                 mean_colour_targets(
                     &mut self.classes[..np],
-                    &images32,
+                    &self.images32,
                     z.b,
                     cfg.image_size,
                     cfg.patch_size,
