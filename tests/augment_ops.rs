@@ -540,8 +540,8 @@ fn cifar10_draws_follow_the_table() {
     for i in 0..draws {
         let d = draw_cifar10(&mut Rng64::from_key(&[11, i as u64]));
         picked[d.sub_policy] += 1;
-        for k in 0..2 {
-            applied[d.sub_policy][k] += d.applied[k] as usize;
+        for (count, &on) in applied[d.sub_policy].iter_mut().zip(&d.applied) {
+            *count += on as usize;
         }
         negated += d.negate[0] as usize;
     }

@@ -391,8 +391,9 @@ fn rotate(
     if angle == 0.0 {
         return;
     }
-    // Transposes: output (r, c) reads input (src_r, src_c).
-    let transpose: Option<fn(usize, usize, usize, usize) -> (usize, usize)> = if angle == 180.0 {
+    // Transposes: output (r, c) of an h x w image reads input (src_r, src_c).
+    type Transpose = fn(usize, usize, usize, usize) -> (usize, usize);
+    let transpose: Option<Transpose> = if angle == 180.0 {
         Some(|r, c, h, w| (h - 1 - r, w - 1 - c))
     } else if angle == 90.0 && square {
         // Counter-clockwise: the input's right column becomes the top row.
