@@ -155,25 +155,23 @@ fn affine_ops_by_hand() {
 
 #[test]
 fn ops_refuse_bad_shapes() {
-    let mut img = vec![0u8; 10];
-    assert!(apply(
-        PixelOp::Invert,
-        &mut img,
-        &mut Vec::new(),
-        3,
-        size(2, 2),
-        FILL
-    )
-    .is_err());
-    assert!(apply(
-        PixelOp::Invert,
-        &mut img,
-        &mut Vec::new(),
-        4,
-        size(1, 2),
-        FILL
-    )
-    .is_err());
+    let bad = |len: usize, c: usize, h: usize, w: usize| {
+        let mut img = vec![0u8; len];
+        apply(
+            PixelOp::Invert,
+            &mut img,
+            &mut Vec::new(),
+            c,
+            size(h, w),
+            FILL,
+        )
+        .is_err()
+    };
+    assert!(bad(10, 3, 2, 2));
+    // The right length for 4 or 0 channels, which PIL's ops do not take.
+    assert!(bad(8, 4, 1, 2));
+    assert!(bad(0, 0, 1, 2));
+    assert!(!bad(12, 3, 2, 2));
 }
 
 // ---------------------------------------------------------------- Pillow / timm fixture
@@ -723,9 +721,9 @@ fn pipeline_is_a_function_of_its_key() {
         let mut b = vec![0f32; 3 * 1024];
         p.run(ds.image(3), &mut b, 0, 0, &mut w);
         p.run(ds.image(1), &mut b, 2, 17, &mut w);
-        assert_eq!(a, b);
-        assert_ne!(a, go(2, 18));
-        assert_ne!(a, go(3, 17));
+        assert!(a == b, "{policy}: a reused workspace changed the output");
+        assert!(a != go(2, 18), "{policy}: same output at another position");
+        assert!(a != go(3, 17), "{policy}: same output in another epoch");
     }
 }
 
@@ -763,6 +761,28 @@ fn loader_with_the_recipe_is_deterministic_and_resumes() {
     let labels: Vec<u32> = a[..4].iter().flat_map(|b| b.labels.clone()).collect();
     assert_eq!(labels.len(), 60);
     assert!(labels.chunks(3).all(|c| c[0] == c[1] && c[1] == c[2]));
+    // Each sample is the pipeline's output for its image at its position in the epoch.
+    let p = Pipeline::new(3, size(32, 32), true, recipe, cfg.normalize, cfg.seed).unwrap();
+    for b in &a[4..6] {
+        assert_eq!(b.epoch, 1);
+        let order = repeated_order(60, cfg.seed, b.epoch, true, 3);
+        for j in 0..b.len() {
+            let pos = b.index * 16 + j;
+            let mut out = vec![0f32; 3 * 1024];
+            p.run(
+                ds.image(order[pos]),
+                &mut out,
+                1,
+                pos,
+                &mut Workspace::default(),
+            );
+            assert!(
+                out[..] == b.images[j * out.len()..(j + 1) * out.len()],
+                "batch {} sample {j}",
+                b.index
+            );
+        }
+    }
     // Copies of one image are augmented differently.
     let len = 3 * 1024;
     assert_ne!(a[0].images[..len], a[0].images[len..2 * len]);
