@@ -13,6 +13,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::pixel_ops::PixelOp;
 use super::rand_augment::RandAugment;
 use super::rng::Rng64;
@@ -230,5 +232,36 @@ impl fmt::Display for AutoAugment {
             AutoAugment::Cifar10 => f.write_str("cifar10"),
             AutoAugment::Rand(ra) => ra.fmt(f),
         }
+    }
+}
+
+/// Stored as its string (`"none"`, `"cifar10"`, `"rand-m9-mstd0.5-inc1"`), e.g. in config.json.
+impl Serialize for AutoAugment {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoAugment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AutoAugment::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_as_its_string() {
+        for s in ["none", "cifar10", "rand-m9-mstd0.5-inc1"] {
+            let p = AutoAugment::parse(s).unwrap();
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<AutoAugment>(&json).unwrap(), p);
+        }
+        let e = serde_json::from_str::<AutoAugment>("\"rand-q3\"").unwrap_err();
+        assert!(e.to_string().contains("\"q\""), "{e}");
     }
 }

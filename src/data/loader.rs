@@ -172,8 +172,9 @@ impl BatchLoader {
     }
 
     /// [`BatchLoader::new`] with the augmentation `recipe` on top of `cfg`'s crop/flip (see
-    /// [`super::recipe`]); `AugmentRecipe::OFF` gives exactly the batches of `new`. With
-    /// `aug_repeats` r > 1 an epoch still has n samples (see [`super::repeat_sampler`]).
+    /// [`super::recipe`]); `AugmentRecipe::OFF` gives exactly the batches of `new`. The recipe
+    /// applies whether or not `cfg.augment` (the crop/flip) is on. With `aug_repeats` r > 1 an
+    /// epoch still has n samples (see [`super::repeat_sampler`]).
     ///
     /// Errors: those of `new`, and a recipe [`AugmentRecipe::check`] refuses.
     pub fn with_recipe(
