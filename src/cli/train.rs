@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vitk::data::{synthetic, Normalize, Splits};
+use vitk::data::{synthetic, AutoAugment, Normalize, Splits};
 use vitk::engine::{OptimizerState, Precision, TrainEngine};
 use vitk::model::checksum::Verified;
 use vitk::model::{
@@ -105,6 +105,17 @@ pub struct TrainArgs {
     /// No random crop / flip.
     #[arg(long)]
     no_augment: bool,
+    /// Automatic augmentation after crop/flip: none, cifar10 (AutoAugment's CIFAR-10 policy)
+    /// or a RandAugment config as timm writes it, e.g. rand-m9-mstd0.5-inc1 [default: none].
+    #[arg(long, value_parser = parse_auto_augment)]
+    auto_augment: Option<AutoAugment>,
+    /// Random erasing probability (timm's per-pixel normal mode), in [0, 1] [default: 0].
+    #[arg(long, value_parser = number_f32, allow_negative_numbers = true)]
+    reprob: Option<f32>,
+    /// Copies of each image per epoch, each augmented differently (DeiT's repeated
+    /// augmentation; the epoch keeps its length), 1..=64 [default: 1, off].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
+    aug_repeats: Option<usize>,
     /// Visit training records in file order.
     #[arg(long)]
     no_shuffle: bool,
@@ -236,6 +247,9 @@ impl TrainArgs {
             mean: norm("--mean", &self.mean, default_norm.mean)?,
             std: norm("--std", &self.std, default_norm.std)?,
             init_from: None,
+            auto_augment: self.auto_augment.unwrap_or_default(),
+            reprob: self.reprob.unwrap_or(0.0),
+            aug_repeats: self.aug_repeats.unwrap_or(1),
             pretrain: None,
             layer_decay: self.layer_decay,
             freeze_backbone: self.freeze_backbone,
@@ -266,6 +280,9 @@ impl TrainArgs {
             ("--mean", self.mean.is_some()),
             ("--std", self.std.is_some()),
             ("--no-augment", self.no_augment),
+            ("--auto-augment", self.auto_augment.is_some()),
+            ("--reprob", self.reprob.is_some()),
+            ("--aug-repeats", self.aug_repeats.is_some()),
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
@@ -661,6 +678,11 @@ fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--auto-augment VALUE`, its error naming the value and what is expected.
+fn parse_auto_augment(v: &str) -> std::result::Result<AutoAugment, String> {
+    AutoAugment::parse(v).map_err(|e| e.to_string())
 }
 
 /// Flags checked before anything else, whichever the mode.

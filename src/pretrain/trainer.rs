@@ -90,8 +90,14 @@ pub fn pretrain(
     let val = splits.val;
     // The pictured images: the first validation images, else the first training images.
     let pictured = first_images(if val.is_empty() { &splits.train } else { &val });
-    let mut loader = BatchLoader::new(Arc::new(splits.train), loader_cfg, start.epoch, start.batch)
-        .context("training data")?;
+    let mut loader = BatchLoader::with_recipe(
+        Arc::new(splits.train),
+        loader_cfg,
+        cfg.augment_recipe(),
+        start.epoch,
+        start.batch,
+    )
+    .context("training data")?;
     let per_epoch = loader.batches_per_epoch() as u64;
     let total = per_epoch * cfg.epochs as u64;
     let schedule = LrSchedule {

@@ -62,6 +62,16 @@ pub struct TrainConfig {
     /// The pretrained weights the run started from (--init-from), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFrom>,
+    /// Automatic augmentation policy after crop/flip (`--auto-augment`; absent in older
+    /// configs: none).
+    #[serde(default)]
+    pub auto_augment: crate::data::AutoAugment,
+    /// Random erasing probability (`--reprob`; absent in older configs: 0, off).
+    #[serde(default)]
+    pub reprob: f32,
+    /// Copies of each image per epoch (`--aug-repeats`; absent in older configs: 1, off).
+    #[serde(default = "one")]
+    pub aug_repeats: usize,
     /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
     /// has no labels and no head; `label_smoothing` plays no part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +100,8 @@ pub const MODEL_FLAGS: DimNames = DimNames {
     mlp_dim: "--mlp-dim",
 };
 
+/// Most copies of an image per epoch `--aug-repeats` may ask for.
+pub const MAX_AUG_REPEATS: usize = 64;
 /// Most epochs a run may have (a bound that keeps step counts far from overflow).
 pub const MAX_EPOCHS: usize = 1_000_000;
 /// Normalisation: a mean of inputs in [0, 1] lies in [0, 1]; a std below this would blow
@@ -105,7 +117,20 @@ fn within(flag: &str, value: f64, ok: bool, shown: &str) -> Result<(), String> {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
 impl TrainConfig {
+    /// What the training loader adds to crop/flip.
+    pub fn augment_recipe(&self) -> crate::data::AugmentRecipe {
+        crate::data::AugmentRecipe {
+            auto_augment: self.auto_augment,
+            reprob: self.reprob,
+            aug_repeats: self.aug_repeats,
+        }
+    }
+
     /// The per-channel normalisation of the inputs.
     pub fn normalize(&self) -> crate::data::Normalize {
         crate::data::Normalize {
@@ -201,6 +226,18 @@ impl TrainConfig {
         }
         if let Some(p) = &self.pretrain {
             p.validate()?;
+        }
+        within(
+            "--reprob",
+            self.reprob as f64,
+            (0.0..=1.0).contains(&self.reprob),
+            "[0, 1]",
+        )?;
+        if !(1..=MAX_AUG_REPEATS).contains(&self.aug_repeats) {
+            return Err(format!(
+                "--aug-repeats {} is out of range: expected 1..={MAX_AUG_REPEATS} (1 is off)",
+                self.aug_repeats
+            ));
         }
         let eps = self.adamw.eps;
         within(

@@ -100,8 +100,14 @@ pub fn train(
         normalize,
     };
     let val = splits.val;
-    let mut loader = BatchLoader::new(Arc::new(splits.train), loader_cfg, start.epoch, start.batch)
-        .context("training data")?;
+    let mut loader = BatchLoader::with_recipe(
+        Arc::new(splits.train),
+        loader_cfg,
+        cfg.augment_recipe(),
+        start.epoch,
+        start.batch,
+    )
+    .context("training data")?;
     let per_epoch = loader.batches_per_epoch() as u64;
     let total = per_epoch * cfg.epochs as u64;
     let schedule = LrSchedule {
