@@ -10,6 +10,7 @@
 //! - [`fingerprint`]: what identifies a loaded data set (counts, classes, first records);
 //! - [`synthetic`]: a generated 10-class 32x32 set for quick end-to-end runs;
 //! - [`augment`]: random crop with zero padding, horizontal flip, normalisation;
+//! - [`mixup`]: Mixup and CutMix of a normalised batch, with its soft targets (timm's `Mixup`);
 //! - [`loader`]: deterministic, prefetching batch loader and the evaluation iterator.
 
 pub mod augment;
@@ -20,6 +21,7 @@ pub mod image_file;
 pub mod image_folder;
 pub mod loader;
 pub mod masking;
+pub mod mixup;
 mod resize;
 pub mod rng;
 pub mod synthetic;
