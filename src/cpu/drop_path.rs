@@ -53,7 +53,7 @@ pub fn drop_path_backward<F: Float>(dbranch: &mut [F], dy: &[F], scales: &[F]) {
 /// T·D from the buffer sizes; the engine sizes them, so a mismatch is an engine bug.
 fn per_sample(a: usize, b: usize, batch: usize) -> usize {
     assert!(
-        a == b && batch > 0 && a % batch == 0 && a > 0,
+        a == b && batch > 0 && a.is_multiple_of(batch) && a > 0,
         "drop_path: {a} and {b} values for a batch of {batch}"
     );
     a / batch

@@ -11,7 +11,7 @@ pub const DROP_PATH_MAX_BATCH: usize = 65_535;
 
 /// Grid (blocks over T·D, B): the per-sample values of `len` elements in `batch` samples.
 fn shape(kernel: &str, len: usize, scale: DView, batch: usize) -> GpuResult<(usize, LaunchConfig)> {
-    if batch == 0 || batch > DROP_PATH_MAX_BATCH || len == 0 || len % batch != 0 {
+    if batch == 0 || batch > DROP_PATH_MAX_BATCH || len == 0 || !len.is_multiple_of(batch) {
         return Err(shape_err(
             kernel,
             format!("{len} values for a batch of {batch} (1..={DROP_PATH_MAX_BATCH} samples of equal size)"),
