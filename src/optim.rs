@@ -12,7 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod ema;
 mod groups;
+pub use ema::EmaConfig;
 pub use groups::{layer_id, FineTuning, Group, ParamGroups, TensorPlan};
 
 /// Hyperparameters (PyTorch defaults except the weight decay, which is timm's usual 0.05).

@@ -5,11 +5,13 @@ mod common;
 
 use common::{assert_close, dot, fd_grad, rand_vec, FD_STEP, GRAD_TOL};
 use vitk::cpu::attention::{attention_backward, attention_forward, AttnShape};
+use vitk::cpu::drop_path::{drop_path_add, drop_path_backward, drop_path_scales};
 use vitk::cpu::gelu::{gelu_backward, gelu_forward};
 use vitk::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use vitk::cpu::linear::{linear_backward, linear_forward, linear_residual_forward};
 use vitk::cpu::loss::cross_entropy;
 use vitk::cpu::pooling::{pool_backward, pool_forward};
+use vitk::cpu::soft_loss::soft_target_cross_entropy;
 use vitk::cpu::tokens::{tokens_backward, tokens_forward};
 use vitk::model::Pool;
 
@@ -254,4 +256,98 @@ fn cross_entropy_gradients() {
             GRAD_TOL,
         );
     }
+}
+
+#[test]
+fn soft_target_cross_entropy_gradients() {
+    let (b, k) = (5, 9);
+    let logits = rand_vec(b * k, 25, 3.0);
+    // Targets as mixup makes them (rows summing to one, two classes dominant) and arbitrary
+    // non-negative ones that do not sum to one: the gradient is autograd's exact p·Σt − t.
+    let mixed: Vec<f64> = (0..b * k)
+        .map(|i| {
+            let (row, col) = (i / k, i % k);
+            let off = 0.1 / k as f64;
+            let on = |c: usize| if col == c { 0.9 + off } else { off };
+            0.7 * on(row % k) + 0.3 * on((row * 4 + 2) % k)
+        })
+        .collect();
+    let loose: Vec<f64> = rand_vec(b * k, 26, 1.0).iter().map(|v| v.abs()).collect();
+    for (what, targets) in [("mixed", &mixed), ("unnormalised", &loose)] {
+        let mut dlogits = vec![f64::NAN; b * k]; // fully overwritten
+        soft_target_cross_entropy(&logits, targets, k, Some(&mut dlogits));
+        let fd = fd_grad(&logits, FD_STEP, |v| {
+            soft_target_cross_entropy(v, targets, k, None).loss
+        });
+        assert_close(
+            &format!("soft cross-entropy dlogits ({what} targets)"),
+            &dlogits,
+            &fd,
+            GRAD_TOL,
+        );
+    }
+}
+
+#[test]
+fn soft_target_cross_entropy_of_one_hot_targets_is_the_hard_loss() {
+    let (b, k) = (4, 7);
+    let logits = rand_vec(b * k, 27, 3.0);
+    let labels = [0u32, 6, 3, 3];
+    for smoothing in [0.0, 0.1] {
+        let targets: Vec<f64> = (0..b * k)
+            .map(|i| {
+                let off = smoothing / k as f64;
+                if i % k == labels[i / k] as usize {
+                    1.0 - smoothing + off
+                } else {
+                    off
+                }
+            })
+            .collect();
+        let (mut soft_d, mut hard_d) = (vec![0.0; b * k], vec![0.0; b * k]);
+        let soft = soft_target_cross_entropy(&logits, &targets, k, Some(&mut soft_d));
+        let hard = cross_entropy(&logits, &labels, k, smoothing, Some(&mut hard_d));
+        assert_close("soft vs hard loss", &[soft.loss], &[hard.loss], 1e-14);
+        assert_close("soft vs hard dlogits", &soft_d, &hard_d, 1e-14);
+        assert_eq!(soft.correct, hard.correct);
+    }
+}
+
+#[test]
+fn drop_path_gradients() {
+    let (b, t, d) = (5, 3, 7);
+    let x = rand_vec(b * t * d, 28, 1.0);
+    let f = rand_vec(b * t * d, 29, 1.0);
+    let g = rand_vec(b * t * d, 30, 1.0);
+    let p = 0.3;
+    let keep = [true, false, true, true, false];
+    let scales: Vec<f64> = drop_path_scales(&keep, p);
+    assert_eq!(scales[0], 1.0 / 0.7);
+    assert_eq!(scales[1], 0.0);
+    let loss = |x: &[f64], f: &[f64]| {
+        let mut y = x.to_vec();
+        drop_path_add(&mut y, f, &scales);
+        dot(&y, &g)
+    };
+    let mut df = vec![f64::NAN; b * t * d]; // fully overwritten
+    drop_path_backward(&mut df, &g, &scales);
+    assert_close(
+        "drop-path dbranch",
+        &df,
+        &fd_grad(&f, FD_STEP, |v| loss(&x, v)),
+        GRAD_TOL,
+    );
+    // The residual passes its gradient through unchanged.
+    assert_close(
+        "drop-path dx",
+        &g,
+        &fd_grad(&x, FD_STEP, |v| loss(v, &f)),
+        GRAD_TOL,
+    );
+    // A dropped sample's branch gets no gradient, and its output is the residual itself.
+    let mut y = x.clone();
+    drop_path_add(&mut y, &f, &scales);
+    let per = t * d;
+    assert!(df[per..2 * per].iter().all(|&v| v == 0.0));
+    assert_eq!(&y[per..2 * per], &x[per..2 * per]);
 }

@@ -15,6 +15,7 @@ mod gpu_common;
 mod reference;
 
 use gpu_common::{check, device, held, rng, tol, uniform, widen, Dev, U16, U32};
+use rand::Rng;
 use vitk::cpu;
 use vitk::cpu::AdamW;
 use vitk::engine::Precision;
@@ -39,6 +40,14 @@ const TOLERANCES: &[(&str, f64)] = &[
     ("attention.dqkv", 1e-5),
     ("cross_entropy.loss", 1e-5),
     ("cross_entropy.dlogits", 1e-5),
+    // As the hard-label loss: a softmax and a K-term sum per row in fp32.
+    ("soft_cross_entropy.loss", 1e-5),
+    ("soft_cross_entropy.dlogits", 1e-5),
+    // Elementwise: at most two roundings of 2⁻²⁴ per value (x + s·f; s·dy is one).
+    ("drop_path.y", 1e-6),
+    ("drop_path.dbranch", 1e-6),
+    // torch's lerp: three roundings per weight (a difference, a product, a sum).
+    ("ema.params", 1e-6),
     ("adamw.params", 1e-5),
     ("adamw.m", 1e-5),
     ("adamw.v", 1e-5),
@@ -804,5 +813,150 @@ fn cross_entropy_with_ties_equal_rows_and_huge_logits() {
         // Row losses up to ~2e4 summed over 40 rows in fp32: ≤ 40·u32 relative.
         check(&case, "cross_entropy.loss", 1e-5, &s[..1], &[loss]);
         check(&case, "cross_entropy.dlogits", 1e-5, &dev.get32(g_dl), &dl);
+    }
+}
+
+#[test]
+fn soft_cross_entropy_matches_cpu() {
+    let rt = device();
+    let mut rng = rng("soft_cross_entropy");
+    // (batch, classes): odd shapes, one row per warp and more, and ImageNet's K
+    for (b, k) in [(1, 1), (7, 10), (37, 5), (129, 1000), (300, 33)] {
+        let logits = uniform(&mut rng, b * k, 4.0);
+        // Mixup's targets (two classes mixed, smoothing 0.1) and dense ones (a softmax of
+        // random values, every class non-zero).
+        let labels: Vec<u32> = (0..b).map(|i| ((i * 7 + 3) % k) as u32).collect();
+        let lam = 0.2 + 0.6 * rng.random::<f64>();
+        let mixed = vitk::data::mixup::mixup_targets(&labels, k, lam, 0.1);
+        let dense: Vec<f32> = uniform(&mut rng, b * k, 3.0)
+            .chunks(k)
+            .flat_map(|r| {
+                let s: f32 = r.iter().map(|v| v.exp()).sum();
+                r.iter().map(move |v| v.exp() / s).collect::<Vec<_>>()
+            })
+            .collect();
+        for (what, targets) in [("mixed", &mixed), ("dense", &dense)] {
+            let mut dl = vec![0.0; b * k];
+            let st = cpu::soft_loss::soft_target_cross_entropy(
+                &widen(&logits),
+                &widen(targets),
+                k,
+                Some(&mut dl),
+            );
+            for prec in BOTH {
+                let case = format!("{prec} B={b} K={k} {what}");
+                let mut dev = Dev::new(&rt);
+                let (stats, g_dl) = (dev.nan(4), dev.out(prec, b * k));
+                let (gl, gt) = (dev.f32(&logits), dev.f32(targets));
+                kernels::soft_cross_entropy(&*rt, stats, g_dl, gl, gt, b, k).unwrap();
+                let s = dev.get32(stats);
+                check(
+                    &case,
+                    "soft_cross_entropy.loss",
+                    tol(TOLERANCES, "soft_cross_entropy.loss"),
+                    &s[..1],
+                    &[st.loss],
+                );
+                assert_eq!(s[1] as usize, st.correct, "{case}: correct count");
+                check(
+                    &case,
+                    "soft_cross_entropy.dlogits",
+                    tol_in("soft_cross_entropy.dlogits", prec),
+                    &dev.get(g_dl),
+                    &dl,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn drop_path_matches_cpu() {
+    let rt = device();
+    let mut rng = rng("drop_path");
+    // (batch, tokens, dim): odd sizes, one sample past a block, and a 12-block ViT-S row
+    for (b, t, d) in [(1, 1, 1), (3, 5, 7), (9, 65, 192), (2, 197, 384)] {
+        let n = b * t * d;
+        let x = uniform(&mut rng, n, 2.0);
+        let f = uniform(&mut rng, n, 2.0);
+        let dy = uniform(&mut rng, n, 1.0);
+        let p = 0.25;
+        // Every other sample dropped (the first kept), so both cases occur at every B > 1.
+        let keep: Vec<bool> = (0..b).map(|i| i % 2 == 0).collect();
+        let s32: Vec<f32> = cpu::drop_path::drop_path_scales(&keep, p);
+        let s64 = widen(&s32);
+        let mut want_y = widen(&x);
+        cpu::drop_path::drop_path_add(&mut want_y, &widen(&f), &s64);
+        let mut want_df = vec![0.0; n];
+        cpu::drop_path::drop_path_backward(&mut want_df, &widen(&dy), &s64);
+
+        let case = format!("B={b} T={t} D={d}");
+        let mut dev = Dev::new(&rt);
+        let (gx, gf, gs, gdy) = (dev.f32(&x), dev.f32(&f), dev.f32(&s32), dev.f32(&dy));
+        let y = dev.nan(n);
+        kernels::drop_path_add(&*rt, y, gx, gf, gs, b).unwrap();
+        check(
+            &case,
+            "drop_path.y",
+            tol(TOLERANCES, "drop_path.y"),
+            &dev.get32(y),
+            &want_y,
+        );
+        // In place on the residual stream, as the engine runs it.
+        kernels::drop_path_add(&*rt, gx, gx, gf, gs, b).unwrap();
+        check(
+            &case,
+            "drop_path.y (in place)",
+            tol(TOLERANCES, "drop_path.y"),
+            &dev.get32(gx),
+            &want_y,
+        );
+        for prec in BOTH {
+            let df = dev.out(prec, n);
+            kernels::drop_path_backward(&*rt, df, gdy, gs, b).unwrap();
+            check(
+                &format!("{prec} {case}"),
+                "drop_path.dbranch",
+                tol_in("drop_path.dbranch", prec),
+                &dev.get(df),
+                &want_df,
+            );
+        }
+    }
+    // Shapes the kernel cannot take are refused before launch.
+    let mut dev = Dev::new(&rt);
+    let (v, s) = (dev.nan(10), dev.nan(3));
+    assert!(kernels::drop_path_add(&*rt, v, v, v, s, 3).is_err()); // 10 values, 3 samples
+    assert!(kernels::drop_path_backward(&*rt, v.into(), v, s, 0).is_err());
+}
+
+#[test]
+fn ema_matches_cpu() {
+    let rt = device();
+    let mut rng = rng("ema");
+    let ema_cfg = vitk::optim::EmaConfig::with_warmup(0.9998);
+    // Lengths past one block and past the 2048 x 256 threads of the grid-stride launch.
+    for n in [1usize, 1000, 600_001] {
+        let ema0 = uniform(&mut rng, n, 1.0);
+        let mut dev = Dev::new(&rt);
+        let (ge, gp, gw) = (dev.f32(&ema0), dev.nan(n), dev.nan(1));
+        let mut want = widen(&ema0);
+        // Steps 1 (a copy), 2 (w ≈ 0.63: torch's lerp from the far end) and 50 (w < 0.5),
+        // each with new parameters (as after an optimizer step).
+        for step in [1u64, 2, 50] {
+            let params = uniform(&mut rng, n, 1.0);
+            let w = ema_cfg.weight_at(step);
+            gw.upload(&*rt, &[w]).unwrap();
+            gp.upload(&*rt, &params).unwrap();
+            kernels::ema_update(&*rt, ge, gp, gw).unwrap();
+            cpu::ema::ema_update(&mut want, &widen(&params), w as f64);
+            check(
+                &format!("n={n} step={step}"),
+                "ema.params",
+                tol(TOLERANCES, "ema.params"),
+                &dev.get32(ge),
+                &want,
+            );
+        }
     }
 }

@@ -5,6 +5,8 @@
 pub mod adamw;
 pub mod attention;
 mod carve;
+pub mod drop_path;
+pub mod ema;
 pub mod engine;
 mod fastmath;
 mod float;
@@ -19,6 +21,7 @@ pub mod patch_embed;
 pub mod pooling;
 pub mod pretrain;
 mod reduce;
+pub mod soft_loss;
 pub mod tokens;
 pub mod trainer;
 

@@ -16,6 +16,7 @@
 //! - [`random_erasing`]: timm's per-pixel random erasing on normalised images;
 //! - [`repeat_sampler`]: repeated augmentation's epoch order (DeiT's RASampler);
 //! - [`recipe`]: the recipe beyond crop/flip and the per-sample pipeline;
+//! - [`mixup`]: Mixup and CutMix of a normalised batch, with its soft targets (timm's `Mixup`);
 //! - [`loader`]: deterministic, prefetching batch loader and the evaluation iterator.
 
 pub mod augment;
@@ -27,6 +28,7 @@ pub mod image_file;
 pub mod image_folder;
 pub mod loader;
 pub mod masking;
+pub mod mixup;
 pub mod pixel_ops;
 pub mod rand_augment;
 pub mod random_erasing;

@@ -19,6 +19,8 @@ pub(crate) const TAG_SYNTH_ORDER: u64 = 0x7379_6e6f; // "syno"
 pub(crate) const TAG_MASK: u64 = 0x6d61_736b; // "mask"
 pub(crate) const TAG_AUTO_AUGMENT: u64 = 0x6175_746f; // "auto": AutoAugment / RandAugment
 pub(crate) const TAG_ERASE: u64 = 0x6572_6173; // "eras": random erasing
+pub(crate) const TAG_MIXUP: u64 = 0x6d69_7875; // "mixu"
+pub(crate) const TAG_DROP_PATH: u64 = 0x6472_6f70; // "drop"
 
 /// A random stream determined by a key of up to four 64-bit words.
 #[derive(Clone, Debug)]

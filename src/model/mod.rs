@@ -4,6 +4,7 @@ mod checkpoint;
 pub mod checksum;
 mod config;
 mod dims;
+pub mod drop_path;
 mod image_size;
 mod init;
 mod params;

@@ -56,3 +56,53 @@ pub fn cross_entropy(
         )
         .run(rt)
 }
+
+/// Soft-target cross-entropy (timm's `SoftTargetCrossEntropy`, as
+/// [`crate::cpu::soft_loss::soft_target_cross_entropy`]): stats[0] = mean loss, stats[1] =
+/// rows whose arg-max logit is the arg-max target, dlogits [B, K] overwritten (fp32, or bf16
+/// for the bf16 head matmuls) from logits [B, K] and targets [B, K] (fp32).
+pub fn soft_cross_entropy(
+    rt: &dyn Runtime,
+    stats: DView,
+    dlogits: Operand,
+    logits: DView,
+    targets: DView,
+    batch: usize,
+    classes: usize,
+) -> GpuResult<()> {
+    const K: &str = "soft_cross_entropy";
+    if stats.len() < 2 {
+        return Err(shape_err(K, "stats needs 2 elements".into()));
+    }
+    if batch == 0 || classes == 0 {
+        return Err(shape_err(
+            K,
+            format!("a batch of {batch}, {classes} classes"),
+        ));
+    }
+    expect_len(K, "logits", logits, batch * classes)?;
+    expect_len(K, "targets", targets, batch * classes)?;
+    expect_count(K, "dlogits", dlogits.len(), batch * classes)?;
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let name = instance(
+        dlogits.precision(),
+        [
+            "vitk_soft_cross_entropy_f32",
+            "vitk_soft_cross_entropy_bf16",
+        ],
+    );
+    let n = (batch * classes) as f64;
+    Launch::new(name, cfg)
+        .ptr(stats)
+        .operand(dlogits)
+        .ptr(logits)
+        .ptr(targets)
+        .int("batch", batch)
+        .int("classes", classes)
+        .cost(9.0 * n, n * (8.0 + dlogits.elem_bytes() as f64))
+        .run(rt)
+}

@@ -4,6 +4,8 @@
 //! work (FLOPs and bytes, for the profiler and the benches).
 
 mod attention;
+mod drop_path;
+mod ema;
 mod layernorm;
 mod loss;
 mod matmul;
@@ -17,8 +19,10 @@ mod tokens;
 pub use attention::{
     attention_backward, attention_forward, attention_probs, AttnDims, MAX_HEAD_DIM,
 };
+pub use drop_path::{drop_path_add, drop_path_backward, DROP_PATH_MAX_BATCH};
+pub use ema::ema_update;
 pub use layernorm::{layernorm_backward, layernorm_backward_scratch_len, layernorm_forward};
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, soft_cross_entropy};
 pub use matmul::{
     linear_backward_dw, linear_backward_dx, linear_forward, matmul_plan, qkv_forward,
     splitk_workspace_len, LinearEpilogue, MatmulPlan, Tile,
