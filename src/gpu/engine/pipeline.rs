@@ -99,8 +99,8 @@ impl GpuTrainer {
         // The slot's previous step was reported (its fence waited for) before the last
         // call returned, so its staging is free.
         debug_assert!(self.pipeline.queued.iter().all(|q| q.slot != s));
-        self.step += 1;
-        let hyper = self.hyper_values(lr);
+        self.state.step += 1;
+        let hyper = self.state.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
         let labels_dev = self.labels.view().slice(0, batch);
         let slot = &mut self.pipeline.slots[s];
@@ -109,7 +109,7 @@ impl GpuTrainer {
         slot.hyper.as_mut_slice().copy_from_slice(&hyper);
         slot.images.upload_to(images_dev)?;
         slot.labels.upload_to(labels_dev)?;
-        slot.hyper.upload_to(self.hyper.view())?;
+        slot.hyper.upload_to(self.state.hyper.view())?;
         self.run_step(batch, smoothing, clip)?;
         let slot = &mut self.pipeline.slots[s];
         slot.stats.download_from(self.stats.view())?;
@@ -139,7 +139,7 @@ impl GpuTrainer {
         Ok(StepSlot {
             images: PinnedBuffer::new(rt, self.max_batch * image)?,
             labels: PinnedBuffer::new(rt, self.max_batch)?,
-            hyper: PinnedBuffer::new(rt, hyper_len(self.groups.groups.len()))?,
+            hyper: PinnedBuffer::new(rt, hyper_len(self.state.groups.groups.len()))?,
             stats: PinnedBuffer::new(rt, 4)?,
             fence: Fence::new(rt)?,
         })
