@@ -20,9 +20,11 @@ use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
 
 mod encoder;
 mod pipeline;
+mod pretrain;
 mod state;
 use encoder::Net;
 use pipeline::Pipeline;
+pub use pretrain::GpuPretrainer;
 use state::ParamState;
 
 /// Buffer sizes of this engine for a batch.
