@@ -2,6 +2,8 @@
 //!
 //!     vitk train                                   # micro ViT on the built-in synthetic set
 //!     vitk train --data cifar-10-batches-bin --model seed --epochs 100
+//!     vitk pretrain --data DIR --epochs 50          # masked patch prediction, no labels
+//!     vitk train --data DIR --init-from runs/run-1/model.safetensors
 //!     vitk eval --data DIR --checkpoint runs/run-1/model.safetensors
 //!     vitk predict --checkpoint runs/run-1/model.safetensors cat.png
 //!     vitk attention --checkpoint runs/run-1/model.safetensors cat.png --out maps
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Train a ViT (with no --data: the micro preset on the built-in synthetic set).
     Train(Box<cli::train::TrainArgs>),
+    /// Pre-train a ViT's encoder without labels by masked patch prediction (pixels, as
+    /// SimMIM, or mean colours, as the ViT paper); fine-tune it with train --init-from.
+    Pretrain(Box<cli::pretrain::PretrainArgs>),
     /// Evaluate a checkpoint: accuracy, loss, per-class accuracy, confusion matrix.
     Eval(cli::eval::EvalArgs),
     /// Top-k classes of images under a checkpoint.
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cli::train::run(*a),
+        Command::Pretrain(a) => cli::pretrain::run(*a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::Attention(a) => cli::attention::run(a),

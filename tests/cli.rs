@@ -7,45 +7,6 @@ use cli_common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Two safetensors files hold the same tensors, bit for bit, and the same metadata (the
-/// header's key order may differ between processes).
-fn assert_same_tensors(a: &Path, b: &Path) {
-    use safetensors::SafeTensors;
-    let (ba, bb) = (read(a), read(b));
-    let (ta, tb) = (
-        SafeTensors::deserialize(&ba).expect("a"),
-        SafeTensors::deserialize(&bb).expect("b"),
-    );
-    let mut names = ta.names();
-    names.sort();
-    let mut names_b = tb.names();
-    names_b.sort();
-    assert_eq!(
-        names,
-        names_b,
-        "tensor names of {} and {}",
-        a.display(),
-        b.display()
-    );
-    for n in names {
-        let (x, y) = (ta.tensor(n).expect("tensor"), tb.tensor(n).expect("tensor"));
-        assert!(
-            x.shape() == y.shape() && x.data() == y.data(),
-            "{n} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-    let meta = |bytes: &[u8]| {
-        SafeTensors::read_metadata(bytes)
-            .expect("header")
-            .1
-            .metadata()
-            .clone()
-    };
-    assert_eq!(meta(&ba), meta(&bb), "metadata");
-}
-
 #[test]
 fn resume_reproduces_an_uninterrupted_run_bitwise() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -37,25 +37,6 @@ fn eval_accuracy(out: &str) -> f64 {
         .expect("a number")
 }
 
-/// Whether two safetensors files hold the same tensors, bit for bit (their metadata's key
-/// order may differ).
-fn same_tensors(a: &Path, b: &Path) -> bool {
-    use safetensors::SafeTensors;
-    let (ba, bb) = (read(a), read(b));
-    let (ta, tb) = (
-        SafeTensors::deserialize(&ba).expect("safetensors"),
-        SafeTensors::deserialize(&bb).expect("safetensors"),
-    );
-    let mut names = ta.names();
-    names.sort();
-    let mut other = tb.names();
-    other.sort();
-    names == other
-        && names
-            .iter()
-            .all(|n| ta.tensor(n).expect("tensor").data() == tb.tensor(n).expect("tensor").data())
-}
-
 #[test]
 fn epochs_report_top5_train_accuracy_pace_and_keep_the_best_weights() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -78,24 +78,6 @@ fn metadata(path: &Path) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Two safetensors files hold the same tensors, bit for bit.
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let (ba, bb) = (read(a), read(b));
-    let (ta, tb) = (
-        SafeTensors::deserialize(&ba).expect("a"),
-        SafeTensors::deserialize(&bb).expect("b"),
-    );
-    let mut names = ta.names();
-    names.sort();
-    let mut names_b = tb.names();
-    names_b.sort();
-    assert_eq!(names, names_b);
-    for n in names {
-        let (x, y) = (ta.tensor(n).expect("a"), tb.tensor(n).expect("b"));
-        assert!(x.data() == y.data(), "{n} differs");
-    }
-}
-
 // ---------------------------------------------------------------- verified state
 
 #[test]

@@ -103,6 +103,7 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         mean: r.3.map(|v| v as f32),
         std: r.4.map(|v| v as f32),
         init_from: None,
+        pretrain: None,
         layer_decay: r.5,
         freeze_backbone: r.6,
     })

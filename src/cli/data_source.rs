@@ -10,16 +10,33 @@ use vitk::data::{self, synthetic, Splits};
 use vitk::model::ImageSize;
 use vitk::train::{DataSource, RunDir, TrainConfig};
 
-/// Loads `--data` for a new run, printing the loader's warnings.
+/// Loads `--data` for a new run, printing the loader's warnings. `unlabelled` (pre-training):
+/// a folder of images with no class subfolders is accepted too.
 pub fn load_new(
     path: &Path,
     side: ImageSize,
     val_split: Option<usize>,
     allow_partial: bool,
+    unlabelled: bool,
 ) -> Result<Splits> {
-    let splits = data::load(path, side, val_split, allow_partial)?;
+    let splits = load(path, side, val_split, allow_partial, unlabelled)?;
     warn(&splits);
     Ok(splits)
+}
+
+/// `data::load`, or `data::load_unlabelled` for a pre-training run.
+fn load(
+    path: &Path,
+    side: ImageSize,
+    val_split: Option<usize>,
+    allow_partial: bool,
+    unlabelled: bool,
+) -> Result<Splits> {
+    Ok(if unlabelled {
+        data::load_unlabelled(path, side, val_split, allow_partial)?
+    } else {
+        data::load(path, side, val_split, allow_partial)?
+    })
 }
 
 /// Records in a new run's config where its data is, as an absolute path (so that the run
@@ -45,6 +62,7 @@ pub fn load_for_resume(
     record_move: bool,
 ) -> Result<Splits> {
     let side = cfg.model.image_size;
+    let unlabelled = cfg.pretrain.is_some();
     let config = run.config_path();
     let (path, val_split, allow_partial, recorded) = match &cfg.data {
         DataSource::Synthetic { train, val, seed } => {
@@ -81,7 +99,7 @@ pub fn load_for_resume(
     };
     let Some(new) = moved_to else {
         check_recorded_path(&path, &config)?;
-        let splits = data::load(&path, side, val_split, allow_partial)?;
+        let splits = load(&path, side, val_split, allow_partial, unlabelled)?;
         warn(&splits);
         if let Some(expected) = &recorded {
             let diff = Fingerprint::of(&splits).differences(expected);
@@ -104,7 +122,7 @@ pub fn load_for_resume(
             path.display()
         );
     };
-    let splits = data::load(new, side, val_split, allow_partial)?;
+    let splits = load(new, side, val_split, allow_partial, unlabelled)?;
     warn(&splits);
     let diff = Fingerprint::of(&splits).differences(&expected);
     if !diff.is_empty() {

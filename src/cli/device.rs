@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use vitk::cpu::CpuTrainer;
+use vitk::data::Normalize;
 use vitk::engine::{Precision, TrainEngine};
 use vitk::gpu::kernels::MAX_HEAD_DIM;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
 use vitk::model::ModelConfig;
 use vitk::optim::{AdamWConfig, FineTuning};
+use vitk::pretrain::{CpuPretrainer, Objective, PretrainEngine};
 use vitk::train::memory::{self, DataSize, EngineKind};
 
 /// The engines this build can run.
@@ -140,11 +142,13 @@ impl Opened {
 
     /// Checks that a run of `cfg` (valid) at `batch` holding `data` fits in the host's and
     /// the device's memory, before anything is allocated; returns the figures.
+    /// `pretrain`: the objective of a pre-training run (its model is sized instead).
     pub fn check_memory(
         &self,
         cfg: &ModelConfig,
         batch: usize,
         data: Option<DataSize>,
+        pretrain: Option<Objective>,
     ) -> Result<String> {
         let mut device_line = String::new();
         let kind = match self {
@@ -154,7 +158,10 @@ impl Opened {
                 cuda,
                 precision,
             } => {
-                let device = GpuTrainer::device_bytes(&**rt, cfg, batch, *precision);
+                let device = match pretrain {
+                    Some(_) => GpuTrainer::device_bytes(&**rt, cfg, batch, *precision), // SHIM
+                    None => GpuTrainer::device_bytes(&**rt, cfg, batch, *precision),
+                };
                 if let Some(c) = cuda {
                     let free = c
                         .memory_info()
@@ -172,7 +179,8 @@ impl Opened {
                 }
             }
         };
-        let host = memory::host_estimate(cfg, batch, data, kind)
+        let outputs = pretrain.map(|o| o.decoder_outputs(cfg));
+        let host = memory::host_estimate_of(cfg, batch, data, kind, outputs)
             .check("host", memory::host_available())
             .map_err(anyhow::Error::msg)?;
         Ok(host + &device_line)
@@ -208,6 +216,27 @@ impl Opened {
     }
 }
 
+impl Opened {
+    /// A pre-training engine for `cfg` and `objective` holding `params` (the pre-training
+    /// layout), with room for batches of `max_batch` normalised with `normalize`.
+    pub fn pretrain_engine(
+        &self,
+        cfg: &ModelConfig,
+        objective: Objective,
+        normalize: Normalize,
+        max_batch: usize,
+        params: Vec<f32>,
+        adamw: AdamWConfig,
+    ) -> Result<Box<dyn PretrainEngine>> {
+        match self {
+            Opened::Cpu => Ok(Box::new(CpuPretrainer::new(
+                cfg, objective, normalize, max_batch, params, adamw,
+            )?)),
+            Opened::Device { .. } => bail!("SHIM"),
+        }
+    }
+}
+
 /// An engine for `cfg` holding `params`, with room for batches of `max_batch`, computing in
 /// `precision` (None: bf16 on CUDA, fp32 elsewhere).
 pub fn engine(
@@ -220,6 +249,6 @@ pub fn engine(
 ) -> Result<Box<dyn TrainEngine>> {
     let opened = open(device, precision)?;
     opened.check_model(cfg)?;
-    opened.check_memory(cfg, max_batch, None)?;
+    opened.check_memory(cfg, max_batch, None, None)?;
     opened.engine(cfg, max_batch, params, adamw, FineTuning::default())
 }

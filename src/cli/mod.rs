@@ -9,6 +9,7 @@ pub mod info;
 pub mod model_args;
 pub mod parse;
 pub mod predict;
+pub mod pretrain;
 pub mod profile;
 pub mod synth;
 pub mod train;

@@ -12,12 +12,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vitk::data::{synthetic, Normalize, Splits};
-use vitk::engine::{OptimizerState, Precision};
+use vitk::engine::{OptimizerState, Precision, TrainEngine};
 use vitk::model::checksum::Verified;
 use vitk::model::{
-    init_params, load_transfer, read_meta, CheckpointMeta, ImageSize, ParamLayout, TransferOptions,
+    init_params, init_pretrain_params, load_transfer, read_meta, CheckpointMeta, ImageSize,
+    ParamLayout, PretrainLayout, TransferOptions,
 };
 use vitk::optim::{AdamWConfig, ParamGroups};
+use vitk::pretrain::{Objective, PretrainConfig, PretrainEngine};
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
@@ -156,6 +158,11 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Whether --resume was given.
+    pub fn resuming(&self) -> bool {
+        self.resume.is_some()
+    }
+
     /// The run config these flags describe (for a new run).
     /// `init`: the checkpoint of --init-from, whose shape and normalisation are the defaults.
     fn config(
@@ -229,6 +236,7 @@ impl TrainArgs {
             mean: norm("--mean", &self.mean, default_norm.mean)?,
             std: norm("--std", &self.std, default_norm.std)?,
             init_from: None,
+            pretrain: None,
             layer_decay: self.layer_decay,
             freeze_backbone: self.freeze_backbone,
         };
@@ -273,15 +281,16 @@ impl TrainArgs {
     }
 }
 
-/// Loads the data of a new run (its size was checked first: `check_data`).
-fn load_data(source: &DataSource, side: ImageSize) -> Result<Splits> {
+/// Loads the data of a new run (its size was checked first: `check_data`); `unlabelled`
+/// (pre-training): a folder of images without class subfolders is accepted too.
+fn load_data(source: &DataSource, side: ImageSize, unlabelled: bool) -> Result<Splits> {
     Ok(match source {
         DataSource::Dir {
             path,
             val_split,
             allow_partial,
             ..
-        } => data_source::load_new(path, side, *val_split, *allow_partial)?,
+        } => data_source::load_new(path, side, *val_split, *allow_partial, unlabelled)?,
         DataSource::Synthetic { train, val, seed } => {
             synthetic::generate_splits(*train, *val, *seed)
         }
@@ -373,8 +382,16 @@ struct Prepared {
     memory: String,
 }
 
-/// A new run: every check, then the directory (not with --check).
-fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
+/// A new run: every check, then the directory (not with --check). `pretrain`: the settings
+/// of a pre-training run (`vitk pretrain`).
+fn prepare_new(
+    a: &TrainArgs,
+    device: &Opened,
+    pretrain: Option<PretrainConfig>,
+) -> Result<Prepared> {
+    if pretrain.is_some() {
+        refuse_for_pretraining(a)?;
+    }
     if a.allow_partial && a.data.is_none() {
         bail!(
             "--allow-partial applies to a CIFAR-10 directory given with --data; without --data the run uses the built-in synthetic set"
@@ -389,6 +406,8 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     };
     // The data's classes are known once it is loaded; 10 stands in until then.
     let mut cfg = a.config(10, 3, init_meta.as_ref())?;
+    cfg.pretrain = pretrain;
+    cfg.validate().map_err(anyhow::Error::msg)?;
     device.check_model(&cfg.model)?;
     let out = a
         .out
@@ -403,8 +422,8 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
     }
     let log = log_path::check_log(a.log.as_deref(), &out, false).map_err(anyhow::Error::msg)?;
     let (data_size, batch) = check_data(&cfg)?;
-    let memory = device.check_memory(&cfg.model, batch, data_size)?;
-    let splits = load_data(&cfg.data, cfg.model.image_size)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size, objective_of(&cfg)?)?;
+    let splits = load_data(&cfg.data, cfg.model.image_size, cfg.pretrain.is_some())?;
     // The config records the data as an absolute path with its fingerprint.
     data_source::pin(&mut cfg.data, &splits)?;
     cfg.model.num_classes = splits.train.num_classes();
@@ -438,7 +457,13 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
         }
         // --check allocates nothing it does not have to.
         None if a.check => Vec::new(),
-        None => init_params(&cfg.model, &layout, cfg.seed),
+        None => match objective_of(&cfg)? {
+            Some(o) => {
+                let layout = PretrainLayout::new(&cfg.model, o.decoder_outputs(&cfg.model));
+                init_pretrain_params(&cfg.model, &layout, cfg.seed)
+            }
+            None => init_params(&cfg.model, &layout, cfg.seed),
+        },
     };
     let run = if a.check {
         None
@@ -458,7 +483,14 @@ fn prepare_new(a: &TrainArgs, device: &Opened) -> Result<Prepared> {
 }
 
 /// A run to resume: locked first, then its config and data checked as a new run's are.
-fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared> {
+/// `pretraining`: resumed by `vitk pretrain` (the run must be a pre-training run, and a
+/// `vitk train` run must not be one).
+fn prepare_resume(
+    a: &TrainArgs,
+    dir: &Path,
+    device: &Opened,
+    pretraining: bool,
+) -> Result<Prepared> {
     let flags = a.run_defining_flags();
     if !flags.is_empty() {
         bail!(
@@ -485,6 +517,20 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     };
     let mut cfg = run_dir.read_config().map_err(anyhow::Error::msg)?;
     let config = run_dir.config_path();
+    match (cfg.pretrain.is_some(), pretraining) {
+        (true, false) => bail!(
+            "{} is a pre-training run (see {}): continue it with vitk pretrain --resume {0}, or fine-tune its encoder with vitk train --init-from {}",
+            dir.display(),
+            config.display(),
+            run_dir.model_path().display()
+        ),
+        (false, true) => bail!(
+            "{} is a classification run (see {}): continue it with vitk train --resume {0}",
+            dir.display(),
+            config.display()
+        ),
+        _ => {}
+    }
     if let Some(epochs) = a.epochs {
         extend(&mut cfg, epochs, &config)?;
     }
@@ -499,12 +545,17 @@ fn prepare_resume(a: &TrainArgs, dir: &Path, device: &Opened) -> Result<Prepared
     }
     let (data_size, batch) =
         check_data(&at).with_context(|| format!("resuming {}", dir.display()))?;
-    let memory = device.check_memory(&cfg.model, batch, data_size)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size, objective_of(&cfg)?)?;
     let splits = data_source::load_for_resume(&run_dir, &mut cfg, a.data.as_deref(), !a.check)?;
     check_loaded(&cfg, &splits, &config.display().to_string())?;
-    let state = run_dir
-        .load_state(&ParamLayout::new(&cfg.model))
-        .map_err(anyhow::Error::msg)?;
+    let state = match objective_of(&cfg)? {
+        Some(o) => {
+            let layout = PretrainLayout::new(&cfg.model, o.decoder_outputs(&cfg.model));
+            run_dir.load_state_of(&layout.entries, layout.len)
+        }
+        None => run_dir.load_state(&ParamLayout::new(&cfg.model)),
+    }
+    .map_err(anyhow::Error::msg)?;
     if state.verified == Verified::NoChecksum {
         eprintln!(
             "note: {} has no checksums (written by an older vitk): loaded without verification",
@@ -545,6 +596,73 @@ fn extend(cfg: &mut TrainConfig, epochs: usize, config: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The engine of a run: a classifier (`vitk train`) or a pre-training model.
+enum Engine {
+    Classify(Box<dyn TrainEngine>),
+    Pretrain(Box<dyn PretrainEngine>),
+}
+
+impl Engine {
+    fn describe(&self) -> String {
+        match self {
+            Engine::Classify(e) => e.describe(),
+            Engine::Pretrain(e) => e.describe(),
+        }
+    }
+
+    /// Resume: the optimizer state beside the parameters the engine holds.
+    fn load_optimizer(&mut self, opt: &OptimizerState) -> Result<()> {
+        match self {
+            Engine::Classify(e) => {
+                let params = e.params()?;
+                e.load(&params, Some(opt))
+            }
+            Engine::Pretrain(e) => {
+                let params = e.params()?;
+                e.load(&params, Some(opt))
+            }
+        }
+    }
+}
+
+/// The parameters of the run's model: the classifier's, or the pre-training model's.
+fn param_count(cfg: &TrainConfig) -> usize {
+    match objective_of(cfg) {
+        Ok(Some(o)) => PretrainLayout::new(&cfg.model, o.decoder_outputs(&cfg.model)).len,
+        _ => ParamLayout::new(&cfg.model).len,
+    }
+}
+
+/// The objective of a pre-training run (None for a classification run).
+fn objective_of(cfg: &TrainConfig) -> Result<Option<Objective>> {
+    cfg.pretrain
+        .as_ref()
+        .map(|p| p.objective().map_err(anyhow::Error::msg))
+        .transpose()
+}
+
+/// Flags of `vitk train` that have no meaning for a pre-training run.
+fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--init-from", a.init_from.is_some()),
+        ("--resample-patch", a.resample_patch),
+        ("--layer-decay", a.layer_decay.is_some()),
+        ("--freeze-backbone", a.freeze_backbone),
+    ]
+    .iter()
+    .filter(|f| f.1)
+    .map(|f| f.0)
+    .collect();
+    if !given.is_empty() {
+        bail!(
+            "{} cannot be used with vitk pretrain: they apply to classification (fine-tune the pre-trained encoder with vitk train --init-from RUN/model.safetensors)",
+            given.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Flags checked before anything else, whichever the mode.
 fn check_flags(a: &TrainArgs) -> Result<()> {
     if a.save_every == Some(0) {
@@ -554,6 +672,16 @@ fn check_flags(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
+    run_mode(a, false, None)
+}
+
+/// `vitk train`, or with `pretraining` `vitk pretrain`: a new run with the `settings`, or
+/// with --resume the run's own.
+pub(super) fn run_mode(
+    a: TrainArgs,
+    pretraining: bool,
+    settings: Option<PretrainConfig>,
+) -> Result<ExitCode> {
     check_flags(&a)?;
     let device = device::open(a.device.unwrap_or(Device::Auto), a.precision)?;
     // Set before the run directory exists: a Ctrl-C during the start ends it cleanly.
@@ -571,8 +699,8 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     .context("installing the Ctrl-C handler")?;
 
     let p = match &a.resume {
-        Some(dir) => prepare_resume(&a, dir, &device)?,
-        None => prepare_new(&a, &device)?,
+        Some(dir) => prepare_resume(&a, dir, &device, pretraining)?,
+        None => prepare_new(&a, &device, settings)?,
     };
     let Some(mut run) = p.run else {
         print_check(&a, &p, &device);
@@ -588,17 +716,26 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         }
     }
     let n_params = p.params.len();
-    let mut engine = device.engine(
-        &cfg.model,
-        cfg.batch_size,
-        p.params,
-        cfg.adamw,
-        cfg.tuning(),
-    )?;
+    let mut engine = match objective_of(&cfg)? {
+        Some(objective) => Engine::Pretrain(device.pretrain_engine(
+            &cfg.model,
+            objective,
+            cfg.normalize(),
+            cfg.batch_size,
+            p.params,
+            cfg.adamw,
+        )?),
+        None => Engine::Classify(device.engine(
+            &cfg.model,
+            cfg.batch_size,
+            p.params,
+            cfg.adamw,
+            cfg.tuning(),
+        )?),
+    };
     let start = match &p.state {
         Some((opt, pos)) => {
-            let params = engine.params()?;
-            engine.load(&params, Some(opt))?;
+            engine.load_optimizer(opt)?;
             eprintln!(
                 "resuming {} at step {} (epoch {}, batch {})",
                 run.dir.path.display(),
@@ -626,6 +763,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     if let Some(line) = describe_tuning(&cfg) {
         println!("{line}");
     }
+    if let Some(line) = super::pretrain::describe(&cfg) {
+        println!("{line}");
+    }
     if interrupt.load(Ordering::SeqCst) {
         bail!("interrupted before the first step: nothing was trained");
     }
@@ -635,6 +775,15 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         interrupt,
         progress_bar: std::io::stderr().is_terminal(),
         save_every: a.save_every,
+    };
+    let mut engine = match engine {
+        Engine::Pretrain(mut engine) => {
+            let summary =
+                vitk::pretrain::pretrain(&cfg, &run.dir, engine.as_mut(), p.splits, start, &opts)?;
+            run.keep();
+            return Ok(super::pretrain::finish(&summary, &run.dir));
+        }
+        Engine::Classify(engine) => engine,
     };
     let summary = train::train(&cfg, &run.dir, engine.as_mut(), p.splits, start, &opts)?;
     run.keep();
@@ -757,7 +906,7 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         "check: {what} {}: model {} ({} parameters) on {}, batch {}; train {} images, validation {} ({}); memory: {}; nothing written",
         p.out.display(),
         p.cfg.model.summary(),
-        ParamLayout::new(&p.cfg.model).len,
+        param_count(&p.cfg),
         device.describe(),
         p.cfg.batch_size,
         p.splits.train.len(),
@@ -766,6 +915,9 @@ fn print_check(a: &TrainArgs, p: &Prepared, device: &Opened) {
         p.memory
     );
     if let Some(line) = describe_tuning(&p.cfg) {
+        println!("{line}");
+    }
+    if let Some(line) = super::pretrain::describe(&p.cfg) {
         println!("{line}");
     }
 }

@@ -17,6 +17,33 @@ pub struct AdamW<F: Float> {
 
 const CHUNK: usize = 1 << 14;
 
+impl AdamW<f32> {
+    /// The moments and step count, to save.
+    pub fn state(&self) -> crate::engine::OptimizerState {
+        crate::engine::OptimizerState {
+            m: self.m.clone(),
+            v: self.v.clone(),
+            step: self.step,
+        }
+    }
+
+    /// Replaces the moments and step count (resume); the sizes must match.
+    pub fn load_state(&mut self, o: &crate::engine::OptimizerState) -> Result<(), String> {
+        let n = self.m.len();
+        if o.m.len() != n || o.v.len() != n {
+            return Err(format!(
+                "optimizer state of {} and {} values for a model of {n} parameters",
+                o.m.len(),
+                o.v.len()
+            ));
+        }
+        self.m.copy_from_slice(&o.m);
+        self.v.copy_from_slice(&o.v);
+        self.step = o.step;
+        Ok(())
+    }
+}
+
 impl<F: Float> AdamW<F> {
     pub fn new(cfg: AdamWConfig, num_params: usize) -> Self {
         Self {

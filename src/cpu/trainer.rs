@@ -141,11 +141,7 @@ impl TrainEngine for CpuTrainer {
     }
 
     fn optimizer_state(&self) -> Result<OptimizerState> {
-        Ok(OptimizerState {
-            m: self.opt.m.clone(),
-            v: self.opt.v.clone(),
-            step: self.opt.step,
-        })
+        Ok(self.opt.state())
     }
 
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()> {
@@ -157,13 +153,7 @@ impl TrainEngine for CpuTrainer {
         );
         self.params.copy_from_slice(params);
         if let Some(o) = opt {
-            anyhow::ensure!(
-                o.m.len() == self.layout.len && o.v.len() == self.layout.len,
-                "optimizer state size"
-            );
-            self.opt.m.copy_from_slice(&o.m);
-            self.opt.v.copy_from_slice(&o.v);
-            self.opt.step = o.step;
+            self.opt.load_state(o).map_err(anyhow::Error::msg)?;
         }
         Ok(())
     }

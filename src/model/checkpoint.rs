@@ -7,7 +7,7 @@
 //! the metadata too ([`super::checksum`]) and is verified when the file carries it.
 
 use super::checksum;
-use super::{ModelConfig, ParamLayout};
+use super::{ModelConfig, ParamEntry, ParamLayout};
 use crate::atomic::write_atomic;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -63,8 +63,19 @@ pub fn save_checkpoint(
         layout.len,
         "save_checkpoint: parameter buffer"
     );
-    let tensors: Vec<(&str, &[u8])> = layout
-        .entries
+    save_tensors(path, &layout.entries, params, meta)
+}
+
+/// Writes the tensors `entries` of `params` (a buffer they index into) with the vitk
+/// metadata, as [`save_checkpoint`] does for a whole model: also for part of a model (the
+/// pre-trained encoder without a head) or another layout (the pre-training decoder).
+pub fn save_tensors(
+    path: &Path,
+    entries: &[ParamEntry],
+    params: &[f32],
+    meta: &CheckpointMeta,
+) -> Result<(), CheckpointError> {
+    let tensors: Vec<(&str, &[u8])> = entries
         .iter()
         .map(|e| {
             (
@@ -75,7 +86,7 @@ pub fn save_checkpoint(
         .collect();
     let mut info = HashMap::new();
     checksum::stamp(&mut info, tensors.iter().copied());
-    let views = layout.entries.iter().zip(&tensors).map(|(e, (_, bytes))| {
+    let views = entries.iter().zip(&tensors).map(|(e, (_, bytes))| {
         let view = TensorView::new(Dtype::F32, e.shape.clone(), bytes).expect("shape matches data");
         (e.name.clone(), view)
     });
@@ -198,7 +209,7 @@ pub(crate) fn check_finite(
     match params.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(i) => {
-            let (name, k) = locate(layout, i);
+            let (name, k) = locate(&layout.entries, i);
             Err(mismatch(
                 path,
                 format!(
@@ -278,9 +289,8 @@ pub fn load_checkpoint(path: &Path) -> Result<(CheckpointMeta, Vec<f32>), Checkp
 }
 
 /// The tensor holding element `i` of a flat parameter buffer, and the element's index in it.
-pub(crate) fn locate(layout: &ParamLayout, i: usize) -> (&str, usize) {
-    layout
-        .entries
+pub(crate) fn locate(entries: &[ParamEntry], i: usize) -> (&str, usize) {
+    entries
         .iter()
         .find(|e| e.range.contains(&i))
         .map_or(("?", i), |e| (e.name.as_str(), i - e.range.start))

@@ -13,7 +13,8 @@ mod transfer;
 
 pub(crate) use checkpoint::locate;
 pub use checkpoint::{
-    load_checkpoint, load_weights, read_meta, save_checkpoint, CheckpointError, CheckpointMeta,
+    load_checkpoint, load_weights, read_meta, save_checkpoint, save_tensors, CheckpointError,
+    CheckpointMeta,
 };
 pub use config::{ConfigError, DimNames, Limits, ModelConfig, Pool, FIELD_NAMES, LIMITS, PRESETS};
 pub use dims::BatchDims;

@@ -62,6 +62,10 @@ pub struct TrainConfig {
     /// The pretrained weights the run started from (--init-from), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFrom>,
+    /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
+    /// has no labels and no head; `label_smoothing` plays no part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<crate::pretrain::PretrainConfig>,
 }
 
 /// Pretrained weights a run started from, and how they were adapted to the model (one line
@@ -102,6 +106,14 @@ fn within(flag: &str, value: f64, ok: bool, shown: &str) -> Result<(), String> {
 }
 
 impl TrainConfig {
+    /// The per-channel normalisation of the inputs.
+    pub fn normalize(&self) -> crate::data::Normalize {
+        crate::data::Normalize {
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
     /// Which tensors train, at which rate (the engines' [`FineTuning`]).
     pub fn tuning(&self) -> FineTuning {
         FineTuning {
@@ -186,6 +198,9 @@ impl TrainConfig {
         }
         if let Some(r) = self.layer_decay {
             within("--layer-decay", r, r > 0.0 && r <= 1.0, "(0, 1]")?;
+        }
+        if let Some(p) = &self.pretrain {
+            p.validate()?;
         }
         let eps = self.adamw.eps;
         within(

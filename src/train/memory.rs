@@ -2,9 +2,9 @@
 //! allocated, and checked against what the host has (MemAvailable, and a cgroup's limit) or
 //! the device has free. Sizes are f64 bytes: any model can be estimated without overflow.
 
-use crate::cpu::CpuEngine;
+use crate::cpu::{CpuEngine, CpuPretrainEngine};
 use crate::data::loader::PREFETCH;
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::{ModelConfig, ParamLayout, PretrainLayout};
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -110,8 +110,23 @@ pub fn host_estimate(
     data: Option<DataSize>,
     engine: EngineKind,
 ) -> Estimate {
+    host_estimate_of(cfg, batch, data, engine, None)
+}
+
+/// [`host_estimate`] of a classification run, or with `pretrain` = Some(decoder outputs per
+/// patch) of a pre-training run (`vitk pretrain`: its layout and the decoder's activations).
+pub fn host_estimate_of(
+    cfg: &ModelConfig,
+    batch: usize,
+    data: Option<DataSize>,
+    engine: EngineKind,
+    pretrain: Option<usize>,
+) -> Estimate {
     let mut e = Estimate::default();
-    let n = ParamLayout::new(cfg).len as f64;
+    let n = match pretrain {
+        Some(outputs) => PretrainLayout::new(cfg, outputs).len as f64,
+        None => ParamLayout::new(cfg).len as f64,
+    } as f64;
     let b = batch as f64;
     let image = cfg.image_len() as f64;
     match engine {
@@ -123,7 +138,10 @@ pub fn host_estimate(
             );
             e.add(
                 format!("activations at --batch-size {batch}"),
-                4.0 * CpuEngine::<f32>::buffer_elems(cfg, batch),
+                4.0 * match pretrain {
+                    Some(_outputs) => CpuPretrainEngine::<f32>::buffer_elems(cfg, batch), // SHIM
+                    None => CpuEngine::<f32>::buffer_elems(cfg, batch),
+                },
                 HINT_BATCH,
             );
         }

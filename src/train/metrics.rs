@@ -46,6 +46,18 @@ pub enum Record {
         #[serde(default)]
         time: f64,
     },
+    /// A pre-training run's evaluation at the end of an epoch: the masked-prediction loss
+    /// over the validation images with fixed masks (`vitk pretrain`).
+    #[serde(rename = "pretrain_eval")]
+    PretrainEval {
+        epoch: usize,
+        step: u64,
+        val_loss: f64,
+        epoch_secs: f64,
+        img_per_s: f64,
+        eta_secs: f64,
+        time: f64,
+    },
     /// The first line of a log kept outside its run directory (`--log`): the run it
     /// belongs to (log_path.rs).
     Run { run_dir: String },
@@ -54,7 +66,9 @@ pub enum Record {
 impl Record {
     fn step(&self) -> u64 {
         match self {
-            Record::Step { step, .. } | Record::Eval { step, .. } => *step,
+            Record::Step { step, .. }
+            | Record::Eval { step, .. }
+            | Record::PretrainEval { step, .. } => *step,
             Record::Run { .. } => 0,
         }
     }
@@ -152,6 +166,13 @@ pub fn draw_curves(records: &[Record], path: &Path) -> Result<(), String> {
                 // older logs have no top-5 (0)
                 if a5 > 0.0 {
                     val_top5.push((step as f64, 100.0 * a5));
+                }
+            }
+            Record::PretrainEval {
+                step, val_loss: l, ..
+            } => {
+                if l.is_finite() {
+                    val_loss.push((step as f64, l));
                 }
             }
             Record::Run { .. } => {}

@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use crate::atomic::write_atomic;
 use crate::engine::OptimizerState;
 use crate::model::checksum::{self, Verified};
-use crate::model::{locate, ParamLayout};
+use crate::model::{locate, ParamEntry, ParamLayout};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -165,7 +165,16 @@ impl RunDir {
     /// finite (and the second moments not negative), so that a damaged state is refused
     /// here rather than trained into NaN.
     pub fn load_state(&self, layout: &ParamLayout) -> Result<SavedState, String> {
-        let num_params = layout.len;
+        self.load_state_of(&layout.entries, layout.len)
+    }
+
+    /// [`Self::load_state`] for any layout: `entries` (to name a bad value's tensor) of a
+    /// buffer of `num_params` scalars (the pre-training layout's, for `vitk pretrain`).
+    pub fn load_state_of(
+        &self,
+        entries: &[ParamEntry],
+        num_params: usize,
+    ) -> Result<SavedState, String> {
         let p = self.state_path();
         let bad = |what: String| format!("{}: {what}", p.display());
         let bytes = std::fs::read(&p).map_err(|e| bad(e.to_string()))?;
@@ -206,7 +215,7 @@ impl RunDir {
                 .collect();
             let wrong = |v: f32| !v.is_finite() || (nonneg && v < 0.0);
             if let Some(i) = values.iter().position(|&v| wrong(v)) {
-                let (param, k) = locate(layout, i);
+                let (param, k) = locate(entries, i);
                 let expected = if nonneg {
                     "a finite value >= 0"
                 } else {

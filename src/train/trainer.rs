@@ -407,16 +407,16 @@ pub fn hms(secs: f64) -> String {
 
 /// The steps of one epoch as their outputs came back (this invocation's part of it).
 #[derive(Clone, Copy, Debug, Default)]
-struct EpochStats {
+pub(crate) struct EpochStats {
     epoch: Option<usize>,
     steps: u64,
     images: usize,
     correct: usize,
-    secs: f64,
+    pub(crate) secs: f64,
 }
 
 impl EpochStats {
-    fn add(&mut self, epoch: usize, images: usize, correct: usize, secs: f64) {
+    pub(crate) fn add(&mut self, epoch: usize, images: usize, correct: usize, secs: f64) {
         if self.epoch != Some(epoch) {
             *self = EpochStats {
                 epoch: Some(epoch),
@@ -429,16 +429,16 @@ impl EpochStats {
         self.secs += secs;
     }
     /// The figures so far, and a fresh start.
-    fn take(&mut self) -> EpochStats {
+    pub(crate) fn take(&mut self) -> EpochStats {
         std::mem::take(self)
     }
-    fn accuracy(&self) -> f64 {
+    pub(crate) fn accuracy(&self) -> f64 {
         self.correct as f64 / self.images.max(1) as f64
     }
-    fn img_per_s(&self) -> f64 {
+    pub(crate) fn img_per_s(&self) -> f64 {
         self.images as f64 / self.secs.max(1e-9)
     }
-    fn secs_per_step(&self) -> f64 {
+    pub(crate) fn secs_per_step(&self) -> f64 {
         self.secs / self.steps.max(1) as f64
     }
 }
@@ -473,13 +473,13 @@ fn save(
 }
 
 /// A progress bar on a terminal, plain lines elsewhere (logs, CI).
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
 }
 
 impl Progress {
-    fn new(bar: bool, start: u64, total: u64) -> Self {
+    pub(crate) fn new(bar: bool, start: u64, total: u64) -> Self {
         let bar = bar.then(|| {
             let b = ProgressBar::new(total).with_position(start);
             let style = ProgressStyle::with_template(
@@ -492,7 +492,14 @@ impl Progress {
         Self { bar, total }
     }
 
-    fn step(&self, pos: LoopPosition, per_epoch: u64, loss: f64, lr: f64, img_per_s: f64) {
+    pub(crate) fn step(
+        &self,
+        pos: LoopPosition,
+        per_epoch: u64,
+        loss: f64,
+        lr: f64,
+        img_per_s: f64,
+    ) {
         let msg = format!(
             "epoch {} loss {loss:.4} lr {lr:.2e} {img_per_s:.0} img/s",
             pos.epoch
@@ -511,14 +518,14 @@ impl Progress {
         }
     }
 
-    fn println(&self, line: &str) {
+    pub(crate) fn println(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }

@@ -136,3 +136,49 @@ pub fn short_run(steps: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     ));
     (tmp, data, run)
 }
+
+/// Whether two safetensors files hold the same tensors, bit for bit (their metadata's key
+/// order may differ between processes).
+pub fn same_tensors(a: &Path, b: &Path) -> bool {
+    use safetensors::SafeTensors;
+    let (ba, bb) = (read(a), read(b));
+    let (ta, tb) = (
+        SafeTensors::deserialize(&ba).expect("safetensors"),
+        SafeTensors::deserialize(&bb).expect("safetensors"),
+    );
+    let mut names = ta.names();
+    names.sort();
+    let mut other = tb.names();
+    other.sort();
+    names == other
+        && names.iter().all(|n| {
+            let (x, y) = (ta.tensor(n).expect("tensor"), tb.tensor(n).expect("tensor"));
+            x.shape() == y.shape() && x.data() == y.data()
+        })
+}
+
+/// Two safetensors files hold the same tensors, bit for bit, and the same metadata (the
+/// header's key order may differ between processes).
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    use safetensors::SafeTensors;
+    assert!(
+        same_tensors(a, b),
+        "the tensors of {} and {} differ",
+        a.display(),
+        b.display()
+    );
+    let meta = |p: &Path| {
+        SafeTensors::read_metadata(&read(p))
+            .expect("header")
+            .1
+            .metadata()
+            .clone()
+    };
+    assert_eq!(
+        meta(a),
+        meta(b),
+        "metadata of {} and {}",
+        a.display(),
+        b.display()
+    );
+}
