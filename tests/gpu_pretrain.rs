@@ -434,3 +434,130 @@ fn patch_rows_match_a_host_loop() {
         assert!(k::patch_rows_scatter(&*rt, dx, None, pv, batch, t, dim, t + 1).is_err());
     }
 }
+
+/// One engine of `objective` for the queued-step tests (batches up to 3, 12x20 images).
+fn queued_engine(objective: Objective, precision: Precision, seed: u64) -> GpuPretrainer {
+    let cfg = tiny(Pool::Cls, WIDE);
+    let layout = PretrainLayout::new(&cfg, objective.decoder_outputs(&cfg));
+    let params = params_for(&cfg, &layout, &mut rand::SeedableRng::seed_from_u64(seed));
+    GpuPretrainer::new(
+        device(),
+        &cfg,
+        objective,
+        Normalize::CIFAR10,
+        3,
+        &params,
+        AdamWConfig::default(),
+        precision,
+    )
+    .unwrap()
+}
+
+/// Queued steps (pipeline.rs: pinned staging, one step in flight), as graph replays and as
+/// direct launches, against the same steps run stage by stage with pageable copies and a
+/// wait after each (try_forward, try_loss, try_backward, try_update): the reported loss and
+/// gradient norm, the parameters and moments bit for bit, over steps of two shapes (batch,
+/// clip), each shape's graph captured once and replayed.
+#[test]
+fn queued_pretrain_steps_match_stage_by_stage_steps() {
+    let objectives = [
+        Objective::Pixels(pixels(PixelLoss::L2, true)),
+        Objective::Colour,
+    ];
+    for objective in objectives {
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let case = format!("queued {} {precision}", objective.name());
+            let mut rng = rng(&case);
+            let cfg = tiny(Pool::Cls, WIDE);
+            let n = cfg.num_patches();
+            let shapes = [(3, Some(0.5)), (2, None), (3, Some(0.5)), (2, None)];
+            let steps: Vec<_> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(batch, clip))| {
+                    let images = uniform(&mut rng, batch * cfg.image_len(), 1.5);
+                    let masks = PatchMasks::draw(&objective, 9, i as u64, 0..batch as u64, n, 0.5);
+                    (images, masks, 1e-3 * (i + 1) as f64, clip)
+                })
+                .collect();
+            let mut reference = queued_engine(objective, precision, 4);
+            let mut want = vec![];
+            for (images, masks, lr, clip) in &steps {
+                reference.try_forward(images, masks).unwrap();
+                let loss = reference.try_loss().unwrap();
+                reference.try_backward().unwrap();
+                reference.try_update(*lr, *clip).unwrap();
+                let s = reference.read_stats().unwrap();
+                want.push((loss, clip.map(|_| s[2] as f64)));
+            }
+            for graphs in [false, true] {
+                let mut e = queued_engine(objective, precision, 4);
+                e.set_graphs(graphs);
+                let mut got = vec![];
+                for (images, masks, lr, clip) in &steps {
+                    got.extend(e.submit_step(images, masks, *lr, *clip).unwrap());
+                }
+                got.extend(e.finish_steps().unwrap());
+                let got: Vec<_> = got.iter().map(|o| (o.loss, o.grad_norm)).collect();
+                assert_eq!(got, want, "{case} graphs={graphs}: step outputs");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let (a, b) = (
+                    e.try_optimizer_state().unwrap(),
+                    reference.try_optimizer_state().unwrap(),
+                );
+                assert_eq!(a.step, b.step, "{case}: step count");
+                assert!(
+                    bits(&a.m) == bits(&b.m),
+                    "{case} graphs={graphs}: first moments"
+                );
+                assert!(
+                    bits(&a.v) == bits(&b.v),
+                    "{case} graphs={graphs}: second moments"
+                );
+                let (p, q) = (e.try_params().unwrap(), reference.try_params().unwrap());
+                assert!(bits(&p) == bits(&q), "{case} graphs={graphs}: parameters");
+                let kernels = e.graph_kernels();
+                assert_eq!(kernels.len(), if graphs { 2 } else { 0 }, "{case}: graphs");
+            }
+        }
+    }
+}
+
+/// A queued pre-training step, once its graph exists: one graph replay, no other launch, no
+/// host wait, no pageable copy; images, both masks and the AdamW scalars up and the statistics
+/// down through pinned memory; one fence wait (for the step before). Without graphs the same
+/// kernels are launched one by one: their count is printed (the launches per step).
+#[test]
+fn a_queued_pretrain_step_never_waits_for_the_device() {
+    let mut rng = rng("queued pretrain step counts");
+    for objective in [Objective::simmim(), Objective::Colour] {
+        let cfg = tiny(Pool::Cls, WIDE);
+        let images = uniform(&mut rng, 3 * cfg.image_len(), 1.5);
+        let masks = PatchMasks::draw(&objective, 1, 0, 0..3, cfg.num_patches(), 0.5);
+        for graphs in [true, false] {
+            let mut e = queued_engine(objective, Precision::Bf16, 2);
+            e.set_graphs(graphs);
+            e.submit_step(&images, &masks, 1e-3, Some(1.0)).unwrap();
+            let rt = e.runtime().clone();
+            let before = rt.counts();
+            e.submit_step(&images, &masks, 1e-3, Some(1.0)).unwrap();
+            let c = rt.counts().since(&before);
+            let case = format!("{} graphs={graphs}", objective.name());
+            println!("{case}: {c:?}");
+            assert_eq!(c.host_syncs, 0, "{case}: host waits");
+            assert_eq!(c.pageable_copies, 0, "{case}: pageable copies");
+            assert_eq!(c.async_copies, 5, "{case}: pinned copies");
+            assert_eq!(c.fence_waits, 1, "{case}: fence waits");
+            assert_eq!(c.captured, 0, "{case}: nothing captured again");
+            if graphs {
+                assert_eq!((c.launches, c.graph_launches), (0, 1), "{case}: graph step");
+                assert_eq!(e.graph_kernels().len(), 1, "{case}: one graph");
+            } else {
+                assert_eq!(c.graph_launches, 0, "{case}: direct step replays no graph");
+                println!("{case}: {} launches per step (depth 2)", c.launches);
+                assert!(c.launches > 20, "{case}: {} launches", c.launches);
+            }
+            e.finish_steps().unwrap();
+        }
+    }
+}

@@ -23,7 +23,7 @@ mod pipeline;
 mod pretrain;
 mod state;
 use encoder::Net;
-use pipeline::Pipeline;
+use pipeline::{Labels, Pipeline, StepShape};
 pub use pretrain::GpuPretrainer;
 use state::ParamState;
 
@@ -253,7 +253,7 @@ pub struct GpuTrainer {
     /// Batch size of the last forward pass (0 before the first).
     batch: usize,
     /// The queued-step machinery of [`Self::submit_step`] (pipeline.rs).
-    pipeline: Pipeline,
+    pipeline: Pipeline<StepShape, Labels>,
 }
 
 impl GpuTrainer {
@@ -314,7 +314,7 @@ impl GpuTrainer {
             labels,
             stats,
             batch: 0,
-            pipeline: Pipeline::new(),
+            pipeline: Pipeline::default(),
         })
     }
 

@@ -8,15 +8,15 @@
 //! Shapes: B batch, N patches, T tokens (N + 1 with a class token), D width, R = B·T,
 //! K the decoder's outputs per patch token.
 //!
-//! A step runs as direct launches followed by one wait for its statistics (no pinned staging
-//! or step graph yet, unlike the classifier's queued steps); `pretrain_step` still reports
-//! one step late, as the interface says.
+//! Steps are queued as the classifier's (pipeline.rs): images and masks staged in pinned
+//! memory, the step one graph replay, its statistics read one step late.
 
 use std::sync::Arc;
 
 use half::bf16;
 
 use super::encoder::{Corruption, Net, Substitution};
+use super::pipeline::{Pipeline, Report, StepSlot};
 use super::state::ParamState;
 use super::{act_bound, alloc, Acts, Carvers, GIB, MAX_COUNTED};
 use crate::data::Normalize;
@@ -24,6 +24,7 @@ use crate::engine::{OptimizerState, Precision};
 use crate::gpu::error::{GpuError, GpuResult};
 use crate::gpu::kernels::{self as k, LinearEpilogue, Operand};
 use crate::gpu::runtime::{Carver, DView, DeviceBuffer, Runtime};
+use crate::gpu::stream::PinnedBuffer;
 use crate::model::{BatchDims, ModelConfig, ParamLayout, PretrainLayout};
 use crate::optim::{AdamWConfig, ParamGroups};
 use crate::pretrain::{Objective, PatchMasks, PretrainEngine, PretrainStepOutput};
@@ -95,6 +96,27 @@ fn counts(
     (count.f32.used(), count.low.used(), splitk)
 }
 
+/// What makes two pre-training steps the same graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StepShape {
+    batch: usize,
+    clip: Option<u64>,
+}
+
+/// The masks of one queued step, pinned.
+struct StagedMasks {
+    predicted: PinnedBuffer<u8>, // [max_batch·N]
+    sources: PinnedBuffer<i32>,  // [max_batch·N]
+}
+
+/// [loss, correct, grad norm, clip coefficient] as a pre-training step reports them.
+fn step_output(r: Report) -> PretrainStepOutput {
+    PretrainStepOutput {
+        loss: r.stats[0] as f64,
+        grad_norm: r.clipped.then(|| r.stats[2] as f64),
+    }
+}
+
 fn is_pixels(objective: &Objective) -> bool {
     matches!(objective, Objective::Pixels(_))
 }
@@ -121,8 +143,8 @@ pub struct GpuPretrainer {
     stats: DeviceBuffer<f32>,
     /// Batch size of the last forward pass (0 before the first).
     batch: usize,
-    /// The output of the last step, reported at the next (`PretrainEngine::pretrain_step`).
-    pending: Option<PretrainStepOutput>,
+    /// The queued-step machinery (pipeline.rs).
+    pipeline: Pipeline<StepShape, StagedMasks>,
 }
 
 impl GpuPretrainer {
@@ -199,7 +221,7 @@ impl GpuPretrainer {
             acts_low,
             splitk,
             batch: 0,
-            pending: None,
+            pipeline: Pipeline::default(),
         })
     }
 
@@ -499,8 +521,88 @@ impl GpuPretrainer {
         self.state.update(&*self.rt, self.stats.view(), clip)
     }
 
-    /// One whole step (forward, loss, backward, optional clipping, AdamW at `lr`), waited
-    /// for.
+    /// Enqueues a whole step on inputs already on the device: what a step graph holds.
+    fn enqueue_step(&mut self, batch: usize, clip: Option<f64>) -> GpuResult<()> {
+        self.forward(batch)?;
+        self.loss()?;
+        self.backward()?;
+        self.state.update(&*self.rt, self.stats.view(), clip)
+    }
+
+    /// Queues one step (see `PretrainEngine::pretrain_step`) and returns the output of the
+    /// step queued before it, waiting for that one only.
+    pub fn submit_step(
+        &mut self,
+        images: &[f32],
+        masks: &PatchMasks,
+        lr: f64,
+        clip: Option<f64>,
+    ) -> GpuResult<Option<PretrainStepOutput>> {
+        let batch = self.batch_of(images, masks)?;
+        // Out of the engine while the step's launches borrow it.
+        let mut pipeline = std::mem::take(&mut self.pipeline);
+        let out = self.submit_with(&mut pipeline, images, masks, lr, clip, batch);
+        self.pipeline = pipeline;
+        out
+    }
+
+    fn submit_with(
+        &mut self,
+        pipeline: &mut Pipeline<StepShape, StagedMasks>,
+        images: &[f32],
+        masks: &PatchMasks,
+        lr: f64,
+        clip: Option<f64>,
+        batch: usize,
+    ) -> GpuResult<Option<PretrainStepOutput>> {
+        self.state.step += 1;
+        let hyper = self.state.hyper_values(lr);
+        let np = masks.predicted.len();
+        let images_dev = self.acts(batch).1.images;
+        let (rt, cfg) = (self.rt.clone(), &self.cfg);
+        let (image_len, masks_len) = (
+            self.max_batch * cfg.image_len(),
+            self.max_batch * cfg.num_patches(),
+        );
+        let groups = self.state.groups.groups.len();
+        let slot = pipeline.next_slot(|| {
+            let masks = StagedMasks {
+                predicted: PinnedBuffer::new(&rt, masks_len)?,
+                sources: PinnedBuffer::new(&rt, masks_len)?,
+            };
+            StepSlot::new(&rt, image_len, masks, groups)
+        })?;
+        slot.images.as_mut_slice()[..images.len()].copy_from_slice(images);
+        slot.inputs.predicted.as_mut_slice()[..np].copy_from_slice(&masks.predicted);
+        slot.inputs.sources.as_mut_slice()[..np].copy_from_slice(&masks.sources);
+        slot.hyper.as_mut_slice().copy_from_slice(&hyper);
+        slot.images.upload_to(images_dev)?;
+        slot.inputs
+            .predicted
+            .upload_to(self.predicted.view().slice(0, np))?;
+        slot.inputs
+            .sources
+            .upload_to(self.sources.view().slice(0, np))?;
+        slot.hyper.upload_to(self.state.hyper.view())?;
+        let key = StepShape {
+            batch,
+            clip: clip.map(f64::to_bits),
+        };
+        // A replay does not run `forward`, which records the batch size.
+        self.batch = batch;
+        let stats = self.stats.view();
+        let report = pipeline.submit(&rt, key, stats, clip.is_some(), || {
+            self.enqueue_step(batch, clip)
+        })?;
+        Ok(report.map(step_output))
+    }
+
+    /// Waits for the queued step and returns its output (`None` when nothing is queued).
+    pub fn finish_steps(&mut self) -> GpuResult<Option<PretrainStepOutput>> {
+        Ok(self.pipeline.finish()?.map(step_output))
+    }
+
+    /// One whole step, waited for: [`Self::submit_step`] then [`Self::finish_steps`].
     pub fn try_step(
         &mut self,
         images: &[f32],
@@ -508,16 +610,27 @@ impl GpuPretrainer {
         lr: f64,
         clip: Option<f64>,
     ) -> GpuResult<PretrainStepOutput> {
-        let batch = self.stage(images, masks)?;
-        self.forward(batch)?;
-        self.loss()?;
-        self.backward()?;
-        self.try_update(lr, clip)?;
-        let s = self.read_stats()?;
-        Ok(PretrainStepOutput {
-            loss: s[0] as f64,
-            grad_norm: clip.map(|_| s[2] as f64),
+        self.finish_steps()?;
+        self.submit_step(images, masks, lr, clip)?;
+        self.finish_steps()?.ok_or_else(|| GpuError::Driver {
+            op: "pretrain step".into(),
+            message: "the step queued no output".into(),
         })
+    }
+
+    /// Whether steps run as graph replays (the default; `VITK_NO_GRAPH=1` starts without) or
+    /// as the same kernels launched one by one.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.pipeline.set_graphs(on)
+    }
+
+    pub fn graphs_enabled(&self) -> bool {
+        self.pipeline.graphs_enabled()
+    }
+
+    /// Kernels in each captured step graph.
+    pub fn graph_kernels(&self) -> Vec<u64> {
+        self.pipeline.graph_kernels()
     }
 
     /// An evaluation forward pass: the loss and the decoder's outputs [B, N, K].
@@ -557,6 +670,7 @@ impl GpuPretrainer {
     }
 
     pub fn try_load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> GpuResult<()> {
+        self.finish_steps()?;
         self.state.load(&*self.rt, params, opt)
     }
 }
@@ -578,14 +692,13 @@ impl PretrainEngine for GpuPretrainer {
         lr: f64,
         clip: Option<f64>,
     ) -> anyhow::Result<Option<PretrainStepOutput>> {
-        let out = self
-            .try_step(images, masks, lr, clip)
-            .map_err(|e| anyhow::anyhow!("device engine: pretrain step: {e}"))?;
-        Ok(self.pending.replace(out))
+        self.submit_step(images, masks, lr, clip)
+            .map_err(|e| anyhow::anyhow!("device engine: pretrain step: {e}"))
     }
 
     fn finish_steps(&mut self) -> anyhow::Result<Option<PretrainStepOutput>> {
-        Ok(self.pending.take())
+        GpuPretrainer::finish_steps(self)
+            .map_err(|e| anyhow::anyhow!("device engine: finish the queued step: {e}"))
     }
 
     fn evaluate(&mut self, images: &[f32], masks: &PatchMasks) -> anyhow::Result<(f64, Vec<f32>)> {
