@@ -269,3 +269,30 @@ fn bad_input_is_refused_and_nothing_is_written() {
         &["--mask-ratio", "--resume"],
     );
 }
+
+#[test]
+fn the_colour_objective_pretrains_and_draws_its_predictions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("colour");
+    let out = ok(&with(
+        pretrain_args(s(&data), s(&run), "1"),
+        &["--objective", "color", "--steps", "8"],
+    ));
+    assert!(
+        out.contains("color objective, 50% of the patches corrupted"),
+        "{out}"
+    );
+    let config = std::fs::read_to_string(run.join("config.json")).expect("config");
+    assert!(config.contains("\"objective\": \"color\"") && config.contains("\"mask_ratio\": 0.5"));
+    // The decoder classifies 512 colours.
+    let bytes = read(&run.join("pretrain.safetensors"));
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    assert_eq!(
+        st.tensor("decoder.weight").expect("decoder").shape(),
+        [512, 16]
+    );
+    let png = image::open(run.join("reconstructions.png")).expect("png");
+    let (w, h) = sheet_size(8, ImageSize::square(16));
+    assert_eq!((png.width() as usize, png.height() as usize), (w, h));
+}

@@ -179,8 +179,7 @@ impl Opened {
                 }
             }
         };
-        let outputs = pretrain.map(|o| o.decoder_outputs(cfg));
-        let host = memory::host_estimate_of(cfg, batch, data, kind, outputs)
+        let host = memory::host_estimate_of(cfg, batch, data, kind, pretrain)
             .check("host", memory::host_available())
             .map_err(anyhow::Error::msg)?;
         Ok(host + &device_line)

@@ -7,7 +7,9 @@ use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::linear::{linear_backward, linear_forward, linear_residual_forward};
 use super::loss::{cross_entropy, LossStats};
-use super::mim::{mask_tokens_backward, mask_tokens_forward};
+use super::mim::{
+    mask_tokens_backward, mask_tokens_forward, substitute_backward, substitute_forward,
+};
 use super::patch_embed::im2col;
 use super::pooling::{pool_backward, pool_forward};
 use super::tokens::{tokens_backward, tokens_forward};
@@ -20,6 +22,17 @@ use std::ops::{Add, Mul};
 /// estimate them for any model without overflow.
 trait Size: Copy + 'static + Add<Output = Self> + Mul<Output = Self> {}
 impl<N: Copy + 'static + Add<Output = N> + Mul<Output = N>> Size for N {}
+
+/// What the patch embeddings [B, N, D] are replaced with before pos_embed is added (the
+/// pre-training models; the classifier passes none). `T` is the mask token: its values [D] in
+/// the forward pass, its range in the gradient buffer in the backward pass.
+pub(crate) enum Substitution<'a, T> {
+    /// SimMIM: mask [B, N] true → the token, else the patch's own embedding.
+    MaskToken(&'a [bool], T),
+    /// The ViT paper's BERT-style corruption: sources [B, N], −1 → the token, else the
+    /// embedding of that patch of the same image (see `mim::substitute_forward`).
+    Sources(&'a [i32], T),
+}
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {
@@ -298,15 +311,15 @@ impl<F: Float> CpuEngine<F> {
 
     /// The encoder's part of [`Self::forward`]: patch embedding, optionally SimMIM's mask-token
     /// substitution, tokens and the blocks, up to x_L [R, D] (see [`Self::encoder_output`]).
-    /// `masking` = (mask [B, N], mask token [D]): masked patches' embeddings are replaced by
-    /// the token before pos_embed is added. Reads only the encoder's tensors of `params`
+    /// `masking`: the patch embeddings' [`Substitution`] by the mask token [D] (and, for
+    /// sources, other patches), before pos_embed is added. Reads only the encoder's tensors of `params`
     /// (those of [`ParamLayout`] before `head.*`, at the same offsets), so a longer buffer
     /// whose prefix is laid out the same way (the pre-training layout) may be passed.
     pub(crate) fn forward_encoder(
         &mut self,
         params: &[F],
         images: &[F],
-        masking: Option<(&[bool], &[F])>,
+        masking: Option<Substitution<'_, &[F]>>,
     ) {
         let cfg = &self.cfg;
         let lay = &self.layout;
@@ -349,9 +362,14 @@ impl<F: Float> CpuEngine<F> {
         );
         // With masking, the substituted embeddings [B·N, D] live in dpatch (free in forward).
         let embeddings: &[F] = match masking {
-            Some((mask, token)) => {
+            Some(Substitution::MaskToken(mask, token)) => {
                 assert_eq!(mask.len(), np, "forward: mask [B, N]");
                 mask_tokens_forward(s.dpatch, a.embed.patch_out, mask, token);
+                s.dpatch
+            }
+            Some(Substitution::Sources(src, token)) => {
+                assert_eq!(src.len(), np, "forward: sources [B, N]");
+                substitute_forward(s.dpatch, a.embed.patch_out, src, z.n, token);
                 s.dpatch
             }
             None => a.embed.patch_out,
@@ -550,13 +568,13 @@ impl<F: Float> CpuEngine<F> {
 
     /// Backward of [`Self::forward_encoder`] from d x_L [R, D] in the scratch (see
     /// [`Self::encoder_output_grad`]; consumed): the blocks in reverse, the tokens, the
-    /// mask-token substitution (`masking` = (mask [B, N], the mask token's range in `grads`,
-    /// which is added to) and the patch embedding. Adds to the encoder's gradients only.
+    /// substitution (`masking`, the same as in the forward pass with the mask token's range in
+    /// `grads`, which is added to) and the patch embedding. Adds to the encoder's gradients only.
     pub(crate) fn backward_encoder(
         &mut self,
         params: &[F],
         grads: &mut [F],
-        masking: Option<(&[bool], std::ops::Range<usize>)>,
+        masking: Option<Substitution<'_, std::ops::Range<usize>>>,
     ) {
         let lay = &self.layout;
         assert!(
@@ -665,13 +683,19 @@ impl<F: Float> CpuEngine<F> {
             None => tokens_backward(s.dpatch, &mut grads[lay.pos_embed.clone()], None, s.dx, d),
         }
         let np = z.b * z.n;
-        // With masking, d of the patch embeddings (zero where masked) goes to the start of
-        // dln [R, D] (free here; R ≥ B·N).
+        // With masking, d of the patch embeddings (zero where masked, summed where copied)
+        // goes to the start of dln [R, D] (free here; R ≥ B·N).
         let dembed: &[F] = match masking {
-            Some((mask, token)) => {
+            Some(Substitution::MaskToken(mask, token)) => {
                 assert_eq!(mask.len(), np, "backward: mask [B, N]");
                 let dpe = &mut s.dln[..np * d];
                 mask_tokens_backward(dpe, &mut grads[token], s.dpatch, mask);
+                dpe
+            }
+            Some(Substitution::Sources(src, token)) => {
+                assert_eq!(src.len(), np, "backward: sources [B, N]");
+                let dpe = &mut s.dln[..np * d];
+                substitute_backward(dpe, &mut grads[token], s.dpatch, src, z.n);
                 dpe
             }
             None => s.dpatch,

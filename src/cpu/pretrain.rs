@@ -1,28 +1,21 @@
-//! The pixel-prediction pre-training model of `vitk pretrain --objective pixels` (SimMIM
-//! style, issue 12) on the CPU: the classification model's encoder with masked patches'
-//! embeddings replaced by a learnable mask token, the final per-token norm, a linear decoder
-//! from each patch token to its patch's pixels, and the masked L1/L2 pixel loss.
+//! The pre-training model of `vitk pretrain` (issue 12) on the CPU, both objectives
+//! ([`Objective`]): the classification model's encoder with patch embeddings substituted as
+//! the batch's [`PatchMasks`] say, the final per-token norm and a linear decoder on every patch
+//! token, then
+//! - pixels (SimMIM style): masked patches take the learnable mask token; the decoder predicts
+//!   each patch's K = P·P·C pixel values; the masked L1/L2 pixel loss;
+//! - colour (the ViT paper's masked patch prediction): positions take the mask token, another
+//!   patch's embedding or their own (`PatchMasks::sources`); the decoder's K = 512 logits
+//!   classify each patch's 3-bit mean colour; cross-entropy over the predicted patches.
 //!
-//! STATUS (branch issue12-cpu-model):
-//! - done: [`PretrainLayout`] (src/model/pretrain_layout.rs), [`CpuPretrainEngine`] forward,
-//!   loss and backward in f32/f64, reusing [`CpuEngine`]'s encoder through the crate-private
-//!   stages `forward_encoder` / `backward_encoder` (the classification engine's numbers are
-//!   unchanged: the same ops in the same order; checked bit for bit against the commit
-//!   before, f32 logits, loss and every gradient, both poolings). tests/grad_pretrain.rs: the whole
-//!   model's gradients against finite differences in f64 (cls and mean pooling, L1 and L2,
-//!   norm_pix on and off, 8x12 images), the loss against a plain f64 forward, nothing masked,
-//!   everything masked, the f32 engine against the f64 one.
-//!   `init_pretrain_params` (src/model/init.rs), `CpuPretrainEngine::buffer_elems`,
-//!   `ParamGroups::pretraining` (src/optim/groups.rs: everything at the base rate) with which
-//!   the CPU `AdamW` trains this layout (tests/grad_pretrain.rs: the loss falls).
-//! - not done: a pre-training trainer (masks from `data::masking::patch_mask` per batch,
-//!   clipping, the LR schedule, metrics), checkpoints of the pre-training
-//!   layout and loading its encoder into a classifier (the encoder is the classification
-//!   layout's prefix, so it is a copy), a `TrainEngine`-like interface, the device engine,
-//!   the CLI (`vitk pretrain`) and its memory estimate (use `CpuPretrainEngine::buffer_elems`).
+//! The two share everything but the substitution, the targets and the loss.
 //!
-//! Shapes: B batch, N patches, T tokens (N + 1 with a class token), D width, K = P·P·C pixel
-//! values per patch, R = B·T.
+//! Driven by `pretrain::CpuPretrainer` (parameters, gradients, AdamW) in the loop of
+//! `vitk pretrain`; the device engine's twin is `gpu::GpuPretrainer`. The classification
+//! engine's numbers are unchanged by the encoder/head split (the same ops in the same order).
+//!
+//! Shapes: B batch, N patches, T tokens (N + 1 with a class token), D width, K the decoder's
+//! outputs per patch (P·P·C pixel values or 512 colour logits), R = B·T.
 //!
 //! The final norm: for cls-pooled models timm's `norm` is a LayerNorm applied to every token
 //! before pooling, so it is applied here per token. Mean-pooled models have `norm` = Identity
@@ -34,13 +27,17 @@
 //! T rows and dropping the class row.
 
 use super::carve::{two_mut, Carve};
+use super::engine::Substitution;
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::linear::{linear_backward, linear_forward};
 use super::mim::{masked_pixel_loss, patch_targets, PixelLoss};
+use super::mim_colour::{masked_cross_entropy, mean_colour_targets, COLOUR_CHANNELS};
 use super::{CpuEngine, Float};
+use crate::data::Normalize;
 use crate::model::{BatchDims, ConfigError, ModelConfig, PretrainLayout};
+use crate::pretrain::{Objective, PatchMasks};
 
-/// What the decoder predicts and how it is scored.
+/// What the pixel decoder predicts and how it is scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PixelObjective {
     /// L1 (SimMIM) or L2 (MAE) per pixel value.
@@ -56,30 +53,49 @@ struct DecoderActs<S> {
     mean: S,    // [B·N]
     rstd: S,    // [B·N]
     pred: S,    // [B·N, K] decoder output
-    target: S,  // [B·N, K] patch_targets of the images
+    target: S,  // [B·N, K] patch_targets of the images (pixels; empty for colour)
     dpred: S,   // [B·N, K]
     dnormed: S, // [B·N, D]
     dx: S,      // [B·N, D]
 }
 
 impl<S: Carve> DecoderActs<S> {
-    fn carve(buf: &mut S, np: usize, d: usize, k: usize) -> Self {
+    /// `kt`: target values per patch (K for pixels, 0 for colour, whose targets are classes).
+    fn carve(buf: &mut S, np: usize, d: usize, k: usize, kt: usize) -> Self {
         Self {
             x: buf.take_front(np * d),
             normed: buf.take_front(np * d),
             mean: buf.take_front(np),
             rstd: buf.take_front(np),
             pred: buf.take_front(np * k),
-            target: buf.take_front(np * k),
+            target: buf.take_front(np * kt),
             dpred: buf.take_front(np * k),
             dnormed: buf.take_front(np * d),
             dx: buf.take_front(np * d),
         }
     }
+}
 
-    fn len(np: usize, d: usize, k: usize) -> usize {
-        np * (4 * d + 2 + 3 * k)
+/// (K, target values per patch) of `objective`.
+fn decoder_dims(cfg: &ModelConfig, objective: &Objective) -> (usize, usize) {
+    let k = objective.decoder_outputs(cfg);
+    match objective {
+        Objective::Pixels(_) => (k, k),
+        Objective::Colour => (k, 0),
     }
+}
+
+/// Elements of the decoder's buffers (in f64, see [`CpuPretrainEngine::buffer_elems`]): the
+/// [`DecoderActs`] and, for colour, the B·N class targets (u32, counted as elements).
+fn decoder_elems(cfg: &ModelConfig, objective: &Objective, max_batch: usize) -> f64 {
+    let z = BatchDims::new(cfg, max_batch);
+    let (k, kt) = decoder_dims(cfg, objective);
+    let (np, d) = (z.b as f64 * z.n as f64, z.d as f64);
+    let classes = match objective {
+        Objective::Pixels(_) => 0.0,
+        Objective::Colour => 1.0,
+    };
+    np * (4.0 * d + 2.0 + 2.0 * k as f64 + kt as f64 + classes)
 }
 
 /// The pre-training model on the CPU: owns the encoder's activations (a [`CpuEngine`]) and
@@ -88,24 +104,43 @@ impl<S: Carve> DecoderActs<S> {
 pub struct CpuPretrainEngine<F: Float> {
     encoder: CpuEngine<F>,
     layout: PretrainLayout,
-    objective: PixelObjective,
-    /// mask [B, N] of the last forward pass.
+    objective: Objective,
+    /// The images' normalisation (colour: the targets are classes of the unnormalised means).
+    normalize: Normalize,
+    /// The masks of the last forward pass: predicted [B, N] as u8 (the colour loss) and as
+    /// bool (the pixel ops), sources [B, N] (the colour substitution).
+    predicted: Vec<u8>,
     mask: Vec<bool>,
+    sources: Vec<i32>,
+    /// Colour classes [B, N] of the last forward pass (empty for pixels).
+    classes: Vec<u32>,
+    /// The colour objective's images [B, C, S_h, S_w] in f32 (reused between batches).
+    images32: Vec<f32>,
     acts: Vec<F>,
 }
 
 impl<F: Float> CpuPretrainEngine<F> {
     /// An engine for `cfg` (its `num_classes` plays no part) and `objective` that runs
-    /// batches of up to `max_batch` images.
+    /// batches of up to `max_batch` images normalised with `normalize` (read by the colour
+    /// objective only, which needs 3 channels).
     pub fn new(
         cfg: &ModelConfig,
-        objective: PixelObjective,
+        objective: Objective,
+        normalize: Normalize,
         max_batch: usize,
     ) -> Result<Self, ConfigError> {
+        if objective == Objective::Colour && cfg.in_chans != COLOUR_CHANNELS {
+            return Err(ConfigError(format!(
+                "the colour objective needs {COLOUR_CHANNELS}-channel images, not {}",
+                cfg.in_chans
+            )));
+        }
         let encoder = CpuEngine::new(cfg, max_batch)?;
         let z = BatchDims::new(cfg, max_batch);
+        let np = z.b * z.n;
+        let (k, kt) = decoder_dims(cfg, &objective);
         // Smaller than the encoder's buffers, which CpuEngine::new has allocated.
-        let n = DecoderActs::<&[F]>::len(z.b * z.n, z.d, z.cpp);
+        let n = np * (4 * z.d + 2 + 2 * k + kt);
         let mut acts = Vec::new();
         acts.try_reserve_exact(n).map_err(|_| {
             ConfigError(format!(
@@ -113,26 +148,34 @@ impl<F: Float> CpuPretrainEngine<F> {
             ))
         })?;
         acts.resize(n, F::zero());
+        let classes = match objective {
+            Objective::Pixels(_) => Vec::new(),
+            Objective::Colour => vec![0; np],
+        };
         assert_eq!(
-            CpuEngine::<F>::buffer_elems(cfg, max_batch) + n as f64,
-            Self::buffer_elems(cfg, max_batch),
+            CpuEngine::<F>::buffer_elems(cfg, max_batch) + (n + classes.len()) as f64,
+            Self::buffer_elems(cfg, &objective, max_batch),
             "decoder buffer and buffer_elems disagree"
         );
         Ok(Self {
             encoder,
-            layout: PretrainLayout::new(cfg, cfg.patch_dim()),
+            layout: PretrainLayout::new(cfg, k),
             objective,
+            normalize,
+            predicted: Vec::new(),
             mask: Vec::new(),
+            sources: Vec::new(),
+            classes,
+            images32: Vec::new(),
             acts,
         })
     }
 
-    /// Elements of the buffers [`Self::new`] allocates for `cfg` and `max_batch` (in f64:
-    /// no overflow for any model, for memory estimates): the encoder's and the decoder's.
-    pub fn buffer_elems(cfg: &ModelConfig, max_batch: usize) -> f64 {
-        let z = BatchDims::new(cfg, max_batch);
-        let (np, d, k) = (z.b as f64 * z.n as f64, z.d as f64, z.cpp as f64);
-        CpuEngine::<F>::buffer_elems(cfg, max_batch) + np * (4.0 * d + 2.0 + 3.0 * k)
+    /// Elements of the buffers [`Self::new`] allocates for `cfg`, `objective` and `max_batch`
+    /// (in f64: no overflow for any model, for memory estimates): the encoder's and the
+    /// decoder's.
+    pub fn buffer_elems(cfg: &ModelConfig, objective: &Objective, max_batch: usize) -> f64 {
+        CpuEngine::<F>::buffer_elems(cfg, max_batch) + decoder_elems(cfg, objective, max_batch)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -143,7 +186,7 @@ impl<F: Float> CpuPretrainEngine<F> {
         &self.layout
     }
 
-    pub fn objective(&self) -> PixelObjective {
+    pub fn objective(&self) -> Objective {
         self.objective
     }
 
@@ -155,26 +198,65 @@ impl<F: Float> CpuPretrainEngine<F> {
         BatchDims::new(self.encoder.config(), self.encoder.batch())
     }
 
-    /// Forward pass of `images` [B, C, S_h, S_w] (normalised) with `mask` [B, N] (true: the
-    /// patch is replaced by the mask token and predicted): the encoder, the per-token norm,
-    /// the decoder's predictions [B, N, K] and the targets [B, N, K] of the images. Keeps
-    /// everything for [`Self::loss`] and [`Self::backward`].
-    pub fn forward(&mut self, params: &[F], images: &[F], mask: &[bool]) {
+    /// The decoder's buffers for the current batch.
+    fn decoder_acts<S: Carve>(
+        mut buf: S,
+        cfg: &ModelConfig,
+        objective: &Objective,
+        z: &BatchDims,
+    ) -> DecoderActs<S> {
+        let (k, kt) = decoder_dims(cfg, objective);
+        DecoderActs::carve(&mut buf, z.b * z.n, z.d, k, kt)
+    }
+
+    /// Forward pass of `images` [B, C, S_h, S_w] (normalised) corrupted by `masks` (B images
+    /// of N patches; checked, panics when they do not fit — the caller validates): the
+    /// encoder on the substituted embeddings, the per-token norm, the decoder's outputs
+    /// [B, N, K] and the targets of the images (pixels [B, N, K] or colour classes [B, N]).
+    /// Keeps everything for [`Self::loss`] and [`Self::backward`].
+    ///
+    /// Pixels: the mask token replaces exactly the predicted patches, so `masks.sources` must
+    /// be −1 where predicted and the patch itself elsewhere (as `PatchMasks::draw` makes them).
+    pub fn forward(&mut self, params: &[F], images: &[F], masks: &PatchMasks) {
         let lay = &self.layout;
         assert_eq!(params.len(), lay.len, "pretrain forward: parameter buffer");
-        let token = &params[lay.mask_token.clone()];
-        self.encoder
-            .forward_encoder(params, images, Some((mask, token)));
+        let cfg = self.encoder.config();
+        let n = cfg.num_patches();
+        let batch = images.len() / cfg.image_len();
+        if let Err(e) = masks.check(batch, n) {
+            panic!("pretrain forward: {e}");
+        }
+        self.predicted.clone_from(&masks.predicted);
+        self.sources.clone_from(&masks.sources);
         self.mask.clear();
-        self.mask.extend_from_slice(mask);
+        self.mask.extend(masks.predicted.iter().map(|&m| m != 0));
+        let token = &params[lay.mask_token.clone()];
+        let substitution = match self.objective {
+            Objective::Pixels(_) => {
+                let consistent = self
+                    .sources
+                    .iter()
+                    .zip(&self.mask)
+                    .enumerate()
+                    .all(|(i, (&s, &m))| s == if m { -1 } else { (i % n) as i32 });
+                assert!(
+                    consistent,
+                    "pretrain forward: pixel masks must take the mask token exactly where predicted"
+                );
+                Substitution::MaskToken(&self.mask[..], token)
+            }
+            Objective::Colour => Substitution::Sources(&self.sources[..], token),
+        };
+        self.encoder
+            .forward_encoder(params, images, Some(substitution));
 
         let cfg = self.encoder.config();
         let z = self.dims();
-        let (np, d, k) = (z.b * z.n, z.d, z.cpp);
+        let (np, d, k) = (z.b * z.n, z.d, lay.outputs);
         let prefix = z.t - z.n;
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
         let enc = self.encoder.layout();
-        let a = DecoderActs::carve(&mut &mut self.acts[..], np, d, k);
+        let a = Self::decoder_acts(&mut self.acts[..], cfg, &self.objective, &z);
         // x [B·N, D] = the patch rows of x_L [B, T, D].
         let x_last = self.encoder.encoder_output();
         for (b, xb) in a.x.chunks_mut(z.n * d).enumerate() {
@@ -189,6 +271,7 @@ impl<F: Float> CpuPretrainEngine<F> {
             p(&enc.head_norm_b),
             d,
         );
+        // pred [B·N, K] = normed [B·N, D] · decoder_wᵀ + decoder_b.
         linear_forward(
             a.pred,
             a.normed,
@@ -198,42 +281,80 @@ impl<F: Float> CpuPretrainEngine<F> {
             d,
             k,
         );
-        patch_targets(
-            a.target,
-            images,
-            cfg.in_chans,
-            cfg.image_size,
-            cfg.patch_size,
-            self.objective.norm_pix,
-        );
+        match self.objective {
+            Objective::Pixels(obj) => patch_targets(
+                a.target,
+                images,
+                cfg.in_chans,
+                cfg.image_size,
+                cfg.patch_size,
+                obj.norm_pix,
+            ),
+            Objective::Colour => {
+                // The classes are defined on f32 images (the kernel's rule); an f64 batch is
+                // rounded to f32 first.
+                self.images32.clear();
+                self.images32
+                    .extend(images.iter().map(|&v| Float::to_f64(v) as f32));
+                mean_colour_targets(
+                    &mut self.classes[..np],
+                    &self.images32,
+                    z.b,
+                    cfg.image_size,
+                    cfg.patch_size,
+                    self.normalize.mean,
+                    self.normalize.std,
+                );
+            }
+        }
     }
 
-    /// Predictions [B, N, K] of the last forward pass (in the order of the targets; with
-    /// norm_pix, in normalised units).
+    /// Decoder outputs [B, N, K] of the last forward pass: pixels in the order of the
+    /// targets (with norm_pix, in normalised units), or colour logits.
     pub fn predictions(&self) -> &[F] {
         let z = self.dims();
-        DecoderActs::carve(&mut &self.acts[..], z.b * z.n, z.d, z.cpp).pred
+        Self::decoder_acts(&self.acts[..], self.config(), &self.objective, &z).pred
     }
 
-    /// Targets [B, N, K] of the last forward pass.
+    /// Pixel targets [B, N, K] of the last forward pass (empty for the colour objective).
     pub fn targets(&self) -> &[F] {
         let z = self.dims();
-        DecoderActs::carve(&mut &self.acts[..], z.b * z.n, z.d, z.cpp).target
+        Self::decoder_acts(&self.acts[..], self.config(), &self.objective, &z).target
     }
 
-    /// The masked pixel loss of the last forward pass (0 when nothing is masked); also
-    /// prepares its gradient for [`Self::backward`].
+    /// Colour classes [B, N] (in 0..512) of the last forward pass (empty for pixels).
+    pub fn colour_targets(&self) -> &[u32] {
+        let z = self.dims();
+        &self.classes[..self.classes.len().min(z.b * z.n)]
+    }
+
+    /// The loss of the last forward pass over the predicted patches (masked pixel L1/L2 or
+    /// masked cross-entropy; 0 when nothing is predicted); also prepares its gradient for
+    /// [`Self::backward`].
     pub fn loss(&mut self) -> f64 {
         let z = self.dims();
         assert!(z.b > 0, "loss before forward");
-        let a = DecoderActs::carve(&mut &mut self.acts[..], z.b * z.n, z.d, z.cpp);
-        masked_pixel_loss(
-            a.pred,
-            a.target,
-            &self.mask,
-            self.objective.loss,
-            Some(a.dpred),
-        )
+        let cfg = self.encoder.config();
+        let a = Self::decoder_acts(&mut self.acts[..], cfg, &self.objective, &z);
+        match self.objective {
+            Objective::Pixels(obj) => {
+                masked_pixel_loss(a.pred, a.target, &self.mask, obj.loss, Some(a.dpred))
+            }
+            Objective::Colour => {
+                let np = z.b * z.n;
+                let classes = self.layout.outputs;
+                // No label smoothing: the ViT paper's objective.
+                masked_cross_entropy(
+                    a.pred,
+                    &self.classes[..np],
+                    &self.predicted,
+                    classes,
+                    0.0,
+                    Some(a.dpred),
+                )
+                .loss
+            }
+        }
     }
 
     /// Backward pass of the last forward pass and [`Self::loss`]: adds the gradient of the
@@ -244,12 +365,13 @@ impl<F: Float> CpuPretrainEngine<F> {
         assert_eq!(grads.len(), lay.len, "pretrain backward: gradient buffer");
         let z = self.dims();
         assert!(z.b > 0, "backward before forward");
-        let (np, d, k) = (z.b * z.n, z.d, z.cpp);
+        let (np, d, k) = (z.b * z.n, z.d, lay.outputs);
         let prefix = z.t - z.n;
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
         let enc = self.encoder.layout();
         let (norm_w, norm_b) = (enc.head_norm_w.clone(), enc.head_norm_b.clone());
-        let a = DecoderActs::carve(&mut &mut self.acts[..], np, d, k);
+        let cfg = self.encoder.config();
+        let a = Self::decoder_acts(&mut self.acts[..], cfg, &self.objective, &z);
         let (gw, gb) = two_mut(grads, lay.decoder_w.clone(), lay.decoder_b.clone());
         linear_backward(
             Some(&mut *a.dnormed),
@@ -273,7 +395,12 @@ impl<F: Float> CpuPretrainEngine<F> {
             img[..prefix * d].fill(F::zero());
             img[prefix * d..].copy_from_slice(gb);
         }
+        let token = lay.mask_token.clone();
+        let substitution = match self.objective {
+            Objective::Pixels(_) => Substitution::MaskToken(&self.mask[..], token),
+            Objective::Colour => Substitution::Sources(&self.sources[..], token),
+        };
         self.encoder
-            .backward_encoder(params, grads, Some((&self.mask, lay.mask_token.clone())));
+            .backward_encoder(params, grads, Some(substitution));
     }
 }

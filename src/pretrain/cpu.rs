@@ -32,11 +32,7 @@ impl CpuPretrainer {
         params: Vec<f32>,
         adamw: AdamWConfig,
     ) -> Result<Self, ConfigError> {
-        let _ = normalize;
-        let Objective::Pixels(pixels) = objective else {
-            return Err(ConfigError("SHIM".into()));
-        };
-        let engine = CpuPretrainEngine::new(cfg, pixels, max_batch)?;
+        let engine = CpuPretrainEngine::new(cfg, objective, normalize, max_batch)?;
         let layout = PretrainLayout::new(cfg, objective.decoder_outputs(cfg));
         if params.len() != layout.len {
             return Err(ConfigError(format!(
@@ -95,8 +91,7 @@ impl PretrainEngine for CpuPretrainer {
         clip: Option<f64>,
     ) -> Result<Option<PretrainStepOutput>> {
         self.check(images, masks)?;
-        self.engine
-            .forward(&self.params, images, &masks.predicted_bool());
+        self.engine.forward(&self.params, images, masks);
         let loss = self.engine.loss();
         self.grads.fill(0.0);
         self.engine.backward(&self.params, &mut self.grads);
@@ -113,8 +108,7 @@ impl PretrainEngine for CpuPretrainer {
 
     fn evaluate(&mut self, images: &[f32], masks: &PatchMasks) -> Result<(f64, Vec<f32>)> {
         self.check(images, masks)?;
-        self.engine
-            .forward(&self.params, images, &masks.predicted_bool());
+        self.engine.forward(&self.params, images, masks);
         let loss = self.engine.loss();
         Ok((loss, self.engine.predictions().to_vec()))
     }

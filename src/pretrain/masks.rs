@@ -60,11 +60,6 @@ impl PatchMasks {
         self.predicted.len() / self.patches.max(1)
     }
 
-    /// The predicted patches as booleans (the CPU pixel ops' mask form).
-    pub fn predicted_bool(&self) -> Vec<bool> {
-        self.predicted.iter().map(|&m| m != 0).collect()
-    }
-
     /// Checks the masks against a batch of `batch` images of `patches` patches: the lengths,
     /// and every source −1 or a patch of the same image.
     pub fn check(&self, batch: usize, patches: usize) -> Result<(), String> {

@@ -249,7 +249,7 @@ pub fn pretrain(
                 progress.println(&format!("epoch {epoch} step {} | {pace}", pos.step));
             }
             save(run, engine, &layout, &meta, pos, &log)?;
-            draw_reconstructions(run, engine, &pictured, cfg, &objective, pos)?;
+            draw_reconstructions(run, engine, &pictured, cfg, &objective, pos.step, epoch)?;
             saved_at = Some(pos.step);
         } else if periodic {
             save(run, engine, &layout, &meta, pos, &log)?;
@@ -368,7 +368,8 @@ fn save(
     Ok(())
 }
 
-/// reconstructions.png of the pictured images with their validation masks: original, masked
+/// reconstructions.png of the pictured images with their validation masks after `step`
+/// (in epoch `epoch`, 0-based as the log counts): original, masked
 /// input and the model's prediction (pixels: the predicted patches over the visible ones, as
 /// SimMIM and MAE show them; colour: each predicted patch filled with its predicted mean
 /// colour). A picture that cannot be drawn is a warning, not the end of the run.
@@ -378,7 +379,8 @@ fn draw_reconstructions(
     pictured: &Dataset,
     cfg: &TrainConfig,
     objective: &Objective,
-    pos: LoopPosition,
+    step: u64,
+    epoch: usize,
 ) -> Result<()> {
     if pictured.is_empty() || pictured.channels != 3 {
         return Ok(());
@@ -431,10 +433,8 @@ fn draw_reconstructions(
         })
         .collect();
     let header = format!(
-        "{} objective, mask ratio {ratio}: step {} (epoch {}), loss {loss:.4} on these images",
+        "{} objective, mask ratio {ratio}: step {step} (epoch {epoch}), loss {loss:.4} on these images",
         objective.name(),
-        pos.step,
-        pos.epoch
     );
     let path = reconstructions_path(run);
     let drawn = render(&columns, size, patch, &header)
@@ -493,4 +493,54 @@ fn colour_image(logits: &[f32], size: crate::model::ImageSize, patch: usize) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ImageSize;
+
+    #[test]
+    fn visible_patches_come_from_the_original() {
+        // 2x4 image of 2x2 patches: patch 0 masked (reconstruction), patch 1 visible.
+        let size = ImageSize {
+            height: 2,
+            width: 4,
+        };
+        let original: Vec<u8> = (0..24).collect();
+        let reconstruction = vec![200u8; 24];
+        let out = paste_visible(&reconstruction, &original, size, 2, &[1, 0]);
+        for c in 0..3 {
+            for y in 0..2 {
+                for x in 0..4 {
+                    let i = (c * 2 + y) * 4 + x;
+                    let want = if x < 2 { 200 } else { original[i] };
+                    assert_eq!(out[i], want, "channel {c} ({y}, {x})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn predicted_colours_fill_their_patches_with_the_class_centre() {
+        // Two 2x2 patches side by side; patch 0's arg-max is class (r, g, b) = (7, 0, 3),
+        // patch 1's is (0, 5, 1).
+        let size = ImageSize {
+            height: 2,
+            width: 4,
+        };
+        let mut logits = vec![0.0f32; 2 * COLOUR_CLASSES];
+        logits[7 * 64 + 3] = 1.0;
+        logits[COLOUR_CLASSES + 5 * 8 + 1] = 1.0;
+        let img = colour_image(&logits, size, 2);
+        let centre = |l: usize| to_byte((l as f32 + 0.5) / 8.0);
+        for (c, (left, right)) in [(7, 0), (0, 5), (3, 1)].into_iter().enumerate() {
+            for y in 0..2 {
+                for x in 0..4 {
+                    let want = if x < 2 { centre(left) } else { centre(right) };
+                    assert_eq!(img[(c * 2 + y) * 4 + x], want, "channel {c} ({y}, {x})");
+                }
+            }
+        }
+    }
 }

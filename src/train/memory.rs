@@ -5,6 +5,7 @@
 use crate::cpu::{CpuEngine, CpuPretrainEngine};
 use crate::data::loader::PREFETCH;
 use crate::model::{ModelConfig, ParamLayout, PretrainLayout};
+use crate::pretrain::Objective;
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -113,19 +114,19 @@ pub fn host_estimate(
     host_estimate_of(cfg, batch, data, engine, None)
 }
 
-/// [`host_estimate`] of a classification run, or with `pretrain` = Some(decoder outputs per
-/// patch) of a pre-training run (`vitk pretrain`: its layout and the decoder's activations).
+/// [`host_estimate`] of a classification run, or with `pretrain` (the objective) of a
+/// pre-training run (`vitk pretrain`: its layout and the decoder's activations).
 pub fn host_estimate_of(
     cfg: &ModelConfig,
     batch: usize,
     data: Option<DataSize>,
     engine: EngineKind,
-    pretrain: Option<usize>,
+    pretrain: Option<Objective>,
 ) -> Estimate {
     let mut e = Estimate::default();
-    let n = match pretrain {
-        Some(outputs) => PretrainLayout::new(cfg, outputs).len as f64,
-        None => ParamLayout::new(cfg).len as f64,
+    let n = match &pretrain {
+        Some(o) => PretrainLayout::new(cfg, o.decoder_outputs(cfg)).len,
+        None => ParamLayout::new(cfg).len,
     } as f64;
     let b = batch as f64;
     let image = cfg.image_len() as f64;
@@ -139,7 +140,7 @@ pub fn host_estimate_of(
             e.add(
                 format!("activations at --batch-size {batch}"),
                 4.0 * match pretrain {
-                    Some(_outputs) => CpuPretrainEngine::<f32>::buffer_elems(cfg, batch), // SHIM
+                    Some(o) => CpuPretrainEngine::<f32>::buffer_elems(cfg, &o, batch),
                     None => CpuEngine::<f32>::buffer_elems(cfg, batch),
                 },
                 HINT_BATCH,
