@@ -73,8 +73,8 @@ const WIDE: ImageSize = ImageSize {
     width: 20,
 };
 
-fn pixels(loss: PixelLoss, norm_pix: bool) -> PixelObjective {
-    PixelObjective { loss, norm_pix }
+fn pixels(loss: PixelLoss, norm_pix: bool) -> Objective {
+    Objective::Pixels(PixelObjective { loss, norm_pix })
 }
 
 /// Parameters of `layout`: the initialisation plus noise, so that zero-initialised tensors
@@ -100,7 +100,7 @@ fn params_for(
 /// carried wrongly between steps shows at the next step.
 fn steps_match(
     cfg: &ModelConfig,
-    objective: PixelObjective,
+    objective: Objective,
     precision: Precision,
     steps: usize,
     batch: usize,
@@ -111,40 +111,25 @@ fn steps_match(
         cfg.pool, cfg.image_size
     );
     let mut rng = rng(&format!("pretrain steps {case0}"));
-    let layout = PretrainLayout::new(cfg, cfg.patch_dim());
+    let layout = PretrainLayout::new(cfg, objective.decoder_outputs(cfg));
     let params = params_for(cfg, &layout, &mut rng);
     let adamw = AdamWConfig::default();
     let groups = ParamGroups::pretraining(&layout);
-    let mut cpu = CpuPretrainEngine::<f64>::new(cfg, objective, batch).unwrap();
+    let norm = Normalize::CIFAR10;
+    let mut cpu = CpuPretrainEngine::<f64>::new(cfg, objective, norm, batch).unwrap();
     let mut p64 = widen(&params);
     let mut opt = AdamW::<f64>::new(adamw, layout.len);
-    let mut gpu = GpuPretrainer::new(
-        rt,
-        cfg,
-        Objective::Pixels(objective),
-        Normalize::CIFAR10,
-        batch,
-        &params,
-        adamw,
-        precision,
-    )
-    .unwrap();
+    let mut gpu =
+        GpuPretrainer::new(rt, cfg, objective, norm, batch, &params, adamw, precision).unwrap();
     let tol = |name: &str| tol(name, precision, cfg.depth);
     let n = cfg.num_patches();
     let schedule = [(3e-3, Some(0.5)), (2e-3, None), (1e-3, Some(0.3))];
     for (step, (lr, clip)) in schedule.into_iter().take(steps).enumerate() {
         let case = format!("{case0} step={}", step + 1);
         let images = uniform(&mut rng, batch * cfg.image_len(), 1.5);
-        let masks = PatchMasks::draw(
-            &Objective::Pixels(objective),
-            11,
-            step as u64,
-            0..batch as u64,
-            n,
-            0.5,
-        );
+        let masks = PatchMasks::draw(&objective, 11, step as u64, 0..batch as u64, n, 0.5);
 
-        cpu.forward(&p64, &widen(&images), &masks.predicted_bool());
+        cpu.forward(&p64, &widen(&images), &masks);
         let pred = cpu.predictions().to_vec();
         let loss = cpu.loss();
         let mut grads = vec![0.0; layout.len];
@@ -214,7 +199,7 @@ fn pixel_steps_at_a_non_square_size_match_cpu() {
     steps_match(&cfg, pixels(PixelLoss::L1, true), Precision::Fp32, 3, 3);
 }
 
-/// Odd widths: D = 15 (3 heads of 5), M = 23, batch 5, 1 block.
+/// Odd widths: D = 15 (3 heads of 5), M = 23, batch 5, 1 block; both objectives.
 #[test]
 fn pixel_steps_at_odd_widths_match_cpu() {
     for pool in [Pool::Cls, Pool::Mean] {
@@ -226,6 +211,7 @@ fn pixel_steps_at_odd_widths_match_cpu() {
         };
         steps_match(&cfg, pixels(PixelLoss::L1, false), Precision::Fp32, 2, 5);
         steps_match(&cfg, pixels(PixelLoss::L2, true), Precision::Bf16, 2, 5);
+        steps_match(&cfg, Objective::Colour, Precision::Fp32, 2, 5);
     }
 }
 
@@ -249,12 +235,47 @@ fn bf16_pixel_steps_match_cpu_mean_pool() {
     steps_match(&cfg, pixels(PixelLoss::L2, true), Precision::Bf16, 2, 3);
 }
 
+/// The colour objective (BERT-style corruption by sources: mask token, another patch of the
+/// image, unchanged; 512 mean-colour classes; masked cross-entropy) in both pool modes,
+/// square and non-square.
+#[test]
+fn colour_steps_match_cpu() {
+    for pool in [Pool::Cls, Pool::Mean] {
+        steps_match(
+            &tiny(pool, SQUARE),
+            Objective::Colour,
+            Precision::Fp32,
+            3,
+            3,
+        );
+        steps_match(&tiny(pool, WIDE), Objective::Colour, Precision::Fp32, 2, 3);
+    }
+}
+
+#[test]
+fn bf16_colour_steps_match_cpu() {
+    steps_match(
+        &tiny(Pool::Cls, WIDE),
+        Objective::Colour,
+        Precision::Bf16,
+        3,
+        3,
+    );
+    steps_match(
+        &tiny(Pool::Mean, SQUARE),
+        Objective::Colour,
+        Precision::Bf16,
+        2,
+        3,
+    );
+}
+
 /// `PretrainEngine::pretrain_step` reports one step late, and its steps are the try_* path's
 /// bit for bit; a bad batch is an error, not a panic.
 #[test]
 fn pretrain_steps_report_one_step_late() {
     let cfg = tiny(Pool::Cls, WIDE);
-    let objective = Objective::Pixels(pixels(PixelLoss::L1, false));
+    let objective = pixels(PixelLoss::L1, false);
     let mut rng = rng("pretrain step interface");
     let layout = PretrainLayout::new(&cfg, cfg.patch_dim());
     let params = params_for(&cfg, &layout, &mut rng);
@@ -311,6 +332,11 @@ fn pretrain_steps_report_one_step_late() {
     assert!(queued.pretrain_step(images, &short, 1e-3, None).is_err());
     let mut bad = masks.clone();
     bad.sources[1] = n as i32;
+    assert!(queued.evaluate(images, &bad).is_err());
+    // Pixel masks take the mask token exactly where predicted.
+    let mut bad = masks.clone();
+    let i = bad.predicted.iter().position(|&p| p == 0).unwrap();
+    bad.predicted[i] = 1;
     assert!(queued.evaluate(images, &bad).is_err());
     // evaluate: the loss and the outputs of a forward pass, no update.
     let before = direct.try_params().unwrap();
@@ -460,10 +486,7 @@ fn queued_engine(objective: Objective, precision: Precision, seed: u64) -> GpuPr
 /// clip), each shape's graph captured once and replayed.
 #[test]
 fn queued_pretrain_steps_match_stage_by_stage_steps() {
-    let objectives = [
-        Objective::Pixels(pixels(PixelLoss::L2, true)),
-        Objective::Colour,
-    ];
+    let objectives = [pixels(PixelLoss::L2, true), Objective::Colour];
     for objective in objectives {
         for precision in [Precision::Fp32, Precision::Bf16] {
             let case = format!("queued {} {precision}", objective.name());

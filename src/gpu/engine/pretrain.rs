@@ -320,7 +320,25 @@ impl GpuPretrainer {
                 self.max_batch
             )));
         }
-        masks.check(batch, self.cfg.num_patches()).map_err(bad)?;
+        let n = self.cfg.num_patches();
+        masks.check(batch, n).map_err(bad)?;
+        // The pixel model reads `predicted` for its mask token (as the CPU one): the sources
+        // must say the same.
+        let consistent =
+            |(i, (&p, &s)): (usize, (&u8, &i32))| s == if p != 0 { -1 } else { (i % n) as i32 };
+        let pixels = is_pixels(&self.objective);
+        if pixels
+            && !masks
+                .predicted
+                .iter()
+                .zip(&masks.sources)
+                .enumerate()
+                .all(consistent)
+        {
+            return Err(bad(
+                "pixel masks must take the mask token (source -1) exactly where predicted".into(),
+            ));
+        }
         Ok(batch)
     }
 
