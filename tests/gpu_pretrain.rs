@@ -584,3 +584,94 @@ fn a_queued_pretrain_step_never_waits_for_the_device() {
         }
     }
 }
+
+/// Runs a short `vitk pretrain` on the synthetic set and returns the per-step losses.
+fn pretrain_losses(
+    device: &str,
+    precision: &str,
+    objective: &str,
+    dir: &std::path::Path,
+) -> Vec<f64> {
+    let run = dir.join(format!("{device}-{precision}-{objective}"));
+    // VITK_BIN: the binary of a GPU bundle (scripts/gpu-bundle.sh), elsewhere than where
+    // cargo built it.
+    let bin = std::env::var("VITK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vitk").into());
+    let out = std::process::Command::new(bin)
+        .args(["pretrain", "--device", device, "--precision", precision])
+        .args(["--objective", objective, "--model", "micro"])
+        .args([
+            "--embed-dim",
+            "16",
+            "--depth",
+            "1",
+            "--num-heads",
+            "2",
+            "--mlp-dim",
+            "24",
+        ])
+        .args([
+            "--patch-size",
+            "8",
+            "--batch-size",
+            "16",
+            "--steps",
+            "12",
+            "--lr",
+            "3e-3",
+        ])
+        .args([
+            "--warmup-epochs",
+            "0",
+            "--schedule",
+            "constant",
+            "--val-split",
+            "16",
+        ])
+        .args(["--no-augment", "--threads", "2", "--out"])
+        .arg(&run)
+        .output()
+        .expect("run vitk");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "vitk pretrain --device {device} failed:\n{text}"
+    );
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().expect("loss"))
+        .collect()
+}
+
+/// `vitk pretrain --device emu` (fp32) learns as the CPU run does, both objectives: same
+/// seed, data, masks and initialisation, so the per-step losses differ by rounding only (1%,
+/// as `vitk train`'s test in tests/gpu_engine.rs), and both fall.
+#[test]
+fn cli_pretrain_on_the_emulator_learns_as_the_cpu_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for objective in ["pixels", "color"] {
+        let cpu = pretrain_losses("cpu", "fp32", objective, dir.path());
+        let emu = pretrain_losses("emu", "fp32", objective, dir.path());
+        println!("{objective}: cpu losses: {cpu:.4?}\n{objective}: emu losses: {emu:.4?}");
+        assert_eq!(cpu.len(), 12);
+        assert_eq!(emu.len(), 12);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (c0, c1) = (mean(&cpu[..3]), mean(&cpu[9..]));
+        let (e0, e1) = (mean(&emu[..3]), mean(&emu[9..]));
+        assert!(
+            c1 < c0 && e1 < e0,
+            "{objective}: loss must decrease: cpu {c0} -> {c1}, emu {e0} -> {e1}"
+        );
+        for (i, (c, e)) in cpu.iter().zip(&emu).enumerate() {
+            assert!(
+                (c - e).abs() <= 1e-2 * c.abs(),
+                "{objective} step {i}: cpu loss {c}, emu {e}"
+            );
+        }
+    }
+}

@@ -117,6 +117,12 @@ fn step_output(r: Report) -> PretrainStepOutput {
     }
 }
 
+/// An upper bound on the activation elements (f64: no overflow): the encoder's
+/// ([`act_bound`]) and the decoder's, at most 8 tensors of [NP, D + K].
+fn bound(z: &BatchDims, outputs: usize) -> f64 {
+    act_bound(z) + 8.0 * z.b as f64 * z.n as f64 * (z.d + outputs) as f64
+}
+
 fn is_pixels(objective: &Objective) -> bool {
     matches!(objective, Objective::Pixels(_))
 }
@@ -190,12 +196,12 @@ impl GpuPretrainer {
         let groups = ParamGroups::pretraining(&layout);
         let state = ParamState::new(&rt, params, groups, adamw, precision)?;
         let z = BatchDims::new(cfg, max_batch);
-        if act_bound(&z) > MAX_COUNTED {
+        if bound(&z, outputs) > MAX_COUNTED {
             return Err(GpuError::Memory {
                 op: "allocating activations".into(),
                 message: format!(
                     "about {:.0} GiB for batch {max_batch}: far beyond any device; try a smaller --batch-size or model",
-                    act_bound(&z) * 4.0 / GIB
+                    bound(&z, outputs) * 4.0 / GIB
                 ),
             });
         }
@@ -240,13 +246,21 @@ impl GpuPretrainer {
         let z = BatchDims::new(cfg, max_batch);
         // the trained state; masks, sources and colour targets
         let fixed = ParamState::bytes(n, precision) + 9.0 * (max_batch * z.n) as f64;
-        if act_bound(&z) > MAX_COUNTED {
-            return fixed + act_bound(&z) * 4.0;
+        if bound(&z, outputs) > MAX_COUNTED {
+            return fixed + bound(&z, outputs) * 4.0;
         }
         let (n_f32, n_low, _) = counts(rt, &z, &objective, outputs, precision);
         fixed + 4.0 * n_f32 as f64 + 2.0 * n_low as f64
     }
 
+    /// Bytes of pinned host memory the queued steps stage batches in (two slots of images
+    /// and both masks).
+    pub fn pinned_bytes(cfg: &ModelConfig, max_batch: usize) -> f64 {
+        let (image, n) = (cfg.image_len() as f64, cfg.num_patches() as f64);
+        2.0 * max_batch as f64 * (4.0 * image + 5.0 * n)
+    }
+
+    /// The precision this engine computes in.
     pub fn precision(&self) -> Precision {
         self.precision
     }
