@@ -8,13 +8,14 @@
 //! after step i + 1 is queued, so the device always has the next step waiting and the host
 //! never waits inside a step.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
 use super::GpuTrainer;
 use crate::engine::StepOutput;
-use crate::gpu::error::{GpuError, GpuResult};
+use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{DView, Runtime};
 use crate::gpu::stream::{Fence, Graph, PinnedBuffer};
 use crate::optim::hyper_len;
@@ -130,19 +131,11 @@ impl<K: Copy + Eq + Hash, I> Pipeline<K, I> {
         if !self.use_graphs {
             enqueue()?;
         } else {
-            if !self.graphs.contains_key(&key) {
-                let graph = Graph::capture(rt, &mut enqueue)?;
-                self.graphs.insert(key, graph);
-            }
-            match self.graphs.get(&key) {
-                Some(graph) => graph.launch()?,
-                None => {
-                    return Err(GpuError::Driver {
-                        op: "step graph".into(),
-                        message: "captured graph missing".into(),
-                    })
-                }
-            }
+            let graph = match self.graphs.entry(key) {
+                Entry::Occupied(g) => g.into_mut(),
+                Entry::Vacant(g) => g.insert(Graph::capture(rt, &mut enqueue)?),
+            };
+            graph.launch()?;
         }
         let slot = &mut self.slots[s];
         slot.stats.download_from(stats)?;
