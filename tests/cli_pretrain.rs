@@ -296,3 +296,71 @@ fn the_colour_objective_pretrains_and_draws_its_predictions() {
     let (w, h) = sheet_size(8, ImageSize::square(16));
     assert_eq!((png.width() as usize, png.height() as usize), (w, h));
 }
+
+#[test]
+fn ctrl_c_saves_a_state_that_resumes_to_the_uninterrupted_result() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // Long enough (100 epochs) that the interrupt lands mid-run.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitk"))
+        .args(pretrain_args(s(&data), s(&b), "100"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vitk");
+    let log = b.join("metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "pre-training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    assert_eq!(
+        child.wait().expect("wait").code(),
+        Some(130),
+        "exit code after Ctrl-C"
+    );
+    let state = ok(&["pretrain", "--resume", s(&b), "--steps", "0"]);
+    let step: u64 = state
+        .split("at step ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume step in: {state}"));
+    assert!((10..3000).contains(&step), "interrupted at step {step}");
+    let target = (step + 5).to_string();
+    ok(&["pretrain", "--resume", s(&b), "--steps", &target]);
+    ok(&with(
+        pretrain_args(s(&data), s(&a), "100"),
+        &["--steps", &target],
+    ));
+    assert_same_tensors(&a.join("state.safetensors"), &b.join("state.safetensors"));
+}
+
+#[test]
+fn diverging_pretraining_stops_without_saving_the_diverged_weights() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("run");
+    // One step per epoch (batch 300 of 300 images); the first update (lr 1e38) ruins the
+    // parameters, which the validation after that step sees.
+    let mut args = pretrain_args(s(&data), s(&run), "3");
+    let at = args.iter().position(|a| *a == "10").expect("batch size");
+    args[at] = "300";
+    args.extend(["--lr", "1e38", "--warmup-epochs", "0", "--min-lr", "0"]);
+    let t = fails(&args, &["step 1", "No checkpoint has been saved"]);
+    assert!(
+        !run.exists(),
+        "the run directory of a failed start is removed:\n{t}"
+    );
+}

@@ -234,6 +234,48 @@ pub(crate) fn crop_flip_checked(
     }
 }
 
+/// [`crop_flip_checked`] without normalisation: [C, S_h, S_w] bytes -> [C, S_h, S_w] bytes,
+/// 0 where the crop window leaves the image (the byte-space pipeline of AutoAugment).
+pub(crate) fn crop_flip_bytes_checked(
+    image: &[u8],
+    out: &mut [u8],
+    channels: usize,
+    size: ImageSize,
+    pad: usize,
+    t: CropFlip,
+) {
+    let plane = size.pixels();
+    let dy = t.top as isize - pad as isize;
+    let dx = t.left as isize - pad as isize;
+    let (h, w) = (size.height as isize, size.width as isize);
+    for c in 0..channels {
+        let src = &image[c * plane..(c + 1) * plane];
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for y in 0..h {
+            let sy = y + dy;
+            let row = &mut dst[(y * w) as usize..((y + 1) * w) as usize];
+            if sy < 0 || sy >= h {
+                row.fill(0);
+                continue;
+            }
+            let src_row = &src[(sy * w) as usize..((sy + 1) * w) as usize];
+            for (x, d) in row.iter_mut().enumerate() {
+                let cx = if t.flip {
+                    w - 1 - x as isize
+                } else {
+                    x as isize
+                };
+                let sx = cx + dx;
+                *d = if sx < 0 || sx >= w {
+                    0
+                } else {
+                    src_row[sx as usize]
+                };
+            }
+        }
+    }
+}
+
 /// Training augmentation: random crop of S_h x S_w from the image zero-padded by `pad`
 /// pixels on each side, horizontal flip with probability 0.5 when `flip`, then
 /// normalisation. The randomness comes only from `rng` (two 64-bit draws).

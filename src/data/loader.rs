@@ -2,10 +2,10 @@
 //!
 //! Determinism (a resumed run reproduces an uninterrupted one bitwise):
 //! - the order of epoch e is a permutation that depends only on (seed, e);
-//! - the augmentation of the sample at position p of epoch e draws from a stream keyed by
-//!   (seed, e, p) only;
-//! - the background thread builds batches in order and each batch only from those, so
-//!   thread timing never changes a value.
+//! - the augmentation of the sample at position p of epoch e draws from streams keyed by
+//!   (seed, tag, e, p) only (see [`super::recipe`]);
+//! - the background thread builds batches in order, each batch's samples in parallel on
+//!   rayon's pool, each sample only from those keys, so thread timing never changes a value.
 //!
 //! Batch b of epoch e holds the samples at positions b*B .. min((b+1)*B, n) of that
 //! epoch's order; with `drop_last` the final partial batch is skipped.
@@ -14,8 +14,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::augment::{crop_flip_checked, to_tensor_checked, CropFlip, Normalize};
-use super::rng::{Rng64, TAG_AUGMENT, TAG_PERMUTATION};
+use rayon::prelude::*;
+
+use super::augment::{to_tensor_checked, Normalize};
+use super::recipe::{AugmentRecipe, Pipeline, Workspace};
+use super::repeat_sampler::repeated_order;
+use super::rng::{Rng64, TAG_PERMUTATION};
 use super::{DataError, Dataset};
 
 /// Zero padding of the random crop, in pixels (torchvision `RandomCrop(S, padding=4)`).
@@ -100,37 +104,38 @@ fn batches_in_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
 struct Schedule {
     ds: Arc<Dataset>,
     cfg: LoaderConfig,
+    pipeline: Pipeline,
     per_epoch: usize,
 }
 
 impl Schedule {
+    /// The order of `epoch`: its permutation, with repeated augmentation when asked.
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let cfg = &self.cfg;
+        let repeats = self.pipeline.recipe().aug_repeats;
+        repeated_order(self.ds.len(), cfg.seed, epoch, cfg.shuffle, repeats)
+    }
+
+    /// Builds batch `index` of `epoch`, its samples in parallel on rayon's pool: each sample
+    /// is a pure function of (epoch, position), so the threads never change a value.
     fn build(&self, epoch: usize, index: usize, order: &[usize]) -> Batch {
-        let (ds, cfg) = (&*self.ds, &self.cfg);
-        let start = index * cfg.batch_size;
-        let end = (start + cfg.batch_size).min(ds.len());
+        let ds = &*self.ds;
+        let start = index * self.cfg.batch_size;
+        let end = (start + self.cfg.batch_size).min(ds.len());
         let len = ds.image_len();
         let mut images = vec![0f32; (end - start) * len];
-        let mut labels = Vec::with_capacity(end - start);
-        for (j, pos) in (start..end).enumerate() {
-            let i = order[pos];
-            let out = &mut images[j * len..(j + 1) * len];
-            if cfg.augment {
-                let mut rng = Rng64::from_key(&[cfg.seed, TAG_AUGMENT, epoch as u64, pos as u64]);
-                let t = CropFlip::random(&mut rng, CROP_PAD, true);
-                crop_flip_checked(
-                    ds.image(i),
-                    out,
-                    ds.channels,
-                    ds.size,
-                    CROP_PAD,
-                    t,
-                    &cfg.normalize,
-                );
-            } else {
-                to_tensor_checked(ds.image(i), out, ds.channels, &cfg.normalize);
-            }
-            labels.push(ds.labels[i] as u32);
-        }
+        images.par_chunks_mut(len).enumerate().for_each_init(
+            Workspace::default,
+            |work, (j, out)| {
+                let pos = start + j;
+                self.pipeline
+                    .run(ds.image(order[pos]), out, epoch, pos, work);
+            },
+        );
+        let labels = order[start..end]
+            .iter()
+            .map(|&i| ds.labels[i] as u32)
+            .collect();
         Batch {
             images,
             labels,
@@ -163,8 +168,31 @@ impl BatchLoader {
         start_epoch: usize,
         start_batch: usize,
     ) -> Result<Self, DataError> {
+        Self::with_recipe(dataset, cfg, AugmentRecipe::OFF, start_epoch, start_batch)
+    }
+
+    /// [`BatchLoader::new`] with the augmentation `recipe` on top of `cfg`'s crop/flip (see
+    /// [`super::recipe`]); `AugmentRecipe::OFF` gives exactly the batches of `new`. The recipe
+    /// applies whether or not `cfg.augment` (the crop/flip) is on. With `aug_repeats` r > 1 an
+    /// epoch still has n samples (see [`super::repeat_sampler`]).
+    ///
+    /// Errors: those of `new`, and a recipe [`AugmentRecipe::check`] refuses.
+    pub fn with_recipe(
+        dataset: Arc<Dataset>,
+        cfg: LoaderConfig,
+        recipe: AugmentRecipe,
+        start_epoch: usize,
+        start_batch: usize,
+    ) -> Result<Self, DataError> {
         dataset.validate("training set")?;
-        cfg.normalize.check(dataset.channels)?;
+        let pipeline = Pipeline::new(
+            dataset.channels,
+            dataset.size,
+            cfg.augment,
+            recipe,
+            cfg.normalize,
+            cfg.seed,
+        )?;
         if cfg.batch_size == 0 {
             return Err(DataError::invalid(
                 "batch loader",
@@ -191,6 +219,7 @@ impl BatchLoader {
         let schedule = Schedule {
             ds: dataset,
             cfg,
+            pipeline,
             per_epoch,
         };
         let (tx, rx) = sync_channel(PREFETCH);
@@ -199,9 +228,7 @@ impl BatchLoader {
         let worker = std::thread::Builder::new()
             .name("vitk-batch-loader".into())
             .spawn(move || {
-                let n = schedule.ds.len();
-                let (seed, shuffle) = (schedule.cfg.seed, schedule.cfg.shuffle);
-                let mut order = epoch_order(n, seed, epoch, shuffle);
+                let mut order = schedule.order(epoch);
                 loop {
                     let batch = schedule.build(epoch, index, &order);
                     if tx.send(batch).is_err() {
@@ -211,7 +238,7 @@ impl BatchLoader {
                     if index == schedule.per_epoch {
                         index = 0;
                         epoch += 1;
-                        order = epoch_order(n, seed, epoch, shuffle);
+                        order = schedule.order(epoch);
                     }
                 }
             })

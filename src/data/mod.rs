@@ -10,9 +10,16 @@
 //! - [`fingerprint`]: what identifies a loaded data set (counts, classes, first records);
 //! - [`synthetic`]: a generated 10-class 32x32 set for quick end-to-end runs;
 //! - [`augment`]: random crop with zero padding, horizontal flip, normalisation;
+//! - [`pixel_ops`]: AutoAugment / RandAugment's pixel operations in u8, PIL's arithmetic;
+//! - [`auto_augment`]: the policy (none, AutoAugment CIFAR-10, RandAugment) and its parser;
+//! - [`rand_augment`]: RandAugment with timm's semantics (`rand-m9-mstd0.5-inc1`);
+//! - [`random_erasing`]: timm's per-pixel random erasing on normalised images;
+//! - [`repeat_sampler`]: repeated augmentation's epoch order (DeiT's RASampler);
+//! - [`recipe`]: the recipe beyond crop/flip and the per-sample pipeline;
 //! - [`loader`]: deterministic, prefetching batch loader and the evaluation iterator.
 
 pub mod augment;
+pub mod auto_augment;
 pub mod cifar;
 mod error;
 pub mod fingerprint;
@@ -20,6 +27,11 @@ pub mod image_file;
 pub mod image_folder;
 pub mod loader;
 pub mod masking;
+pub mod pixel_ops;
+pub mod rand_augment;
+pub mod random_erasing;
+pub mod recipe;
+pub mod repeat_sampler;
 mod resize;
 pub mod rng;
 pub mod synthetic;
@@ -28,8 +40,11 @@ use crate::model::ImageSize;
 use std::path::Path;
 
 pub use augment::{augment_into, to_tensor, Normalize};
+pub use auto_augment::AutoAugment;
 pub use error::{DataError, CIFAR_RECORD_BYTES};
 pub use loader::{eval_batches, Batch, BatchLoader, EvalBatches, LoaderConfig};
+pub use rand_augment::RandAugment;
+pub use recipe::AugmentRecipe;
 
 /// A labelled image set held in memory as bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

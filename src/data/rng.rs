@@ -17,6 +17,8 @@ pub(crate) const TAG_SYNTH_TRAIN: u64 = 0x7379_6e74; // "synt"
 pub(crate) const TAG_SYNTH_VAL: u64 = 0x7379_6e76; // "synv"
 pub(crate) const TAG_SYNTH_ORDER: u64 = 0x7379_6e6f; // "syno"
 pub(crate) const TAG_MASK: u64 = 0x6d61_736b; // "mask"
+pub(crate) const TAG_AUTO_AUGMENT: u64 = 0x6175_746f; // "auto": AutoAugment / RandAugment
+pub(crate) const TAG_ERASE: u64 = 0x6572_6173; // "eras": random erasing
 
 /// A random stream determined by a key of up to four 64-bit words.
 #[derive(Clone, Debug)]
@@ -52,6 +54,16 @@ impl Rng64 {
     /// Uniform float in `[0, 1)`.
     pub fn unit(&mut self) -> f32 {
         self.0.random::<f32>()
+    }
+
+    /// Uniform double in `[0, 1)` (as Python's `random.random()`).
+    pub fn unit64(&mut self) -> f64 {
+        self.0.random::<f64>()
+    }
+
+    /// A standard normal N(0, 1) draw (rand_distr's ziggurat), in f64.
+    pub fn normal(&mut self) -> f64 {
+        self.0.sample(rand_distr::StandardNormal)
     }
 
     /// Uniform float in `[lo, hi)`.

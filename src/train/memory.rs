@@ -125,9 +125,9 @@ pub fn host_estimate_of(
 ) -> Estimate {
     let mut e = Estimate::default();
     let n = match &pretrain {
-        Some(o) => PretrainLayout::new(cfg, o.decoder_outputs(cfg)).len,
-        None => ParamLayout::new(cfg).len,
-    } as f64;
+        Some(o) => PretrainLayout::new(cfg, o.decoder_outputs(cfg)).len as f64,
+        None => ParamLayout::new(cfg).len as f64,
+    };
     let b = batch as f64;
     let image = cfg.image_len() as f64;
     match engine {
