@@ -5,6 +5,10 @@
 //                               bf16 on the bf16 path, where it is the patch matmul's dY)
 //   vitk_tokens_backward_pos:   dpos[t, c] += sum_b dx[b, t, c] (b in order, no atomics);
 //                               with cls, dcls[c] += the same sum for t = 0
+//   vitk_patch_rows_scatter:    dx[b, t] = (t < prefix ? 0 : dpatch[b, t - prefix]), overwritten:
+//                               the pre-training decoder reads the patch rows only, so the class
+//                               token's row of d x_L is 0; dx_low (optional) gets a bf16 copy.
+//                               (Its gather, x_L's patch rows, is vitk_tokens_backward_patch_f32.)
 //   vitk_pool_forward:  pooled[b, c] = x[b, 0, c] (cls) or (sum_t x[b, t, c]) / T (mean)
 //   vitk_pool_backward: dx[b, t, c] = (t == 0 ? dpooled[b, c] : 0) (cls) or dpooled[b, c] / T
 //                       (mean), overwritten: dx is the residual-stream gradient it starts;
@@ -64,6 +68,21 @@ extern "C" __global__ void vitk_tokens_backward_pos(float* dpos, float* dcls, co
   if (dcls && i < dim) dcls[i] += s;
 }
 VITK_EXPORT(vitk_tokens_backward_pos)
+
+extern "C" __global__ void vitk_patch_rows_scatter(float* dx, vitk_bf16* dx_low,
+                                                   const float* dpatch, int batch, int t,
+                                                   int dim, int prefix) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)batch * t * dim) return;
+  const long long row = i / dim;
+  const int c = (int)(i - row * dim);
+  const int b = (int)(row / t), tok = (int)(row - (long long)b * t);
+  const float v =
+      tok < prefix ? 0.0f : dpatch[((long long)b * (t - prefix) + tok - prefix) * dim + c];
+  dx[i] = v;
+  if (dx_low) vitk_st(dx_low + i, v);
+}
+VITK_EXPORT(vitk_patch_rows_scatter)
 
 extern "C" __global__ void vitk_pool_forward(float* pooled, const float* x, int batch, int t,
                                              int dim, int mean) {

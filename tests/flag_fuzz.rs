@@ -15,9 +15,10 @@ use std::sync::OnceLock;
 use vitk::cpu::CpuEngine;
 use vitk::engine::Precision;
 use vitk::gpu::profile::DryRuntime;
-use vitk::gpu::GpuTrainer;
+use vitk::gpu::{GpuPretrainer, GpuTrainer};
 use vitk::model::{ImageSize, ModelConfig, Pool};
 use vitk::optim::AdamWConfig;
+use vitk::pretrain::Objective;
 use vitk::train::memory::{host_estimate, DataSize, EngineKind};
 use vitk::train::{DataSource, ScheduleKind, TrainConfig};
 
@@ -245,6 +246,10 @@ fn memory_estimates_take_any_valid_model_without_overflow() {
             for p in [Precision::Fp32, Precision::Bf16] {
                 let dev = GpuTrainer::device_bytes(&dry, &cfg, batch, p);
                 prop_assert!(dev.is_finite() && dev > 0.0, "{dev} for {cfg:?}");
+                for objective in [Objective::simmim(), Objective::Colour] {
+                    let dev = GpuPretrainer::device_bytes(&dry, &cfg, objective, batch, p);
+                    prop_assert!(dev.is_finite() && dev > 0.0, "{dev} for {cfg:?}");
+                }
             }
             Ok(())
         })

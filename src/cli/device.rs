@@ -14,7 +14,7 @@ use vitk::cpu::CpuTrainer;
 use vitk::data::Normalize;
 use vitk::engine::{Precision, TrainEngine};
 use vitk::gpu::kernels::MAX_HEAD_DIM;
-use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuTrainer, Runtime};
+use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuPretrainer, GpuTrainer, Runtime};
 use vitk::model::ModelConfig;
 use vitk::optim::{AdamWConfig, FineTuning};
 use vitk::pretrain::{CpuPretrainer, Objective, PretrainEngine};
@@ -159,7 +159,9 @@ impl Opened {
                 precision,
             } => {
                 let device = match pretrain {
-                    Some(_) => GpuTrainer::device_bytes(&**rt, cfg, batch, *precision), // SHIM
+                    Some(objective) => {
+                        GpuPretrainer::device_bytes(&**rt, cfg, objective, batch, *precision)
+                    }
                     None => GpuTrainer::device_bytes(&**rt, cfg, batch, *precision),
                 };
                 if let Some(c) = cuda {
@@ -174,7 +176,10 @@ impl Opened {
                 }
                 EngineKind::Device {
                     device,
-                    pinned: GpuTrainer::pinned_bytes(cfg, batch),
+                    pinned: match pretrain {
+                        Some(_) => GpuPretrainer::pinned_bytes(cfg, batch),
+                        None => GpuTrainer::pinned_bytes(cfg, batch),
+                    },
                     device_is_host: cuda.is_none(),
                 }
             }
@@ -231,7 +236,20 @@ impl Opened {
             Opened::Cpu => Ok(Box::new(CpuPretrainer::new(
                 cfg, objective, normalize, max_batch, params, adamw,
             )?)),
-            Opened::Device { .. } => bail!("SHIM"),
+            Opened::Device { rt, precision, .. } => {
+                let e = GpuPretrainer::new(
+                    rt.clone(),
+                    cfg,
+                    objective,
+                    normalize,
+                    max_batch,
+                    &params,
+                    adamw,
+                    *precision,
+                )
+                .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
+                Ok(Box::new(e))
+            }
         }
     }
 }

@@ -16,10 +16,16 @@ use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::optim::{device_hyper, hyper_len, AdamWConfig, FineTuning, ParamGroups};
+use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
 
+mod encoder;
 mod pipeline;
-use pipeline::Pipeline;
+mod pretrain;
+mod state;
+use encoder::Net;
+use pipeline::{Labels, Pipeline, StepShape};
+pub use pretrain::GpuPretrainer;
+use state::ParamState;
 
 /// Buffer sizes of this engine for a batch.
 impl BatchDims {
@@ -234,34 +240,20 @@ pub struct GpuTrainer {
     rt: Arc<dyn Runtime>,
     cfg: ModelConfig,
     layout: ParamLayout,
-    adamw: AdamWConfig,
     precision: Precision,
     max_batch: usize,
-    _state: DeviceBuffer<f32>,
-    params: DView,
-    grads: DView,
-    m: DView,
-    v: DView,
-    /// The bf16 copy of the parameters the bf16 matmuls read (bf16 path only).
-    params_low: Option<DeviceBuffer<bf16>>,
-    /// Which tensors train, at which rate (`--layer-decay`, `--freeze-backbone`).
-    groups: ParamGroups,
-    /// [trainable span] the optimizer group of each trainable scalar (constant).
-    group_table: DeviceBuffer<u16>,
+    /// Parameters, gradients, AdamW moments and groups (`--layer-decay`,
+    /// `--freeze-backbone`).
+    state: ParamState,
     acts_f32: DeviceBuffer<f32>,
     acts_low: DeviceBuffer<bf16>,
     splitk: usize,
     labels: DeviceBuffer<u32>,
     stats: DeviceBuffer<f32>,
-    /// The step's AdamW scalars ([`device_hyper`]: shared, then per group), read by the
-    /// update kernel.
-    hyper: DeviceBuffer<f32>,
-    norm_partial: DeviceBuffer<f64>,
-    step: u64,
     /// Batch size of the last forward pass (0 before the first).
     batch: usize,
     /// The queued-step machinery of [`Self::submit_step`] (pipeline.rs).
-    pipeline: Pipeline,
+    pipeline: Pipeline<StepShape, Labels>,
 }
 
 impl GpuTrainer {
@@ -292,20 +284,8 @@ impl GpuTrainer {
                 params.len()
             )));
         }
-        let state = alloc::<f32>(&rt, 4 * n, "parameters, gradients and AdamW moments")?;
-        let mut c = Carver::new(state.view());
-        let (p, g, m, v) = (c.take(n), c.take(n), c.take(n), c.take(n));
-        g.fill_bytes(&*rt, 0)?;
-        m.fill_bytes(&*rt, 0)?;
-        v.fill_bytes(&*rt, 0)?;
-        let params_low = match precision {
-            Precision::Fp32 => None,
-            Precision::Bf16 => Some(alloc::<bf16>(&rt, n, "bf16 weight copies")?),
-        };
         let groups = ParamGroups::new(&layout, tuning);
-        let table = groups.group_table();
-        let mut group_table = alloc::<u16>(&rt, table.len(), "optimizer group table")?;
-        group_table.upload(&table)?;
+        let state = ParamState::new(&rt, params, groups, adamw, precision)?;
         let z = BatchDims::new(cfg, max_batch);
         if act_bound(&z) > MAX_COUNTED {
             return Err(GpuError::Memory {
@@ -321,36 +301,21 @@ impl GpuTrainer {
         let acts_low = alloc::<bf16>(&rt, n_low, "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
-        let hyper = alloc::<f32>(&rt, hyper_len(groups.groups.len()), "AdamW scalars")?;
-        let norm_partial = alloc::<f64>(&rt, k::NORM_BLOCKS, "gradient norm partials")?;
-        let mut engine = GpuTrainer {
+        Ok(GpuTrainer {
             rt,
             cfg: cfg.clone(),
             layout,
-            adamw,
             precision,
             max_batch,
-            _state: state,
-            params: p,
-            grads: g,
-            m,
-            v,
-            params_low,
-            groups,
-            group_table,
+            state,
             acts_f32,
             acts_low,
             splitk,
             labels,
             stats,
-            hyper,
-            norm_partial,
-            step: 0,
             batch: 0,
-            pipeline: Pipeline::new(),
-        };
-        engine.upload_params(params)?;
-        Ok(engine)
+            pipeline: Pipeline::default(),
+        })
     }
 
     /// Bytes of device memory [`Self::new`] allocates for `cfg` at `max_batch` in `precision`
@@ -361,14 +326,9 @@ impl GpuTrainer {
         max_batch: usize,
         precision: Precision,
     ) -> f64 {
-        let n = ParamLayout::new(cfg).len as f64;
-        let low = match precision {
-            Precision::Fp32 => 0.0,
-            Precision::Bf16 => 2.0 * n,
-        };
-        // parameters, gradients, m, v; bf16 weights; the optimizer group table (u16, at most
-        // one per parameter); labels
-        let fixed = 16.0 * n + low + 2.0 * n + 4.0 * max_batch as f64;
+        // the trained state; labels
+        let fixed =
+            ParamState::bytes(ParamLayout::new(cfg).len, precision) + 4.0 * max_batch as f64;
         let z = BatchDims::new(cfg, max_batch);
         if act_bound(&z) > MAX_COUNTED {
             return fixed + act_bound(&z) * 4.0;
@@ -388,17 +348,6 @@ impl GpuTrainer {
         self.precision
     }
 
-    /// Uploads the master parameters and, on the bf16 path, their bf16 copies (rounded to
-    /// nearest even, as the AdamW kernel rounds them afterwards).
-    fn upload_params(&mut self, params: &[f32]) -> GpuResult<()> {
-        self.params.upload(&*self.rt, params)?;
-        if let Some(low) = &mut self.params_low {
-            let copy: Vec<bf16> = params.iter().map(|&p| bf16::from_f32(p)).collect();
-            low.upload(&copy)?;
-        }
-        Ok(())
-    }
-
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.rt
     }
@@ -414,19 +363,16 @@ impl GpuTrainer {
         (z, a)
     }
 
-    /// The fp32 parameter view of a layout range (biases, norms, embeddings).
-    fn p(&self, r: &std::ops::Range<usize>) -> DView {
-        self.params.slice(r.start, r.len())
-    }
-    /// A weight as a matmul operand: fp32, or its bf16 copy on the bf16 path.
-    fn w(&self, r: &std::ops::Range<usize>) -> Operand {
-        match &self.params_low {
-            None => Operand::F32(self.p(r)),
-            Some(low) => Operand::Bf16(low.view().slice(r.start, r.len())),
+    /// The encoder's view of the parameters (encoder.rs).
+    fn net(&self) -> Net<'_> {
+        Net {
+            rt: &*self.rt,
+            cfg: &self.cfg,
+            layout: &self.layout,
+            params: self.state.params,
+            grads: self.state.grads,
+            low: self.state.low(),
         }
-    }
-    fn g(&self, r: &std::ops::Range<usize>) -> DView {
-        self.grads.slice(r.start, r.len())
     }
 
     /// Forward pass of `images` [B, C, S, S] (normalised); keeps the activations.
@@ -456,119 +402,10 @@ impl GpuTrainer {
     /// Enqueues the forward pass of the `batch` images already in the images view.
     fn forward(&mut self, batch: usize) -> GpuResult<()> {
         self.batch = batch;
-        let rt = &*self.rt;
-        let lay = &self.layout;
         let (z, a) = self.acts(batch);
-        let (r, d, m) = (z.rows(), z.d, z.m);
-        let cfg = &self.cfg;
-        k::patch_embed_im2col(
-            rt,
-            a.patches,
-            a.images,
-            batch,
-            cfg.in_chans,
-            cfg.image_size,
-            cfg.patch_size,
-        )?;
-        let np = batch * z.n;
-        k::linear_forward(
-            rt,
-            Operand::F32(a.patch_out),
-            a.patches,
-            self.w(&lay.patch_w),
-            self.p(&lay.patch_b),
-            LinearEpilogue::Bias,
-            np,
-            z.cpp,
-            d,
-        )?;
-        let x0 = a.blocks.first().map(|b| b.x).unwrap_or(a.x_last);
-        k::tokens_forward(
-            rt,
-            x0,
-            a.patch_out,
-            self.p(&lay.pos_embed),
-            lay.cls_token.as_ref().map(|c| self.p(c)),
-            batch,
-            d,
-        )?;
-        let hl = z.attn_dims().head_len();
-        for (l, (blk, w)) in a.blocks.iter().zip(&lay.blocks).enumerate() {
-            let x_next = a.blocks.get(l + 1).map(|b| b.x).unwrap_or(a.x_last);
-            k::layernorm_forward(
-                rt,
-                blk.ln1,
-                blk.ln1_mean,
-                blk.ln1_rstd,
-                blk.x,
-                self.p(&w.norm1_w),
-                self.p(&w.norm1_b),
-                d,
-            )?;
-            k::qkv_forward(
-                rt,
-                blk.qkv,
-                blk.ln1,
-                self.w(&w.qkv_w),
-                self.p(&w.qkv_b),
-                batch,
-                z.t,
-                z.h,
-                d,
-            )?;
-            k::attention_forward(
-                rt,
-                blk.attn,
-                blk.lse,
-                blk.qkv.slice(0, hl),
-                blk.qkv.slice(hl, hl),
-                blk.qkv.slice(2 * hl, hl),
-                z.attn_dims(),
-            )?;
-            k::linear_forward(
-                rt,
-                Operand::F32(blk.x_mid),
-                blk.attn,
-                self.w(&w.proj_w),
-                self.p(&w.proj_b),
-                LinearEpilogue::Residual(blk.x),
-                r,
-                d,
-                d,
-            )?;
-            k::layernorm_forward(
-                rt,
-                blk.ln2,
-                blk.ln2_mean,
-                blk.ln2_rstd,
-                blk.x_mid,
-                self.p(&w.norm2_w),
-                self.p(&w.norm2_b),
-                d,
-            )?;
-            k::linear_forward(
-                rt,
-                blk.gelu,
-                blk.ln2,
-                self.w(&w.fc1_w),
-                self.p(&w.fc1_b),
-                LinearEpilogue::Gelu { pre: blk.fc1 },
-                r,
-                d,
-                m,
-            )?;
-            k::linear_forward(
-                rt,
-                Operand::F32(x_next),
-                blk.gelu,
-                self.w(&w.fc2_w),
-                self.p(&w.fc2_b),
-                LinearEpilogue::Residual(blk.x_mid),
-                r,
-                m,
-                d,
-            )?;
-        }
+        let net = self.net();
+        net.forward_encoder(&z, &a, None)?;
+        let (rt, lay, d, cfg) = (net.rt, net.layout, z.d, net.cfg);
         k::pool_forward(
             rt,
             a.pooled,
@@ -584,16 +421,16 @@ impl GpuTrainer {
             a.mean,
             a.rstd,
             a.pooled,
-            self.p(&lay.head_norm_w),
-            self.p(&lay.head_norm_b),
+            net.p(&lay.head_norm_w),
+            net.p(&lay.head_norm_b),
             d,
         )?;
         k::linear_forward(
             rt,
             Operand::F32(a.logits),
             a.normed,
-            self.w(&lay.head_w),
-            self.p(&lay.head_b),
+            net.w(&lay.head_w),
+            net.p(&lay.head_b),
             LinearEpilogue::Bias,
             batch,
             d,
@@ -675,60 +512,38 @@ impl GpuTrainer {
     /// gradient (no kernel of the blocks or the embedding runs); the gradients outside the
     /// trainable span are never written and stay zero.
     pub fn try_backward(&mut self) -> GpuResult<()> {
-        let rt = &*self.rt;
-        let lay = &self.layout;
         let (z, a) = self.acts(self.batch);
-        let (r, d, m, b) = (z.rows(), z.d, z.m, z.b);
-        self.trainable(self.grads).fill_bytes(rt, 0)?;
-        // Weight and bias gradients of one linear layer: dW += dyᵀ x, db += Σ dy.
-        let dw = |wr: &std::ops::Range<usize>,
-                  br: &std::ops::Range<usize>,
-                  dy: Operand,
-                  x: Operand,
-                  rows: usize,
-                  i: usize,
-                  o: usize|
-         -> GpuResult<()> {
-            k::linear_backward_dw(
-                rt,
-                self.g(wr),
-                Some(self.g(br)),
-                a.splitk,
-                dy,
-                x,
-                rows,
-                i,
-                o,
-            )
-        };
+        let net = self.net();
+        let (rt, lay, d, b) = (net.rt, net.layout, z.d, z.b);
+        self.state.trainable(self.state.grads).fill_bytes(rt, 0)?;
         // head: dnormed = dlogits · W (fp32, into the LayerNorm backward)
         k::linear_backward_dx(
             rt,
             Operand::F32(a.dnormed),
             a.dlogits,
-            self.w(&lay.head_w),
+            net.w(&lay.head_w),
             None,
             b,
             d,
             z.k,
         )?;
-        dw(&lay.head_w, &lay.head_b, a.dlogits, a.normed, b, d, z.k)?;
+        net.dw(&a, &lay.head_w, &lay.head_b, a.dlogits, a.normed, b, d, z.k)?;
         a.dpooled.fill_bytes(rt, 0)?;
         k::layernorm_backward(
             rt,
             a.dpooled,
             None,
-            self.g(&lay.head_norm_w),
-            self.g(&lay.head_norm_b),
+            net.g(&lay.head_norm_w),
+            net.g(&lay.head_norm_b),
             a.ln_scratch,
             a.dnormed,
             a.pooled,
             a.mean,
             a.rstd,
-            self.p(&lay.head_norm_w),
+            net.p(&lay.head_norm_w),
             d,
         )?;
-        if self.groups.backbone_frozen() {
+        if self.state.groups.backbone_frozen() {
             return Ok(());
         }
         k::pool_backward(
@@ -741,138 +556,20 @@ impl GpuTrainer {
             d,
             self.cfg.pool == Pool::Mean,
         )?;
-        let hl = z.attn_dims().head_len();
-        for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
-            // fc2: its dX times gelu'(fc1) is fc1's pre-activation gradient
-            k::linear_backward_dx(rt, a.dfc1, a.dy(), self.w(&w.fc2_w), Some(blk.fc1), r, m, d)?;
-            dw(&w.fc2_w, &w.fc2_b, a.dy(), blk.gelu, r, m, d)?;
-            k::linear_backward_dx(
-                rt,
-                Operand::F32(a.dln),
-                a.dfc1,
-                self.w(&w.fc1_w),
-                None,
-                r,
-                d,
-                m,
-            )?;
-            dw(&w.fc1_w, &w.fc1_b, a.dfc1, blk.ln2, r, d, m)?;
-            k::layernorm_backward(
-                rt,
-                a.dx,
-                a.dx_low,
-                self.g(&w.norm2_w),
-                self.g(&w.norm2_b),
-                a.ln_scratch,
-                a.dln,
-                blk.x_mid,
-                blk.ln2_mean,
-                blk.ln2_rstd,
-                self.p(&w.norm2_w),
-                d,
-            )?;
-            k::linear_backward_dx(rt, a.dattn, a.dy(), self.w(&w.proj_w), None, r, d, d)?;
-            dw(&w.proj_w, &w.proj_b, a.dy(), blk.attn, r, d, d)?;
-            k::attention_backward(
-                rt,
-                a.dqkv,
-                a.rowdot,
-                a.dattn,
-                blk.attn,
-                blk.lse,
-                blk.qkv.slice(0, hl),
-                blk.qkv.slice(hl, hl),
-                blk.qkv.slice(2 * hl, hl),
-                z.attn_dims(),
-            )?;
-            k::linear_backward_dx(
-                rt,
-                Operand::F32(a.dln),
-                a.dqkv,
-                self.w(&w.qkv_w),
-                None,
-                r,
-                d,
-                3 * d,
-            )?;
-            dw(&w.qkv_w, &w.qkv_b, a.dqkv, blk.ln1, r, d, 3 * d)?;
-            k::layernorm_backward(
-                rt,
-                a.dx,
-                a.dx_low,
-                self.g(&w.norm1_w),
-                self.g(&w.norm1_b),
-                a.ln_scratch,
-                a.dln,
-                blk.x,
-                blk.ln1_mean,
-                blk.ln1_rstd,
-                self.p(&w.norm1_w),
-                d,
-            )?;
-        }
-        k::tokens_backward(
-            rt,
-            a.dpatch,
-            self.g(&lay.pos_embed),
-            lay.cls_token.as_ref().map(|c| self.g(c)),
-            a.dx,
-            b,
-            d,
-        )?;
-        dw(
-            &lay.patch_w,
-            &lay.patch_b,
-            a.dpatch,
-            a.patches,
-            b * z.n,
-            z.cpp,
-            d,
-        )
+        net.backward_encoder(&z, &a, None)
     }
 
     /// Optional clipping (on device) and one AdamW update at base rate `lr`.
     pub fn try_update(&mut self, lr: f64, clip: Option<f64>) -> GpuResult<()> {
-        self.step += 1;
-        let hyper = self.hyper_values(lr);
-        self.hyper.upload(&hyper)?;
+        self.state.step += 1;
+        let hyper = self.state.hyper_values(lr);
+        self.state.hyper.upload(&hyper)?;
         self.update(clip)
     }
 
-    /// The AdamW scalars of step `self.step` at base rate `lr` (the `hyper` buffer's values).
-    fn hyper_values(&self, lr: f64) -> Vec<f32> {
-        device_hyper(&self.adamw, self.step, lr, &self.groups.groups)
-    }
-
-    /// The trainable tensors' part of a parameter-shaped view.
-    fn trainable(&self, v: DView) -> DView {
-        let span = self.groups.trainable();
-        v.slice(span.start, span.len())
-    }
-
-    /// Enqueues optional clipping of the trainable tensors' gradients and the AdamW update
-    /// of the trainable tensors with the scalars already in `hyper`.
+    /// Enqueues optional clipping and the AdamW update with the scalars already in `hyper`.
     fn update(&self, clip: Option<f64>) -> GpuResult<()> {
-        let rt = &*self.rt;
-        let grads = self.trainable(self.grads);
-        if let Some(max) = clip {
-            k::grad_norm_clip(rt, self.stats.view(), &self.norm_partial, grads, max)?;
-        }
-        let span = self.groups.trainable();
-        k::adamw(
-            rt,
-            self.trainable(self.params),
-            self.params_low
-                .as_ref()
-                .map(|b| b.view().slice(span.start, span.len())),
-            self.trainable(self.m),
-            self.trainable(self.v),
-            grads,
-            self.group_table.view(),
-            self.groups.groups.len(),
-            clip.map(|_| self.stats.view()),
-            self.hyper.view(),
-        )
+        self.state.update(&*self.rt, self.stats.view(), clip)
     }
 
     /// Enqueues a whole step on inputs already on the device: what a step graph holds.
@@ -910,31 +607,20 @@ impl GpuTrainer {
 
     /// The gradients of the last backward pass, flat in the layout order.
     pub fn try_grads(&self) -> GpuResult<Vec<f32>> {
-        self.grads.to_vec(&*self.rt)
+        self.state.grads.to_vec(&*self.rt)
     }
 
     pub fn try_params(&self) -> GpuResult<Vec<f32>> {
-        self.params.to_vec(&*self.rt)
+        self.state.params.to_vec(&*self.rt)
     }
 
     pub fn try_optimizer_state(&self) -> GpuResult<OptimizerState> {
-        Ok(OptimizerState {
-            m: self.m.to_vec(&*self.rt)?,
-            v: self.v.to_vec(&*self.rt)?,
-            step: self.step,
-        })
+        self.state.optimizer_state(&*self.rt)
     }
 
     pub fn try_load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> GpuResult<()> {
         self.finish_steps()?;
-        self.upload_params(params)?;
-        let rt = &*self.rt;
-        if let Some(o) = opt {
-            self.m.upload(rt, &o.m)?;
-            self.v.upload(rt, &o.v)?;
-            self.step = o.step;
-        }
-        Ok(())
+        self.state.load(&*self.rt, params, opt)
     }
 }
 

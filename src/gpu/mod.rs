@@ -14,7 +14,7 @@ pub mod stream;
 
 use std::sync::Arc;
 
-pub use engine::GpuTrainer;
+pub use engine::{GpuPretrainer, GpuTrainer};
 pub use error::{GpuError, GpuResult};
 pub use kernels::Operand;
 pub use runtime::{

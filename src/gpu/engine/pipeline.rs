@@ -1,36 +1,56 @@
-//! Queued training steps. A step's inputs (images, labels, AdamW scalars) are written into
-//! pinned staging and copied to the device by stream-ordered copies; the step itself is one
-//! replay of a graph captured the first time its shape was seen (batch size, smoothing and
+//! Queued training steps, for both device models. A step's inputs (images, then labels or
+//! patch masks, and the AdamW scalars) are written into pinned staging and copied to the
+//! device by stream-ordered copies; the step itself is one replay of a graph captured the
+//! first time its shape was seen (everything a kernel takes by value: batch size, smoothing,
 //! clip threshold; `VITK_NO_GRAPH=1`: the same kernels launched one by one); its statistics
 //! come back through pinned memory behind a fence. Two staging slots alternate: the host
 //! fills one while the device may still read the other, and reads step i's statistics only
 //! after step i + 1 is queued, so the device always has the next step waiting and the host
 //! never waits inside a step.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
 
 use super::GpuTrainer;
 use crate::engine::StepOutput;
-use crate::gpu::error::{GpuError, GpuResult};
+use crate::gpu::error::GpuResult;
+use crate::gpu::runtime::{DView, Runtime};
 use crate::gpu::stream::{Fence, Graph, PinnedBuffer};
 use crate::optim::hyper_len;
 
-/// What makes two steps the same graph: everything a kernel takes by value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct StepShape {
-    batch: usize,
-    smoothing: u64,
-    clip: Option<u64>,
-}
-
-/// The pinned host side of one queued step.
-struct StepSlot {
-    images: PinnedBuffer<f32>, // [max_batch, C, S, S]
-    labels: PinnedBuffer<u32>, // [max_batch]
-    hyper: PinnedBuffer<f32>,  // [hyper_len(groups)] the step's AdamW scalars
-    stats: PinnedBuffer<f32>,  // [4] loss, correct, grad norm, clip coefficient
+/// The pinned host side of one queued step; `I` the model's own inputs (labels, masks).
+pub(super) struct StepSlot<I> {
+    pub(super) images: PinnedBuffer<f32>, // [max_batch, C, S_h, S_w]
+    pub(super) inputs: I,
+    pub(super) hyper: PinnedBuffer<f32>, // [hyper_len(groups)] the step's AdamW scalars
+    stats: PinnedBuffer<f32>,            // [4] the step's statistics
     /// Recorded after the step's statistics download: once passed, the slot is the host's.
     fence: Fence,
+}
+
+impl<I> StepSlot<I> {
+    pub(super) fn new(
+        rt: &Arc<dyn Runtime>,
+        images: usize,
+        inputs: I,
+        groups: usize,
+    ) -> GpuResult<Self> {
+        Ok(StepSlot {
+            images: PinnedBuffer::new(rt, images)?,
+            inputs,
+            hyper: PinnedBuffer::new(rt, hyper_len(groups))?,
+            stats: PinnedBuffer::new(rt, 4)?,
+            fence: Fence::new(rt)?,
+        })
+    }
+}
+
+/// The statistics of a reported step.
+pub(super) struct Report {
+    pub(super) stats: [f32; 4],
+    pub(super) clipped: bool,
 }
 
 /// A step queued but not reported yet.
@@ -39,18 +59,19 @@ struct Queued {
     clipped: bool,
 }
 
-pub(super) struct Pipeline {
+/// The queued-step state of one engine; `K` what makes two steps the same graph.
+pub(super) struct Pipeline<K, I> {
     /// Two slots, allocated at the first step.
-    slots: Vec<StepSlot>,
+    slots: Vec<StepSlot<I>>,
     next_slot: usize,
-    /// Oldest first; at most one once `submit_step` returns.
+    /// Oldest first; at most one once a submit returns.
     queued: VecDeque<Queued>,
-    graphs: HashMap<StepShape, Graph>,
+    graphs: HashMap<K, Graph>,
     use_graphs: bool,
 }
 
-impl Pipeline {
-    pub(super) fn new() -> Self {
+impl<K: Copy + Eq + Hash, I> Default for Pipeline<K, I> {
+    fn default() -> Self {
         Pipeline {
             slots: Vec::new(),
             next_slot: 0,
@@ -61,18 +82,117 @@ impl Pipeline {
     }
 }
 
+impl<K: Copy + Eq + Hash, I> Pipeline<K, I> {
+    /// Steps as graph replays or launches one by one; captured graphs are dropped when off.
+    pub(super) fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        if !on {
+            self.graphs.clear();
+        }
+    }
+
+    pub(super) fn graphs_enabled(&self) -> bool {
+        self.use_graphs
+    }
+
+    /// Kernels in each captured step graph.
+    pub(super) fn graph_kernels(&self) -> Vec<u64> {
+        self.graphs.values().map(|g| g.kernels).collect()
+    }
+
+    /// The slot the next step stages its inputs in (the two made by `alloc` at the first
+    /// step). Its previous step was reported before the last submit returned, so it is free.
+    pub(super) fn next_slot(
+        &mut self,
+        mut alloc: impl FnMut() -> GpuResult<StepSlot<I>>,
+    ) -> GpuResult<&mut StepSlot<I>> {
+        if self.slots.is_empty() {
+            self.slots = vec![alloc()?, alloc()?];
+        }
+        let s = self.next_slot;
+        debug_assert!(self.queued.iter().all(|q| q.slot != s));
+        Ok(&mut self.slots[s])
+    }
+
+    /// Queues the step staged in [`Self::next_slot`]: a replay of the graph of `key`
+    /// (captured from `enqueue` now if new) or `enqueue`'s launches, then the download of
+    /// `stats` behind a fence. Returns the statistics of the step queued before it, waiting
+    /// for that one only.
+    pub(super) fn submit(
+        &mut self,
+        rt: &Arc<dyn Runtime>,
+        key: K,
+        stats: DView,
+        clipped: bool,
+        mut enqueue: impl FnMut() -> GpuResult<()>,
+    ) -> GpuResult<Option<Report>> {
+        let s = self.next_slot;
+        self.next_slot = 1 - s;
+        if !self.use_graphs {
+            enqueue()?;
+        } else {
+            let graph = match self.graphs.entry(key) {
+                Entry::Occupied(g) => g.into_mut(),
+                Entry::Vacant(g) => g.insert(Graph::capture(rt, &mut enqueue)?),
+            };
+            graph.launch()?;
+        }
+        let slot = &mut self.slots[s];
+        slot.stats.download_from(stats)?;
+        slot.fence.record()?;
+        self.queued.push_back(Queued { slot: s, clipped });
+        if self.queued.len() > 1 {
+            self.report_oldest()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Waits for the queued steps and returns the last one's statistics (`None` when none).
+    pub(super) fn finish(&mut self) -> GpuResult<Option<Report>> {
+        let mut last = None;
+        while !self.queued.is_empty() {
+            last = self.report_oldest()?;
+        }
+        Ok(last)
+    }
+
+    /// Waits for the oldest queued step and reads its statistics.
+    fn report_oldest(&mut self) -> GpuResult<Option<Report>> {
+        let Some(q) = self.queued.pop_front() else {
+            return Ok(None);
+        };
+        let slot = &self.slots[q.slot];
+        slot.fence.wait()?;
+        let mut stats = [0.0f32; 4];
+        stats.copy_from_slice(slot.stats.as_slice());
+        Ok(Some(Report {
+            stats,
+            clipped: q.clipped,
+        }))
+    }
+}
+
+/// What makes two classification steps the same graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct StepShape {
+    batch: usize,
+    smoothing: u64,
+    clip: Option<u64>,
+}
+
+/// The classifier's inputs of one queued step: labels [max_batch].
+pub(super) type Labels = PinnedBuffer<u32>;
+
 impl GpuTrainer {
     /// Whether steps run as graph replays (the default; `VITK_NO_GRAPH=1` starts without) or
     /// as the same kernels launched one by one. Captured graphs are dropped when turned off.
     pub fn set_graphs(&mut self, on: bool) {
-        self.pipeline.use_graphs = on;
-        if !on {
-            self.pipeline.graphs.clear();
-        }
+        self.pipeline.set_graphs(on)
     }
 
     pub fn graphs_enabled(&self) -> bool {
-        self.pipeline.use_graphs
+        self.pipeline.graphs_enabled()
     }
 
     /// Queues one training step (see `TrainEngine::train_step`) and returns the output of
@@ -87,107 +207,71 @@ impl GpuTrainer {
     ) -> GpuResult<Option<StepOutput>> {
         let batch = self.batch_of(images)?;
         self.check_labels(labels, batch)?;
-        if self.pipeline.slots.is_empty() {
-            let image = images.len() / batch;
-            let slots = (0..2)
-                .map(|_| self.new_slot(image))
-                .collect::<GpuResult<Vec<_>>>()?;
-            self.pipeline.slots = slots;
-        }
-        let s = self.pipeline.next_slot;
-        self.pipeline.next_slot = 1 - s;
-        // The slot's previous step was reported (its fence waited for) before the last
-        // call returned, so its staging is free.
-        debug_assert!(self.pipeline.queued.iter().all(|q| q.slot != s));
-        self.step += 1;
-        let hyper = self.hyper_values(lr);
+        // Out of the engine while the step's launches borrow it.
+        let mut pipeline = std::mem::take(&mut self.pipeline);
+        let out = self.submit_with(&mut pipeline, images, labels, lr, smoothing, clip, batch);
+        self.pipeline = pipeline;
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_with(
+        &mut self,
+        pipeline: &mut Pipeline<StepShape, Labels>,
+        images: &[f32],
+        labels: &[u32],
+        lr: f64,
+        smoothing: f64,
+        clip: Option<f64>,
+        batch: usize,
+    ) -> GpuResult<Option<StepOutput>> {
+        self.state.step += 1;
+        let hyper = self.state.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
         let labels_dev = self.labels.view().slice(0, batch);
-        let slot = &mut self.pipeline.slots[s];
+        let (rt, max_batch) = (self.rt.clone(), self.max_batch);
+        let groups = self.state.groups.groups.len();
+        let image = images.len() / batch;
+        let slot = pipeline.next_slot(|| {
+            let labels = PinnedBuffer::new(&rt, max_batch)?;
+            StepSlot::new(&rt, max_batch * image, labels, groups)
+        })?;
         slot.images.as_mut_slice()[..images.len()].copy_from_slice(images);
-        slot.labels.as_mut_slice()[..batch].copy_from_slice(labels);
+        slot.inputs.as_mut_slice()[..batch].copy_from_slice(labels);
         slot.hyper.as_mut_slice().copy_from_slice(&hyper);
         slot.images.upload_to(images_dev)?;
-        slot.labels.upload_to(labels_dev)?;
-        slot.hyper.upload_to(self.hyper.view())?;
-        self.run_step(batch, smoothing, clip)?;
-        let slot = &mut self.pipeline.slots[s];
-        slot.stats.download_from(self.stats.view())?;
-        slot.fence.record()?;
-        self.pipeline.queued.push_back(Queued {
-            slot: s,
-            clipped: clip.is_some(),
-        });
-        if self.pipeline.queued.len() > 1 {
-            self.report_oldest()
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// Waits for the queued step and returns its output (`None` when nothing is queued).
-    pub fn finish_steps(&mut self) -> GpuResult<Option<StepOutput>> {
-        let mut last = None;
-        while !self.pipeline.queued.is_empty() {
-            last = self.report_oldest()?;
-        }
-        Ok(last)
-    }
-
-    fn new_slot(&self, image: usize) -> GpuResult<StepSlot> {
-        let rt = &self.rt;
-        Ok(StepSlot {
-            images: PinnedBuffer::new(rt, self.max_batch * image)?,
-            labels: PinnedBuffer::new(rt, self.max_batch)?,
-            hyper: PinnedBuffer::new(rt, hyper_len(self.groups.groups.len()))?,
-            stats: PinnedBuffer::new(rt, 4)?,
-            fence: Fence::new(rt)?,
-        })
-    }
-
-    /// Enqueues the step on inputs already on the device: a replay of its graph (captured
-    /// now if its shape is new), or the launches themselves.
-    fn run_step(&mut self, batch: usize, smoothing: f64, clip: Option<f64>) -> GpuResult<()> {
-        if !self.pipeline.use_graphs {
-            return self.enqueue_step(batch, smoothing, clip);
-        }
-        let shape = StepShape {
+        slot.inputs.upload_to(labels_dev)?;
+        slot.hyper.upload_to(self.state.hyper.view())?;
+        let key = StepShape {
             batch,
             smoothing: smoothing.to_bits(),
             clip: clip.map(f64::to_bits),
         };
-        if !self.pipeline.graphs.contains_key(&shape) {
-            let rt = self.rt.clone();
-            let graph = Graph::capture(&rt, || self.enqueue_step(batch, smoothing, clip))?;
-            self.pipeline.graphs.insert(shape, graph);
-        }
+        // A replay does not run `forward`, which records the batch size.
         self.batch = batch;
-        match self.pipeline.graphs.get(&shape) {
-            Some(graph) => graph.launch(),
-            None => Err(GpuError::Driver {
-                op: "step graph".into(),
-                message: "captured graph missing".into(),
-            }),
-        }
+        let stats = self.stats.view();
+        let report = pipeline.submit(&rt, key, stats, clip.is_some(), || {
+            self.enqueue_step(batch, smoothing, clip)
+        })?;
+        Ok(report.map(step_output))
     }
 
-    /// Waits for the oldest queued step and reads its statistics.
-    fn report_oldest(&mut self) -> GpuResult<Option<StepOutput>> {
-        let Some(q) = self.pipeline.queued.pop_front() else {
-            return Ok(None);
-        };
-        let slot = &self.pipeline.slots[q.slot];
-        slot.fence.wait()?;
-        let s = slot.stats.as_slice();
-        Ok(Some(StepOutput {
-            loss: s[0] as f64,
-            correct: s[1] as usize,
-            grad_norm: q.clipped.then(|| s[2] as f64),
-        }))
+    /// Waits for the queued step and returns its output (`None` when nothing is queued).
+    pub fn finish_steps(&mut self) -> GpuResult<Option<StepOutput>> {
+        Ok(self.pipeline.finish()?.map(step_output))
     }
 
     /// Kernels in each captured step graph (for `vitk profile`).
     pub fn graph_kernels(&self) -> Vec<u64> {
-        self.pipeline.graphs.values().map(|g| g.kernels).collect()
+        self.pipeline.graph_kernels()
+    }
+}
+
+/// [loss, correct, grad norm, clip coefficient] as the classifier reports them.
+fn step_output(r: Report) -> StepOutput {
+    StepOutput {
+        loss: r.stats[0] as f64,
+        correct: r.stats[1] as usize,
+        grad_norm: r.clipped.then(|| r.stats[2] as f64),
     }
 }

@@ -34,7 +34,10 @@ pub use mim::{
 pub use optim::{adamw, grad_norm_clip, NORM_BLOCKS};
 pub use patch::patch_embed_im2col;
 pub use reduce::{test_block_sum, test_warp_sum};
-pub use tokens::{pool_backward, pool_forward, tokens_backward, tokens_forward};
+pub use tokens::{
+    patch_rows_gather, patch_rows_scatter, pool_backward, pool_forward, tokens_backward,
+    tokens_forward,
+};
 
 use super::error::{GpuError, GpuResult};
 use super::runtime::{BView, DView, Launch, LaunchConfig, View};

@@ -80,25 +80,7 @@ pub fn tokens_backward(
         return Ok(());
     }
     fits_i32(K, "dx elements", dx.len())?;
-    if !dpatch.is_empty() {
-        let name = instance(
-            dpatch.precision(),
-            [
-                "vitk_tokens_backward_patch_f32",
-                "vitk_tokens_backward_patch_bf16",
-            ],
-        );
-        let n = dpatch.len() as f64;
-        Launch::new(name, LaunchConfig::for_items(dpatch.len(), BLOCK))
-            .operand(dpatch)
-            .ptr(dx)
-            .int("batch", batch)
-            .int("tokens", t)
-            .int("dim", dim)
-            .int("prefix", prefix)
-            .cost(0.0, n * (4.0 + dpatch.elem_bytes() as f64))
-            .run(rt)?;
-    }
+    patch_rows_gather(rt, dpatch, dx, batch, t, dim, prefix)?;
     let n = dx.len() as f64;
     Launch::new(
         "vitk_tokens_backward_pos",
@@ -112,6 +94,102 @@ pub fn tokens_backward(
     .int("dim", dim)
     .cost(n, 4.0 * n + (8 * t * dim) as f64)
     .run(rt)
+}
+
+/// Checks x [B, T, D] and its patch rows' length `patch_len`, T = N + `prefix`.
+fn patch_rows_shape(
+    kernel: &str,
+    x_len: usize,
+    patch_len: usize,
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    prefix: usize,
+) -> GpuResult<()> {
+    if prefix > tokens {
+        return Err(shape_err(
+            kernel,
+            format!("{prefix} prefix rows of {tokens}"),
+        ));
+    }
+    expect_count(kernel, "x", x_len, batch * tokens * dim)?;
+    expect_count(
+        kernel,
+        "patch rows",
+        patch_len,
+        batch * (tokens - prefix) * dim,
+    )?;
+    fits_i32(kernel, "x elements", x_len)
+}
+
+/// patch [B, N, D] (overwritten; fp32 or bf16) = the patch rows of x [B, T, D], T = N +
+/// `prefix` (the class token's row dropped).
+pub fn patch_rows_gather(
+    rt: &dyn Runtime,
+    patch: Operand,
+    x: DView,
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    prefix: usize,
+) -> GpuResult<()> {
+    const K: &str = "patch_rows_gather";
+    patch_rows_shape(K, x.len(), patch.len(), batch, tokens, dim, prefix)?;
+    if patch.is_empty() {
+        return Ok(());
+    }
+    let name = instance(
+        patch.precision(),
+        [
+            "vitk_tokens_backward_patch_f32",
+            "vitk_tokens_backward_patch_bf16",
+        ],
+    );
+    let n = patch.len() as f64;
+    Launch::new(name, LaunchConfig::for_items(patch.len(), BLOCK))
+        .operand(patch)
+        .ptr(x)
+        .int("batch", batch)
+        .int("tokens", tokens)
+        .int("dim", dim)
+        .int("prefix", prefix)
+        .cost(0.0, n * (4.0 + patch.elem_bytes() as f64))
+        .run(rt)
+}
+
+/// x [B, T, D] (overwritten) = 0 on the `prefix` rows of each image, patch [B, N, D] on the
+/// others (the gradient of [`patch_rows_gather`]); `x_low` (optional) gets a bf16 copy.
+#[allow(clippy::too_many_arguments)]
+pub fn patch_rows_scatter(
+    rt: &dyn Runtime,
+    x: DView,
+    x_low: Option<BView>,
+    patch: DView,
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    prefix: usize,
+) -> GpuResult<()> {
+    const K: &str = "vitk_patch_rows_scatter";
+    patch_rows_shape(K, x.len(), patch.len(), batch, tokens, dim, prefix)?;
+    if let Some(low) = x_low {
+        expect_len(K, "x_low", low, x.len())?;
+    }
+    if x.is_empty() {
+        return Ok(());
+    }
+    let n = x.len() as f64;
+    let low = if x_low.is_some() { 2.0 * n } else { 0.0 };
+    Launch::new(K, LaunchConfig::for_items(x.len(), BLOCK))
+        .ptr(x)
+        .opt(x_low)
+        .ptr(patch)
+        .int("batch", batch)
+        .int("tokens", tokens)
+        .int("dim", dim)
+        .int("prefix", prefix)
+        .cost(0.0, 4.0 * n + low + (patch.len() * 4) as f64)
+        .run(rt)
 }
 
 /// pooled [B, D] from x [B, T, D]: token 0 (cls) or the mean over tokens.
