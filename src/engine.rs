@@ -2,6 +2,7 @@
 //! trainer (src/cpu/trainer.rs) and the device trainer (src/gpu/engine.rs) implement
 //! [`TrainEngine`]; the loop, evaluation, checkpoints and logs only see this interface.
 
+use crate::optim::EmaConfig;
 use anyhow::Result;
 
 /// Result of one optimizer step.
@@ -32,7 +33,10 @@ pub trait TrainEngine {
     /// Largest batch the engine's buffers hold.
     fn max_batch(&self) -> usize;
     /// Queues one step: forward, loss, backward, optional clipping and one AdamW update at
-    /// rate `lr`; images [B, C, S, S] normalised, labels [B]. Returns the output of the step
+    /// rate `lr` (then the EMA update, when on); images [B, C, S, S] normalised, labels [B].
+    /// `targets`: soft targets [B, K] (mixup/CutMix, label smoothing folded in): when given,
+    /// the soft-target cross-entropy replaces the hard one (`smoothing` is then unused) and a
+    /// sample counts as correct when its arg-max is its dominant target. Returns the output of the step
     /// queued before this one (`None` for the first): every engine reports one step late, so
     /// that the device engine keeps a step in flight and the host never waits inside one
     /// (the host prepares the next batch while the device runs this step).
@@ -41,6 +45,7 @@ pub trait TrainEngine {
         &mut self,
         images: &[f32],
         labels: &[u32],
+        targets: Option<&[f32]>,
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
@@ -59,6 +64,17 @@ pub trait TrainEngine {
     fn optimizer_state(&self) -> Result<OptimizerState>;
     /// Replaces the parameters and optimizer state (resume).
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> Result<()>;
+    /// Turns on the exponential moving average of the weights (`--ema-decay`): from now on
+    /// each step's AdamW update is followed by `ema ← lerp(ema, params, cfg.weight_at(step))`
+    /// (step: the optimizer steps taken, this one included). `ema` [P]: the average to start
+    /// from (the initial weights, or the saved average on resume).
+    fn start_ema(&mut self, cfg: EmaConfig, ema: &[f32]) -> Result<()>;
+    /// The averaged weights [P] (`None` while the EMA is off).
+    fn ema_params(&self) -> Result<Option<Vec<f32>>>;
+    /// Exchanges the weights the engine computes with and the average (bitwise, both ways):
+    /// evaluating the average is a swap, the evaluation, and a swap back. An error while the
+    /// EMA is off. Waits for the queued step.
+    fn swap_ema(&mut self) -> Result<()>;
 }
 
 /// The arithmetic of a device step. `Fp32` is the exact path the parity tests hold to 1e-5;

@@ -269,7 +269,7 @@ fn frozen_backbone_trains_only_the_head_on_the_cpu() {
         let mut losses = Vec::new();
         for _ in 0..30 {
             losses.extend(
-                t.train_step(&images, &labels, 1e-2, 0.0, Some(1.0))
+                t.train_step(&images, &labels, None, 1e-2, 0.0, Some(1.0))
                     .unwrap(),
             );
         }

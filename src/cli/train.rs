@@ -116,6 +116,26 @@ pub struct TrainArgs {
     /// augmentation; the epoch keeps its length), 1..=64 [default: 1, off].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     aug_repeats: Option<usize>,
+    /// Mixup: each training image blended with its mirror in the batch, λ ~ Beta(A, A), the
+    /// targets alike (timm's; label smoothing folded in), A >= 0 [default: 0, off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    mixup: Option<f64>,
+    /// CutMix: a box of the mirror image pasted in, λ ~ Beta(A, A), A >= 0 [default: 0, off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    cutmix: Option<f64>,
+    /// Probability of CutMix rather than Mixup for a batch when both are on, in [0, 1]
+    /// [default: 0.5].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    mixup_switch_prob: Option<f64>,
+    /// Mixing stops from epoch E on (0-based, as timm's mixup_off_epoch), 1..=1000000
+    /// [default: never].
+    #[arg(long, value_parser = whole, allow_negative_numbers = true)]
+    mixup_off_epoch: Option<usize>,
+    /// Keep an exponential moving average of the weights with this decay, in (0, 1) (timm's
+    /// ModelEmaV3 with warm-up): evaluated beside them at each epoch end, saved as
+    /// model_ema.safetensors [default: off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    ema_decay: Option<f64>,
     /// Visit training records in file order.
     #[arg(long)]
     no_shuffle: bool,
@@ -250,6 +270,11 @@ impl TrainArgs {
             auto_augment: self.auto_augment.unwrap_or_default(),
             reprob: self.reprob.unwrap_or(0.0),
             aug_repeats: self.aug_repeats.unwrap_or(1),
+            mixup: self.mixup.unwrap_or(0.0),
+            cutmix: self.cutmix.unwrap_or(0.0),
+            mixup_switch_prob: self.mixup_switch_prob.unwrap_or(0.5),
+            mixup_off_epoch: self.mixup_off_epoch,
+            ema_decay: self.ema_decay,
             pretrain: None,
             layer_decay: self.layer_decay,
             freeze_backbone: self.freeze_backbone,
@@ -283,6 +308,11 @@ impl TrainArgs {
             ("--auto-augment", self.auto_augment.is_some()),
             ("--reprob", self.reprob.is_some()),
             ("--aug-repeats", self.aug_repeats.is_some()),
+            ("--mixup", self.mixup.is_some()),
+            ("--cutmix", self.cutmix.is_some()),
+            ("--mixup-switch-prob", self.mixup_switch_prob.is_some()),
+            ("--mixup-off-epoch", self.mixup_off_epoch.is_some()),
+            ("--ema-decay", self.ema_decay.is_some()),
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
@@ -394,6 +424,8 @@ struct Prepared {
     splits: Splits,
     params: Vec<f32>,
     state: Option<(OptimizerState, LoopPosition)>,
+    /// The weights' EMA saved in the state (resume of a run with --ema-decay).
+    saved_ema: Option<Vec<f32>>,
     log: LogPlan,
     /// The memory estimate's summary.
     memory: String,
@@ -494,6 +526,7 @@ fn prepare_new(
         splits,
         params,
         state: None,
+        saved_ema: None,
         log,
         memory,
     })
@@ -579,7 +612,7 @@ fn prepare_resume(
             run_dir.state_path().display()
         );
     }
-    let (params, opt, pos) = (state.params, state.opt, state.pos);
+    let (params, opt, pos, saved_ema) = (state.params, state.opt, state.pos, state.ema);
     Ok(Prepared {
         cfg,
         run,
@@ -587,6 +620,7 @@ fn prepare_resume(
         splits,
         params,
         state: Some((opt, pos)),
+        saved_ema,
         log,
         memory,
     })
@@ -666,6 +700,11 @@ fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
         ("--resample-patch", a.resample_patch),
         ("--layer-decay", a.layer_decay.is_some()),
         ("--freeze-backbone", a.freeze_backbone),
+        ("--mixup", a.mixup.is_some()),
+        ("--cutmix", a.cutmix.is_some()),
+        ("--mixup-switch-prob", a.mixup_switch_prob.is_some()),
+        ("--mixup-off-epoch", a.mixup_off_epoch.is_some()),
+        ("--ema-decay", a.ema_decay.is_some()),
     ]
     .iter()
     .filter(|f| f.1)
@@ -807,12 +846,28 @@ pub(super) fn run_mode(
         }
         Engine::Classify(engine) => engine,
     };
+    if let Some(ema) = cfg.ema_config() {
+        // A new run averages from its initial weights (timm copies the model at the start).
+        let start_from = match (p.saved_ema, &p.state) {
+            (Some(saved), _) => saved,
+            (None, None) => engine.params()?,
+            (None, Some(_)) => bail!(
+                "{}: the run has --ema-decay (see {}) but its state holds no 'ema' tensor",
+                run.dir.state_path().display(),
+                run.dir.config_path().display()
+            ),
+        };
+        engine.start_ema(ema, &start_from)?;
+    }
     let summary = train::train(&cfg, &run.dir, engine.as_mut(), p.splits, start, &opts)?;
     run.keep();
     let (val_acc, val_loss) = match &summary.val {
         Some(v) => (format!("{:.4}", v.accuracy), format!("{:.4}", v.loss)),
         None => ("n/a".to_string(), "n/a".to_string()),
     };
+    let ema = summary.val_ema.as_ref().map_or(String::new(), |v| {
+        format!(" val_acc_ema={:.4} val_loss_ema={:.4}", v.accuracy, v.loss)
+    });
     if summary.outcome == Outcome::Interrupted {
         eprintln!(
             "interrupted at step {}: state saved; continue with: vitk train --resume {}",
@@ -822,7 +877,7 @@ pub(super) fn run_mode(
     }
     print_summary(&summary, &run.dir);
     println!(
-        "final: val_acc={val_acc} val_loss={val_loss} img_per_s={:.1}",
+        "final: val_acc={val_acc} val_loss={val_loss}{ema} img_per_s={:.1}",
         summary.img_per_s
     );
     Ok(if summary.outcome == Outcome::Interrupted {

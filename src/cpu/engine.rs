@@ -12,6 +12,7 @@ use super::mim::{
 };
 use super::patch_embed::im2col;
 use super::pooling::{pool_backward, pool_forward};
+use super::soft_loss::soft_target_cross_entropy;
 use super::tokens::{tokens_backward, tokens_forward};
 use super::Float;
 use crate::model::{BatchDims, ConfigError, ModelConfig, ParamLayout};
@@ -505,6 +506,15 @@ impl<F: Float> CpuEngine<F> {
         assert_eq!(labels.len(), self.batch, "loss: labels");
         let a = Acts::carve(&mut self.acts[..z.acts_len::<usize>()], &z);
         cross_entropy(a.head.logits, labels, z.k, smoothing, Some(a.head.dlogits))
+    }
+
+    /// [`Self::loss`] against soft targets [B, K] (mixup/CutMix, smoothing folded in): timm's
+    /// `SoftTargetCrossEntropy`; a row counts as correct when its arg-max is its dominant target.
+    pub fn soft_loss(&mut self, targets: &[F]) -> LossStats {
+        let z = BatchDims::new(&self.cfg, self.batch);
+        assert_eq!(targets.len(), self.batch * z.k, "soft_loss: targets");
+        let a = Acts::carve(&mut self.acts[..z.acts_len::<usize>()], &z);
+        soft_target_cross_entropy(a.head.logits, targets, z.k, Some(a.head.dlogits))
     }
 
     /// Backward pass of the last forward pass and [`Self::loss`]: adds the gradient of the

@@ -2,10 +2,11 @@
 //! behind the engine interface the training loop uses.
 
 use super::adamw::{clip_grad_norm, AdamW};
+use super::ema::ema_update;
 use super::CpuEngine;
 use crate::engine::{OptimizerState, StepOutput, TrainEngine};
 use crate::model::{ConfigError, ModelConfig, ParamLayout};
-use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
+use crate::optim::{AdamWConfig, EmaConfig, FineTuning, ParamGroups};
 use anyhow::Result;
 
 /// The rayon CPU engine with its parameters, gradients and AdamW state in f32.
@@ -17,6 +18,8 @@ pub struct CpuTrainer {
     params: Vec<f32>,
     grads: Vec<f32>,
     opt: AdamW<f32>,
+    /// The EMA of the weights (`--ema-decay`): its decay schedule and the average [P].
+    ema: Option<(EmaConfig, Vec<f32>)>,
     /// The last step's output, returned by the next call (the engine interface reports one
     /// step late).
     reported_late: Option<StepOutput>,
@@ -47,6 +50,7 @@ impl CpuTrainer {
             params,
             grads: vec![0.0; n],
             opt: AdamW::new(adamw, n),
+            ema: None,
             reported_late: None,
         })
     }
@@ -85,6 +89,7 @@ impl TrainEngine for CpuTrainer {
         &mut self,
         images: &[f32],
         labels: &[u32],
+        targets: Option<&[f32]>,
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
@@ -99,8 +104,19 @@ impl TrainEngine for CpuTrainer {
         if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
             anyhow::bail!("label {l} for a model of {k} classes (expected labels below {k})");
         }
+        if let Some(t) = targets {
+            anyhow::ensure!(
+                t.len() == batch * k,
+                "{} soft targets for a batch of {batch} and {k} classes (expected {})",
+                t.len(),
+                batch * k
+            );
+        }
         self.engine.forward(&self.params, images);
-        let stats = self.engine.loss(labels, smoothing);
+        let stats = match targets {
+            Some(t) => self.engine.soft_loss(t),
+            None => self.engine.loss(labels, smoothing),
+        };
         // Gradients outside the trainable span are never written: they stay zero.
         let trainable = self.groups.trainable();
         self.grads[trainable.clone()].fill(0.0);
@@ -112,6 +128,9 @@ impl TrainEngine for CpuTrainer {
         let grad_norm = clip.map(|max| clip_grad_norm(&mut self.grads[trainable], max));
         self.opt
             .update(&self.groups, &mut self.params, &self.grads, lr);
+        if let Some((cfg, ema)) = &mut self.ema {
+            ema_update(ema, &self.params, cfg.weight_at(self.opt.step));
+        }
         let out = StepOutput {
             loss: stats.loss,
             correct: stats.correct,
@@ -155,6 +174,30 @@ impl TrainEngine for CpuTrainer {
         if let Some(o) = opt {
             self.opt.load_state(o).map_err(anyhow::Error::msg)?;
         }
+        Ok(())
+    }
+
+    fn start_ema(&mut self, cfg: EmaConfig, ema: &[f32]) -> Result<()> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            ema.len() == self.layout.len,
+            "{} averaged weights given, the model has {}",
+            ema.len(),
+            self.layout.len
+        );
+        self.ema = Some((cfg, ema.to_vec()));
+        Ok(())
+    }
+
+    fn ema_params(&self) -> Result<Option<Vec<f32>>> {
+        Ok(self.ema.as_ref().map(|(_, e)| e.clone()))
+    }
+
+    fn swap_ema(&mut self) -> Result<()> {
+        let Some((_, ema)) = &mut self.ema else {
+            anyhow::bail!("the EMA of the weights is off (no --ema-decay)");
+        };
+        std::mem::swap(&mut self.params, ema);
         Ok(())
     }
 }

@@ -16,14 +16,14 @@ use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
-use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
+use crate::optim::{AdamWConfig, EmaConfig, FineTuning, ParamGroups};
 
 mod encoder;
 mod pipeline;
 mod pretrain;
 mod state;
 use encoder::Net;
-use pipeline::{Labels, Pipeline, StepShape};
+use pipeline::{ClassInputs, Pipeline, StepShape};
 pub use pretrain::GpuPretrainer;
 use state::ParamState;
 
@@ -249,11 +249,25 @@ pub struct GpuTrainer {
     acts_low: DeviceBuffer<bf16>,
     splitk: usize,
     labels: DeviceBuffer<u32>,
+    /// [max_batch, K] the soft targets of a mixing step (staged per step, as the labels).
+    targets: DeviceBuffer<f32>,
     stats: DeviceBuffer<f32>,
+    /// The EMA of the weights (`--ema-decay`), updated after each AdamW update.
+    ema: Option<DeviceEma>,
     /// Batch size of the last forward pass (0 before the first).
     batch: usize,
     /// The queued-step machinery of [`Self::submit_step`] (pipeline.rs).
-    pipeline: Pipeline<StepShape, Labels>,
+    pipeline: Pipeline<StepShape, ClassInputs>,
+}
+
+/// The device side of the weights' EMA.
+struct DeviceEma {
+    cfg: EmaConfig,
+    /// [P] fp32, in the layout of the parameters.
+    avg: DeviceBuffer<f32>,
+    /// [1] the lerp weight 1 − d of the current step: a buffer, not a kernel argument, so a
+    /// step graph's replay reads each step's value (staged with the step's inputs).
+    weight: DeviceBuffer<f32>,
 }
 
 impl GpuTrainer {
@@ -300,6 +314,7 @@ impl GpuTrainer {
         let acts_f32 = alloc::<f32>(&rt, n_f32, "activations")?;
         let acts_low = alloc::<bf16>(&rt, n_low, "bf16 activations")?;
         let labels = alloc::<u32>(&rt, max_batch, "labels")?;
+        let targets = alloc::<f32>(&rt, max_batch * cfg.num_classes, "soft targets")?;
         let stats = alloc::<f32>(&rt, 4, "step statistics")?;
         Ok(GpuTrainer {
             rt,
@@ -312,7 +327,9 @@ impl GpuTrainer {
             acts_low,
             splitk,
             labels,
+            targets,
             stats,
+            ema: None,
             batch: 0,
             pipeline: Pipeline::default(),
         })
@@ -326,9 +343,9 @@ impl GpuTrainer {
         max_batch: usize,
         precision: Precision,
     ) -> f64 {
-        // the trained state; labels
-        let fixed =
-            ParamState::bytes(ParamLayout::new(cfg).len, precision) + 4.0 * max_batch as f64;
+        // the trained state; labels and soft targets
+        let fixed = ParamState::bytes(ParamLayout::new(cfg).len, precision)
+            + 4.0 * max_batch as f64 * (1 + cfg.num_classes) as f64;
         let z = BatchDims::new(cfg, max_batch);
         if act_bound(&z) > MAX_COUNTED {
             return fixed + act_bound(&z) * 4.0;
@@ -337,10 +354,11 @@ impl GpuTrainer {
         fixed + 4.0 * n_f32 as f64 + 2.0 * n_low as f64
     }
 
-    /// Bytes of pinned host memory the queued steps stage batches in (two slots).
+    /// Bytes of pinned host memory the queued steps stage batches in (two slots: images,
+    /// labels, soft targets).
     pub fn pinned_bytes(cfg: &ModelConfig, max_batch: usize) -> f64 {
-        let image = cfg.image_len() as f64;
-        2.0 * max_batch as f64 * (image + 1.0) * 4.0
+        let per_sample = (cfg.image_len() + 1 + cfg.num_classes) as f64;
+        2.0 * max_batch as f64 * per_sample * 4.0
     }
 
     /// The precision this engine computes in.
@@ -471,7 +489,7 @@ impl GpuTrainer {
             .view()
             .slice(0, labels.len())
             .upload(&*self.rt, labels)?;
-        self.loss(smoothing)
+        self.loss(false, smoothing)
     }
 
     /// Checks `labels` against a batch of `batch` and the model's classes.
@@ -492,9 +510,22 @@ impl GpuTrainer {
         Ok(())
     }
 
-    /// Enqueues the loss of the last forward pass against the labels already on the device.
-    fn loss(&self, smoothing: f64) -> GpuResult<()> {
+    /// Enqueues the loss of the last forward pass against the labels already on the device,
+    /// or with `soft` against the soft targets [B, K] already there.
+    fn loss(&self, soft: bool, smoothing: f64) -> GpuResult<()> {
         let (z, a) = self.acts(self.batch);
+        if soft {
+            let targets = self.targets.view().slice(0, z.b * z.k);
+            return k::soft_cross_entropy(
+                &*self.rt,
+                self.stats.view(),
+                a.dlogits,
+                a.logits,
+                targets,
+                z.b,
+                z.k,
+            );
+        }
         k::cross_entropy(
             &*self.rt,
             self.stats.view(),
@@ -564,20 +595,84 @@ impl GpuTrainer {
         self.state.step += 1;
         let hyper = self.state.hyper_values(lr);
         self.state.hyper.upload(&hyper)?;
+        if let Some(e) = &mut self.ema {
+            e.weight.upload(&[e.cfg.weight_at(self.state.step)])?;
+        }
         self.update(clip)
     }
 
-    /// Enqueues optional clipping and the AdamW update with the scalars already in `hyper`.
+    /// Enqueues optional clipping and the AdamW update with the scalars already in `hyper`,
+    /// then the EMA update with the weight already in its buffer (when on).
     fn update(&self, clip: Option<f64>) -> GpuResult<()> {
-        self.state.update(&*self.rt, self.stats.view(), clip)
+        self.state.update(&*self.rt, self.stats.view(), clip)?;
+        match &self.ema {
+            Some(e) => k::ema_update(&*self.rt, e.avg.view(), self.state.params, e.weight.view()),
+            None => Ok(()),
+        }
     }
 
     /// Enqueues a whole step on inputs already on the device: what a step graph holds.
-    fn enqueue_step(&mut self, batch: usize, smoothing: f64, clip: Option<f64>) -> GpuResult<()> {
+    /// `soft`: the loss against the soft targets.
+    fn enqueue_step(
+        &mut self,
+        batch: usize,
+        soft: bool,
+        smoothing: f64,
+        clip: Option<f64>,
+    ) -> GpuResult<()> {
         self.forward(batch)?;
-        self.loss(smoothing)?;
+        self.loss(soft, smoothing)?;
         self.try_backward()?;
         self.update(clip)
+    }
+
+    /// Turns on the EMA of the weights (see `TrainEngine::start_ema`), starting from `avg` [P].
+    pub fn try_start_ema(&mut self, cfg: EmaConfig, avg: &[f32]) -> GpuResult<()> {
+        let bad = |m: String| GpuError::Shape {
+            kernel: "engine EMA".into(),
+            message: m,
+        };
+        cfg.validate().map_err(bad)?;
+        if avg.len() != self.layout.len {
+            return Err(bad(format!(
+                "{} averaged weights given, the model has {}",
+                avg.len(),
+                self.layout.len
+            )));
+        }
+        self.finish_steps()?;
+        let mut buf = alloc::<f32>(&self.rt, avg.len(), "the EMA of the weights")?;
+        buf.upload(avg)?;
+        let weight = alloc::<f32>(&self.rt, 1, "the EMA weight")?;
+        self.ema = Some(DeviceEma {
+            cfg,
+            avg: buf,
+            weight,
+        });
+        // Captured graphs hold no EMA update: recapture.
+        self.pipeline.clear_graphs();
+        Ok(())
+    }
+
+    pub fn try_ema_params(&self) -> GpuResult<Option<Vec<f32>>> {
+        self.ema.as_ref().map(|e| e.avg.to_vec()).transpose()
+    }
+
+    /// Exchanges the parameters and the average through the host (an epoch-end operation;
+    /// the bf16 weight copies follow the new parameters). Buffers keep their addresses, so
+    /// captured graphs stay valid.
+    pub fn try_swap_ema(&mut self) -> GpuResult<()> {
+        self.finish_steps()?;
+        let Some(e) = &mut self.ema else {
+            return Err(GpuError::Shape {
+                kernel: "engine EMA".into(),
+                message: "the EMA of the weights is off (no --ema-decay)".into(),
+            });
+        };
+        let params = self.state.params.to_vec(&*self.rt)?;
+        let avg = e.avg.to_vec()?;
+        e.avg.upload(&params)?;
+        self.state.upload(&*self.rt, &avg)
     }
 
     /// [loss, correct, grad norm, clip coefficient] of the last step (one small read-back).
@@ -639,11 +734,12 @@ impl TrainEngine for GpuTrainer {
         &mut self,
         images: &[f32],
         labels: &[u32],
+        targets: Option<&[f32]>,
         lr: f64,
         smoothing: f64,
         clip: Option<f64>,
     ) -> anyhow::Result<Option<StepOutput>> {
-        self.submit_step(images, labels, lr, smoothing, clip)
+        self.submit_step_with(images, labels, targets, lr, smoothing, clip)
             .map_err(|e| anyhow::anyhow!("device engine: train step: {e}"))
     }
 
@@ -661,6 +757,21 @@ impl TrainEngine for GpuTrainer {
     fn attention_probs(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {
         self.try_attention_probs(images)
             .map_err(|e| anyhow::anyhow!("device engine: attention probabilities: {e}"))
+    }
+
+    fn start_ema(&mut self, cfg: EmaConfig, ema: &[f32]) -> anyhow::Result<()> {
+        self.try_start_ema(cfg, ema)
+            .map_err(|e| anyhow::anyhow!("device engine: start the EMA: {e}"))
+    }
+
+    fn ema_params(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        self.try_ema_params()
+            .map_err(|e| anyhow::anyhow!("device engine: download the EMA: {e}"))
+    }
+
+    fn swap_ema(&mut self) -> anyhow::Result<()> {
+        self.try_swap_ema()
+            .map_err(|e| anyhow::anyhow!("device engine: swap in the EMA: {e}"))
     }
 
     fn params(&self) -> anyhow::Result<Vec<f32>> {

@@ -363,7 +363,7 @@ fn save(
         .partition(|e| e.range.end <= layout.encoder_len);
     save_tensors(&run.model_path(), &encoder, &params, meta)?;
     save_tensors(&pretrain_path(run), &pretraining, &params, meta)?;
-    run.save_state(&params, &engine.optimizer_state()?, pos)
+    run.save_state(&params, &engine.optimizer_state()?, None, pos)
         .map_err(anyhow::Error::msg)?;
     if let Err(e) = draw_curves(&log.records, &run.curves_path()) {
         eprintln!(

@@ -72,6 +72,21 @@ pub struct TrainConfig {
     /// Copies of each image per epoch (`--aug-repeats`; absent in older configs: 1, off).
     #[serde(default = "one")]
     pub aug_repeats: usize,
+    /// Mixup's Beta parameter (`--mixup`; absent in older configs: 0, off).
+    #[serde(default)]
+    pub mixup: f64,
+    /// CutMix's Beta parameter (`--cutmix`; absent in older configs: 0, off).
+    #[serde(default)]
+    pub cutmix: f64,
+    /// Probability of CutMix when both are on (`--mixup-switch-prob`; default 0.5).
+    #[serde(default = "half")]
+    pub mixup_switch_prob: f64,
+    /// Mixing stops from this epoch on (`--mixup-off-epoch`, timm's; None: never).
+    #[serde(default)]
+    pub mixup_off_epoch: Option<usize>,
+    /// Decay of the weights' EMA (`--ema-decay`; None: off, as in older configs).
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
     /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
     /// has no labels and no head; `label_smoothing` plays no part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +136,10 @@ fn one() -> usize {
     1
 }
 
+fn half() -> f64 {
+    0.5
+}
+
 impl TrainConfig {
     /// What the training loader adds to crop/flip.
     pub fn augment_recipe(&self) -> crate::data::AugmentRecipe {
@@ -129,6 +148,29 @@ impl TrainConfig {
             reprob: self.reprob,
             aug_repeats: self.aug_repeats,
         }
+    }
+
+    /// Mixup/CutMix of the training batches (None: off), label smoothing folded into the
+    /// targets as timm does.
+    pub fn mixup_config(&self) -> Option<crate::data::mixup::MixupConfig> {
+        let m = crate::data::mixup::MixupConfig {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            switch_prob: self.mixup_switch_prob,
+            label_smoothing: self.label_smoothing,
+        };
+        m.is_active().then_some(m)
+    }
+
+    /// Whether the batches of `epoch` are mixed (timm's `mixup_off_epoch`: from that epoch
+    /// on, the targets stay soft but nothing is mixed).
+    pub fn mixes_epoch(&self, epoch: usize) -> bool {
+        self.mixup_off_epoch.is_none_or(|off| epoch < off)
+    }
+
+    /// The EMA of the weights (None: off): timm's `ModelEmaV3` with warm-up.
+    pub fn ema_config(&self) -> Option<crate::optim::EmaConfig> {
+        self.ema_decay.map(crate::optim::EmaConfig::with_warmup)
     }
 
     /// The per-channel normalisation of the inputs.
@@ -238,6 +280,37 @@ impl TrainConfig {
                 "--aug-repeats {} is out of range: expected 1..={MAX_AUG_REPEATS} (1 is off)",
                 self.aug_repeats
             ));
+        }
+        for (flag, a) in [("--mixup", self.mixup), ("--cutmix", self.cutmix)] {
+            within(
+                flag,
+                a,
+                finite(a) && a >= 0.0,
+                "a finite number >= 0 (0 is off)",
+            )?;
+        }
+        within(
+            "--mixup-switch-prob",
+            self.mixup_switch_prob,
+            (0.0..=1.0).contains(&self.mixup_switch_prob),
+            "[0, 1]",
+        )?;
+        if let Some(e) = self.mixup_off_epoch {
+            if !(1..=MAX_EPOCHS).contains(&e) {
+                return Err(format!(
+                    "--mixup-off-epoch {e} is out of range: expected 1..={MAX_EPOCHS}"
+                ));
+            }
+        }
+        // timm mixes each sample with its mirror in the batch: an odd batch leaves one unmixed.
+        if self.mixup_config().is_some() && self.batch_size % 2 == 1 {
+            return Err(format!(
+                "--batch-size {} with --mixup/--cutmix: expected an even batch size (each image is mixed with its mirror in the batch)",
+                self.batch_size
+            ));
+        }
+        if let Some(d) = self.ema_decay {
+            within("--ema-decay", d, d > 0.0 && d < 1.0, "(0, 1)")?;
         }
         let eps = self.adamw.eps;
         within(

@@ -45,6 +45,11 @@ pub enum Record {
         eta_secs: f64,
         #[serde(default)]
         time: f64,
+        /// Validation of the weights' EMA (`--ema-decay`; absent without it and in older logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_acc_ema: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_loss_ema: Option<f64>,
     },
     /// A pre-training run's evaluation at the end of an epoch: the masked-prediction loss
     /// over the validation images with fixed masks (`vitk pretrain`).
@@ -360,6 +365,8 @@ mod tests {
             img_per_s: 1.0,
             eta_secs: 0.0,
             time: 0.0,
+            val_acc_ema: None,
+            val_loss_ema: None,
         };
         draw_curves(&[step(1, 1e-4), step(2, 2e-4), eval], &path).unwrap();
         let img = image::open(&path).unwrap();

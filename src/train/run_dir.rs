@@ -1,6 +1,6 @@
 //! The run directory: config.json, metrics.jsonl, curves.png, model.safetensors (timm
-//! names) and state.safetensors (parameters, AdamW moments and the loop position, for
-//! --resume). Every file is written atomically; an existing run is never overwritten.
+//! names), model_ema.safetensors (the weights' EMA, with --ema-decay) and state.safetensors
+//! (parameters, AdamW moments, the EMA and the loop position, for --resume). Every file is written atomically; an existing run is never overwritten.
 
 use super::config::TrainConfig;
 use crate::atomic::write_atomic;
@@ -113,6 +113,11 @@ impl RunDir {
     pub fn best_path(&self) -> PathBuf {
         self.path.join("best.safetensors")
     }
+    /// The weights' EMA, as a checkpoint (runs with --ema-decay).
+    pub fn ema_path(&self) -> PathBuf {
+        self.path.join("model_ema.safetensors")
+    }
+
     pub fn state_path(&self) -> PathBuf {
         self.path.join("state.safetensors")
     }
@@ -130,28 +135,32 @@ impl RunDir {
             .map_err(|e| format!("{}: not a vitk run config: {e}", p.display()))
     }
 
-    /// Saves parameters, optimizer moments and loop position in one file, with the
-    /// checksum of each tensor ([`checksum`]).
+    /// Saves parameters, optimizer moments, the weights' EMA (`ema`, when on) and loop
+    /// position in one file, with the checksum of each tensor ([`checksum`]).
     pub fn save_state(
         &self,
         params: &[f32],
         opt: &OptimizerState,
+        ema: Option<&[f32]>,
         pos: LoopPosition,
     ) -> Result<(), String> {
         let p = self.state_path();
-        let tensors: [(&str, &[u8]); 3] = [
+        let mut tensors: Vec<(&str, &[u8])> = vec![
             ("params", bytemuck::cast_slice(params)),
             ("adam_m", bytemuck::cast_slice(&opt.m)),
             ("adam_v", bytemuck::cast_slice(&opt.v)),
         ];
+        if let Some(e) = ema {
+            tensors.push(("ema", bytemuck::cast_slice(e)));
+        }
         let mut meta = HashMap::new();
-        checksum::stamp(&mut meta, tensors);
+        checksum::stamp(&mut meta, tensors.iter().copied());
         meta.insert(
             "vitk.position".to_string(),
             serde_json::to_string(&pos).unwrap_or_default(),
         );
         meta.insert("vitk.adam_step".to_string(), opt.step.to_string());
-        let views = tensors.map(|(name, bytes)| {
+        let views = tensors.into_iter().map(|(name, bytes)| {
             let view = TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes).expect("1-D view");
             (name, view)
         });
@@ -234,9 +243,15 @@ impl RunDir {
             v: read("adam_v", true)?,
             step: adam_step,
         };
+        // Present only in states of runs with --ema-decay.
+        let ema = match st.tensor("ema") {
+            Ok(_) => Some(read("ema", false)?),
+            Err(_) => None,
+        };
         Ok(SavedState {
             params,
             opt,
+            ema,
             pos,
             verified,
         })
@@ -247,6 +262,8 @@ impl RunDir {
 pub struct SavedState {
     pub params: Vec<f32>,
     pub opt: OptimizerState,
+    /// The weights' EMA [P] (runs with --ema-decay).
+    pub ema: Option<Vec<f32>>,
     pub pos: LoopPosition,
     /// Whether the file's checksums were checked (older files have none).
     pub verified: Verified,

@@ -6,6 +6,7 @@ use super::evaluate::{evaluate, EvalResult};
 use super::metrics::{draw_curves, now_secs, MetricsLog, Record};
 use super::run_dir::{LoopPosition, RunDir};
 use super::schedule::LrSchedule;
+use crate::data::mixup::{mix_batch, mixup_targets};
 use crate::data::{BatchLoader, LoaderConfig, Normalize, Splits};
 use crate::engine::{StepOutput, TrainEngine};
 use crate::model::{save_checkpoint, CheckpointMeta};
@@ -57,6 +58,8 @@ pub struct Summary {
     pub steps: u64,
     /// Last validation result of this invocation (None without a validation set).
     pub val: Option<EvalResult>,
+    /// The same for the weights' EMA (runs with --ema-decay).
+    pub val_ema: Option<EvalResult>,
     /// Best validation top-1 of the whole run (earlier invocations included).
     pub best: Option<Best>,
     /// Training throughput over the steps of this invocation (the first step, which
@@ -127,6 +130,7 @@ pub fn train(
     let progress = Progress::new(opts.progress_bar, start.step, stop_at);
     let mut pos = start;
     let mut last_val = None;
+    let mut last_val_ema = None;
     let mut outcome = if pos.step >= stop_at {
         Outcome::StepLimit
     } else {
@@ -136,6 +140,12 @@ pub fn train(
     // output comes with the next step or from `finish_steps`.
     let mut in_flight: Option<Queued> = None;
     let mut best = best_in(&log.records);
+    let mixup = cfg.mixup_config();
+    let (channels, side, classes) = (
+        cfg.model.in_chans,
+        cfg.model.image_size,
+        cfg.model.num_classes,
+    );
     let mut reporter = StepReporter {
         run,
         log: &mut log,
@@ -150,7 +160,7 @@ pub fn train(
     };
 
     while pos.step < stop_at {
-        let batch = loader.next_batch();
+        let mut batch = loader.next_batch();
         debug_assert_eq!(
             (batch.epoch, batch.index),
             (pos.epoch, pos.batch),
@@ -168,9 +178,30 @@ pub fn train(
             at: Instant::now(),
         };
         let queued_at = queued.at;
+        // Mixing keeps soft targets [B, K] after its off epoch (λ = 1: smoothed one-hot), as
+        // timm's loop does once `mixup_enabled` is off.
+        let targets = mixup.map(|m| {
+            if cfg.mixes_epoch(pos.epoch) {
+                let (t, _) = mix_batch(
+                    &m,
+                    cfg.seed,
+                    pos.epoch as u64,
+                    pos.batch as u64,
+                    &mut batch.images,
+                    &batch.labels,
+                    channels,
+                    side,
+                    classes,
+                );
+                t
+            } else {
+                mixup_targets(&batch.labels, classes, 1.0, m.label_smoothing)
+            }
+        });
         let out = engine.train_step(
             &batch.images,
             &batch.labels,
+            targets.as_deref(),
             lr,
             cfg.label_smoothing,
             cfg.clip_grad,
@@ -207,6 +238,10 @@ pub fn train(
             let mut is_best = false;
             if !val.is_empty() && (epoch_done || !interrupted) {
                 let r = evaluate(engine, &val, normalize).context("validation")?;
+                let r_ema = match cfg.ema_decay {
+                    Some(_) => Some(evaluate_ema(engine, &val, normalize)?),
+                    None => None,
+                };
                 if !r.loss.is_finite() {
                     bail!(
                         "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. {}",
@@ -224,8 +259,11 @@ pub fn train(
                         step: pos.step,
                     });
                 }
+                let ema_line = r_ema.as_ref().map_or(String::new(), |m| {
+                    format!(" val_loss_ema={:.4} val_acc_ema={:.4}", m.loss, m.accuracy)
+                });
                 progress.println(&format!(
-                    "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4} val_top5={:.4} train_acc={:.4}{} | {pace}",
+                    "epoch {epoch} step {}: val_loss={:.4} val_acc={:.4} val_top5={:.4}{ema_line} train_acc={:.4}{} | {pace}",
                     pos.step,
                     r.loss,
                     r.accuracy,
@@ -246,9 +284,12 @@ pub fn train(
                         img_per_s: e.img_per_s(),
                         eta_secs,
                         time: now_secs(),
+                        val_acc_ema: r_ema.as_ref().map(|m| m.accuracy),
+                        val_loss_ema: r_ema.as_ref().map(|m| m.loss),
                     })
                     .with_context(|| format!("{}: cannot write", reporter.log.path().display()))?;
                 last_val = Some(r);
+                last_val_ema = r_ema;
             } else {
                 progress.println(&format!(
                     "epoch {epoch} step {}: train_acc={:.4} | {pace}",
@@ -285,6 +326,7 @@ pub fn train(
         outcome,
         steps: pos.step,
         val: last_val,
+        val_ema: last_val_ema,
         best,
         img_per_s,
         wall_secs: started.elapsed().as_secs_f64(),
@@ -449,7 +491,22 @@ impl EpochStats {
     }
 }
 
-/// model.safetensors, state.safetensors and curves.png, each written atomically.
+/// The validation result of the weights' EMA: the average swapped in for the evaluation
+/// and back out (bitwise).
+fn evaluate_ema(
+    engine: &mut dyn TrainEngine,
+    val: &crate::data::Dataset,
+    normalize: Normalize,
+) -> Result<EvalResult> {
+    engine.swap_ema()?;
+    let r = evaluate(engine, val, normalize).context("validation of the EMA weights");
+    // Swapped back even when the evaluation failed, so that what is saved stays right.
+    engine.swap_ema()?;
+    r
+}
+
+/// model.safetensors, model_ema.safetensors (with --ema-decay), state.safetensors and
+/// curves.png, each written atomically.
 /// `best`: the parameters are the best validation result so far, also saved as
 /// best.safetensors.
 fn save(
@@ -466,7 +523,11 @@ fn save(
     if best {
         save_checkpoint(&run.best_path(), &layout, &params, meta)?;
     }
-    run.save_state(&params, &engine.optimizer_state()?, pos)
+    let ema = engine.ema_params()?;
+    if let Some(e) = &ema {
+        save_checkpoint(&run.ema_path(), &layout, e, meta)?;
+    }
+    run.save_state(&params, &engine.optimizer_state()?, ema.as_deref(), pos)
         .map_err(anyhow::Error::msg)?;
     // The curves are a convenience: failing to draw them must not stop training.
     if let Err(e) = draw_curves(&log.records, &run.curves_path()) {

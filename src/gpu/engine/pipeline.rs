@@ -1,5 +1,5 @@
-//! Queued training steps, for both device models. A step's inputs (images, then labels or
-//! patch masks, and the AdamW scalars) are written into pinned staging and copied to the
+//! Queued training steps, for both device models. A step's inputs (images, then labels, soft
+//! targets and the EMA weight, or patch masks, and the AdamW scalars) are written into pinned staging and copied to the
 //! device by stream-ordered copies; the step itself is one replay of a graph captured the
 //! first time its shape was seen (everything a kernel takes by value: batch size, smoothing,
 //! clip threshold; `VITK_NO_GRAPH=1`: the same kernels launched one by one); its statistics
@@ -91,6 +91,11 @@ impl<K: Copy + Eq + Hash, I> Pipeline<K, I> {
         }
     }
 
+    /// Drops the captured graphs (the step's kernels changed: the EMA was turned on).
+    pub(super) fn clear_graphs(&mut self) {
+        self.graphs.clear();
+    }
+
     pub(super) fn graphs_enabled(&self) -> bool {
         self.use_graphs
     }
@@ -177,12 +182,18 @@ impl<K: Copy + Eq + Hash, I> Pipeline<K, I> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct StepShape {
     batch: usize,
+    /// The loss against soft targets (mixup/CutMix) rather than labels.
+    soft: bool,
     smoothing: u64,
     clip: Option<u64>,
 }
 
-/// The classifier's inputs of one queued step: labels [max_batch].
-pub(super) type Labels = PinnedBuffer<u32>;
+/// The classifier's inputs of one queued step.
+pub(super) struct ClassInputs {
+    labels: PinnedBuffer<u32>,     // [max_batch]
+    targets: PinnedBuffer<f32>,    // [max_batch, K] soft targets (mixing steps)
+    ema_weight: PinnedBuffer<f32>, // [1] the EMA's lerp weight of the step
+}
 
 impl GpuTrainer {
     /// Whether steps run as graph replays (the default; `VITK_NO_GRAPH=1` starts without) or
@@ -195,8 +206,8 @@ impl GpuTrainer {
         self.pipeline.graphs_enabled()
     }
 
-    /// Queues one training step (see `TrainEngine::train_step`) and returns the output of
-    /// the step queued before it, waiting for that one only.
+    /// Queues one training step against `labels` (see `TrainEngine::train_step`) and returns
+    /// the output of the step queued before it, waiting for that one only.
     pub fn submit_step(
         &mut self,
         images: &[f32],
@@ -205,45 +216,97 @@ impl GpuTrainer {
         smoothing: f64,
         clip: Option<f64>,
     ) -> GpuResult<Option<StepOutput>> {
+        self.submit_step_with(images, labels, None, lr, smoothing, clip)
+    }
+
+    /// [`Self::submit_step`], with the loss against soft `targets` [B, K] when given.
+    pub fn submit_step_with(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        targets: Option<&[f32]>,
+        lr: f64,
+        smoothing: f64,
+        clip: Option<f64>,
+    ) -> GpuResult<Option<StepOutput>> {
         let batch = self.batch_of(images)?;
         self.check_labels(labels, batch)?;
+        let k = self.cfg.num_classes;
+        if let Some(t) = targets.filter(|t| t.len() != batch * k) {
+            return Err(crate::gpu::error::GpuError::Shape {
+                kernel: "engine loss".into(),
+                message: format!(
+                    "{} soft targets for a batch of {batch} and {k} classes",
+                    t.len()
+                ),
+            });
+        }
         // Out of the engine while the step's launches borrow it.
         let mut pipeline = std::mem::take(&mut self.pipeline);
-        let out = self.submit_with(&mut pipeline, images, labels, lr, smoothing, clip, batch);
+        let step = StepInputs {
+            images,
+            labels,
+            targets,
+            lr,
+            smoothing,
+            clip,
+            batch,
+        };
+        let out = self.submit_with(&mut pipeline, step);
         self.pipeline = pipeline;
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn submit_with(
         &mut self,
-        pipeline: &mut Pipeline<StepShape, Labels>,
-        images: &[f32],
-        labels: &[u32],
-        lr: f64,
-        smoothing: f64,
-        clip: Option<f64>,
-        batch: usize,
+        pipeline: &mut Pipeline<StepShape, ClassInputs>,
+        step: StepInputs,
     ) -> GpuResult<Option<StepOutput>> {
+        let StepInputs {
+            images,
+            labels,
+            targets,
+            lr,
+            smoothing,
+            clip,
+            batch,
+        } = step;
         self.state.step += 1;
         let hyper = self.state.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
         let labels_dev = self.labels.view().slice(0, batch);
-        let (rt, max_batch) = (self.rt.clone(), self.max_batch);
+        let (rt, max_batch, k) = (self.rt.clone(), self.max_batch, self.cfg.num_classes);
         let groups = self.state.groups.groups.len();
         let image = images.len() / batch;
         let slot = pipeline.next_slot(|| {
-            let labels = PinnedBuffer::new(&rt, max_batch)?;
-            StepSlot::new(&rt, max_batch * image, labels, groups)
+            let inputs = ClassInputs {
+                labels: PinnedBuffer::new(&rt, max_batch)?,
+                targets: PinnedBuffer::new(&rt, max_batch * k)?,
+                ema_weight: PinnedBuffer::new(&rt, 1)?,
+            };
+            StepSlot::new(&rt, max_batch * image, inputs, groups)
         })?;
         slot.images.as_mut_slice()[..images.len()].copy_from_slice(images);
-        slot.inputs.as_mut_slice()[..batch].copy_from_slice(labels);
+        slot.inputs.labels.as_mut_slice()[..batch].copy_from_slice(labels);
         slot.hyper.as_mut_slice().copy_from_slice(&hyper);
         slot.images.upload_to(images_dev)?;
-        slot.inputs.upload_to(labels_dev)?;
+        slot.inputs.labels.upload_to(labels_dev)?;
         slot.hyper.upload_to(self.state.hyper.view())?;
+        // Staged like the labels: a replay reads this step's targets and EMA weight.
+        if let Some(t) = targets {
+            slot.inputs.targets.as_mut_slice()[..t.len()].copy_from_slice(t);
+            slot.inputs
+                .targets
+                .upload_to(self.targets.view().slice(0, t.len()))?;
+        }
+        if let Some(e) = &self.ema {
+            slot.inputs.ema_weight.as_mut_slice()[0] = e.cfg.weight_at(self.state.step);
+            slot.inputs.ema_weight.upload_to(e.weight.view())?;
+        }
+        let soft = targets.is_some();
         let key = StepShape {
             batch,
+            soft,
             smoothing: smoothing.to_bits(),
             clip: clip.map(f64::to_bits),
         };
@@ -251,7 +314,7 @@ impl GpuTrainer {
         self.batch = batch;
         let stats = self.stats.view();
         let report = pipeline.submit(&rt, key, stats, clip.is_some(), || {
-            self.enqueue_step(batch, smoothing, clip)
+            self.enqueue_step(batch, soft, smoothing, clip)
         })?;
         Ok(report.map(step_output))
     }
@@ -265,6 +328,17 @@ impl GpuTrainer {
     pub fn graph_kernels(&self) -> Vec<u64> {
         self.pipeline.graph_kernels()
     }
+}
+
+/// One classification step's inputs, as `submit_step_with` was given them.
+struct StepInputs<'a> {
+    images: &'a [f32],          // [B, C, S_h, S_w]
+    labels: &'a [u32],          // [B]
+    targets: Option<&'a [f32]>, // [B, K]
+    lr: f64,
+    smoothing: f64,
+    clip: Option<f64>,
+    batch: usize,
 }
 
 /// [loss, correct, grad norm, clip coefficient] as the classifier reports them.
