@@ -6,7 +6,7 @@
 
 mod gpu_common;
 
-use gpu_common::{check, device, rng, uniform, widen, U16};
+use gpu_common::{check, device, rng, uniform, widen};
 use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
@@ -47,7 +47,7 @@ fn tol(name: &str, p: Precision, depth: usize) -> f64 {
         "logits" | "loss" => forward,
         _ => forward + 2 + 6 * depth,
     };
-    3.0 * (n as f64).sqrt() * U16 / 3f64.sqrt()
+    gpu_common::bf16_tol(n)
 }
 
 fn tiny(pool: Pool) -> ModelConfig {

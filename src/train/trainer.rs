@@ -140,12 +140,7 @@ pub fn train(
     // output comes with the next step or from `finish_steps`.
     let mut in_flight: Option<Queued> = None;
     let mut best = best_in(&log.records);
-    let mixup = cfg.mixup_config();
-    let (channels, side, classes) = (
-        cfg.model.in_chans,
-        cfg.model.image_size,
-        cfg.model.num_classes,
-    );
+
     let mut reporter = StepReporter {
         run,
         log: &mut log,
@@ -178,26 +173,7 @@ pub fn train(
             at: Instant::now(),
         };
         let queued_at = queued.at;
-        // Mixing keeps soft targets [B, K] after its off epoch (λ = 1: smoothed one-hot), as
-        // timm's loop does once `mixup_enabled` is off.
-        let targets = mixup.map(|m| {
-            if cfg.mixes_epoch(pos.epoch) {
-                let (t, _) = mix_batch(
-                    &m,
-                    cfg.seed,
-                    pos.epoch as u64,
-                    pos.batch as u64,
-                    &mut batch.images,
-                    &batch.labels,
-                    channels,
-                    side,
-                    classes,
-                );
-                t
-            } else {
-                mixup_targets(&batch.labels, classes, 1.0, m.label_smoothing)
-            }
-        });
+        let targets = mix_targets(cfg, pos, &mut batch.images, &batch.labels);
         let out = engine.train_step(
             &batch.images,
             &batch.labels,
@@ -334,6 +310,35 @@ pub fn train(
         total_steps: total,
         log: log_path,
     })
+}
+
+/// Mixup/CutMix of the training batch at `pos` (images [B, C, S_h, S_w], normalised, mixed
+/// in place) and its soft targets [B, K] with the label smoothing folded in; `None` when the
+/// run does not mix. From `--mixup-off-epoch` on, nothing is mixed but the targets stay soft
+/// (λ = 1: the smoothed one-hot), as timm's loop once `mixup_enabled` is off.
+pub fn mix_targets(
+    cfg: &TrainConfig,
+    pos: LoopPosition,
+    images: &mut [f32],
+    labels: &[u32],
+) -> Option<Vec<f32>> {
+    let m = cfg.mixup_config()?;
+    let classes = cfg.model.num_classes;
+    if !cfg.mixes_epoch(pos.epoch) {
+        return Some(mixup_targets(labels, classes, 1.0, m.label_smoothing));
+    }
+    let (targets, _) = mix_batch(
+        &m,
+        cfg.seed,
+        pos.epoch as u64,
+        pos.batch as u64,
+        images,
+        labels,
+        cfg.model.in_chans,
+        cfg.model.image_size,
+        classes,
+    );
+    Some(targets)
 }
 
 /// A step handed to the engine, waiting for its output.

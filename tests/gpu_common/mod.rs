@@ -90,6 +90,12 @@ pub fn tol(table: &[(&str, f64)], name: &str) -> f64 {
 pub const U16: f64 = 1.0 / 256.0;
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;
 
+/// Norm-wise tolerance of a tensor reached through `n` independent bf16 roundings: each moves
+/// a value by u16/√3 in the mean square and they add in quadrature; 3x that.
+pub fn bf16_tol(n: usize) -> f64 {
+    3.0 * (n as f64).sqrt() * U16 / 3f64.sqrt()
+}
+
 /// The values a tensor of precision `p` holds for `v` (bf16: rounded to nearest even).
 pub fn held(p: vitk::engine::Precision, v: &[f32]) -> Vec<f32> {
     match p {
