@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use std::ffi::OsString;
 
 /// A named recipe.
+#[derive(Debug)]
 pub struct Recipe {
     pub name: &'static str,
     /// What it is and where its numbers come from.
