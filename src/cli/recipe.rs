@@ -109,7 +109,7 @@ pub fn expand(
         if a == "--recipe" {
             match args.get(i + 1).and_then(|v| v.to_str()) {
                 Some(v) => name = Some(v.to_string()),
-                None => bail!("--recipe: expected a recipe name (cifar-fast or cifar-best)"),
+                None => bail!("--recipe: expected a recipe name (cifar-best or cifar-fast)"),
             }
         } else if let Some(v) = a.strip_prefix("--recipe=") {
             name = Some(v.to_string());
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn unknown_names_and_resume_are_refused() {
         let e = expand(args(&["vitk", "train", "--recipe", "fastest"])).unwrap_err();
-        assert!(e.to_string().contains("cifar-fast, cifar-best"), "{e}");
+        assert!(e.to_string().contains("cifar-best, cifar-fast"), "{e}");
         let e = expand(args(&[
             "vitk",
             "train",
