@@ -50,9 +50,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `train --recipe NAME` is expanded into the recipe's flags before parsing.
+    let (args, recipe) = match cli::recipe::expand(std::env::args_os().collect()) {
+        Ok(expanded) => expanded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
-        Command::Train(a) => cli::train::run(*a),
+        Command::Train(mut a) => {
+            if let Some((recipe, filled)) = recipe {
+                println!("recipe {}: {}", recipe.name, recipe.about);
+                a.recipe_filled = filled;
+            }
+            cli::train::run(*a)
+        }
         Command::Pretrain(a) => cli::pretrain::run(*a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Predict(a) => cli::predict::run(a),

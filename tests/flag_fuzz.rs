@@ -104,6 +104,7 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         mean: r.3.map(|v| v as f32),
         std: r.4.map(|v| v as f32),
         init_from: None,
+        recipe: None,
         auto_augment: Default::default(),
         reprob: 0.0,
         aug_repeats: 1,

@@ -11,5 +11,6 @@ pub mod parse;
 pub mod predict;
 pub mod pretrain;
 pub mod profile;
+pub mod recipe;
 pub mod synth;
 pub mod train;

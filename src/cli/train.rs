@@ -23,8 +23,8 @@ use vitk::pretrain::{Objective, PretrainConfig, PretrainEngine};
 use vitk::train::log_path::{self, LogPlan};
 use vitk::train::memory::DataSize;
 use vitk::train::{
-    self, data_size, DataSource, InitFrom, LoopPosition, Outcome, RunDir, RunLock, RunOptions,
-    RunStart, ScheduleKind, TrainConfig,
+    self, data_size, DataSource, InitFrom, LoopPosition, Outcome, RecipeUsed, RunDir, RunLock,
+    RunOptions, RunStart, ScheduleKind, TrainConfig,
 };
 
 /// Synthetic set of the default run: sizes and epochs that reach >= 95% validation
@@ -182,6 +182,14 @@ pub struct TrainArgs {
     /// new (or, with --resume, the log this run started), outside other run directories.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// A named recipe: cifar-fast or cifar-best. It fills every flag of its set that is not
+    /// given (each one can be overridden); config.json records the values and which flags
+    /// the recipe filled. See README, "Recipes".
+    #[arg(long)]
+    recipe: Option<String>,
+    /// The flags the recipe filled (set by main from the expanded command line).
+    #[arg(skip)]
+    pub recipe_filled: Vec<String>,
     /// Check the flags, the data, the device and the memory estimate, print the plan, and
     /// stop: nothing is written.
     #[arg(long)]
@@ -267,6 +275,10 @@ impl TrainArgs {
             mean: norm("--mean", &self.mean, default_norm.mean)?,
             std: norm("--std", &self.std, default_norm.std)?,
             init_from: None,
+            recipe: self.recipe.as_ref().map(|name| RecipeUsed {
+                name: name.clone(),
+                filled: self.recipe_filled.clone(),
+            }),
             auto_augment: self.auto_augment.unwrap_or_default(),
             reprob: self.reprob.unwrap_or(0.0),
             aug_repeats: self.aug_repeats.unwrap_or(1),
@@ -705,6 +717,7 @@ fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
         ("--mixup-switch-prob", a.mixup_switch_prob.is_some()),
         ("--mixup-off-epoch", a.mixup_off_epoch.is_some()),
         ("--ema-decay", a.ema_decay.is_some()),
+        ("--recipe", a.recipe.is_some()),
     ]
     .iter()
     .filter(|f| f.1)

@@ -87,10 +87,21 @@ pub struct TrainConfig {
     /// Decay of the weights' EMA (`--ema-decay`; None: off, as in older configs).
     #[serde(default)]
     pub ema_decay: Option<f64>,
+    /// The named recipe the run started from (`--recipe`) and the flags it filled in (the
+    /// values are in the fields above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<RecipeUsed>,
     /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
     /// has no labels and no head; `label_smoothing` plays no part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<crate::pretrain::PretrainConfig>,
+}
+
+/// The recipe of a run: its name and the flags it filled (those the user did not give).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecipeUsed {
+    pub name: String,
+    pub filled: Vec<String>,
 }
 
 /// Pretrained weights a run started from, and how they were adapted to the model (one line

@@ -13,7 +13,7 @@ pub mod run_start;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{DataSource, InitFrom, TrainConfig};
+pub use config::{DataSource, InitFrom, RecipeUsed, TrainConfig};
 pub use evaluate::{evaluate, EvalResult};
 pub use run_dir::{LoopPosition, RunDir, SavedState};
 pub use run_lock::{RunLock, Stale, LOCK_FILE};
