@@ -11,15 +11,14 @@ use crate::atomic::write_atomic;
 use crate::attention_maps::render::png_bytes;
 use crate::cpu::mim::NORM_PIX_EPS;
 use crate::cpu::mim_colour::{COLOUR_CLASSES, COLOUR_LEVELS};
-use crate::data::{eval_batches, BatchLoader, Dataset, LoaderConfig, Normalize, Splits};
+use crate::data::{eval_batches, Dataset, Normalize, Splits};
 use crate::model::{save_tensors, CheckpointMeta, PretrainLayout};
 use crate::train::metrics::{draw_curves, now_secs, MetricsLog, Record};
-use crate::train::trainer::{EpochStats, Progress};
-use crate::train::{hms, LoopPosition, LrSchedule, Outcome, RunDir, RunOptions, TrainConfig};
+use crate::train::trainer::{EpochStats, LoopSetup, Progress};
+use crate::train::{hms, LoopPosition, Outcome, RunDir, RunOptions, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The epoch key of the validation masks: one fixed set of masks for the whole run, so that
@@ -67,10 +66,7 @@ pub fn pretrain(
         .context("pretrain: the config has no pre-training settings")?;
     let objective = settings.objective().map_err(anyhow::Error::msg)?;
     let ratio = settings.mask_ratio;
-    let normalize = Normalize {
-        mean: cfg.mean,
-        std: cfg.std,
-    };
+    let normalize = cfg.normalize();
     let layout = PretrainLayout::new(&cfg.model, objective.decoder_outputs(&cfg.model));
     let meta = CheckpointMeta {
         config: cfg.model.clone(),
@@ -78,41 +74,21 @@ pub fn pretrain(
         mean: cfg.mean.to_vec(),
         std: cfg.std.to_vec(),
     };
-    let loader_cfg = LoaderConfig {
-        batch_size: cfg.batch_size,
-        shuffle: cfg.shuffle,
-        augment: cfg.augment,
-        drop_last: true,
-        seed: cfg.seed,
-        normalize,
-    };
     let patches = cfg.model.num_patches();
     let val = splits.val;
     // The pictured images: the first validation images, else the first training images.
     let pictured = first_images(if val.is_empty() { &splits.train } else { &val });
-    let mut loader = BatchLoader::with_recipe(
-        Arc::new(splits.train),
-        loader_cfg,
-        cfg.augment_recipe(),
-        start.epoch,
-        start.batch,
-    )
-    .context("training data")?;
-    let per_epoch = loader.batches_per_epoch() as u64;
-    let total = per_epoch * cfg.epochs as u64;
-    let schedule = LrSchedule {
-        kind: cfg.schedule,
-        base_lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_steps: (cfg.warmup_epochs * per_epoch as f64).round() as u64,
-        total_steps: total,
-    };
-    let stop_at = opts.max_steps.map_or(total, |s| s.min(total));
+    let LoopSetup {
+        mut loader,
+        per_epoch,
+        total,
+        schedule,
+        stop_at,
+        log_path,
+        mut log,
+    } = LoopSetup::new(cfg, run, splits.train, start, opts)?;
     let started = Instant::now();
-    let log_path = opts.log.clone().unwrap_or_else(|| run.metrics_path());
     let resuming = start.step > 0;
-    let mut log = MetricsLog::open(&log_path, resuming.then_some(start.step))
-        .with_context(|| format!("{}: cannot open the metrics log", log_path.display()))?;
     let progress = Progress::new(opts.progress_bar, start.step, stop_at);
     let mut pos = start;
     let mut outcome = if pos.step >= stop_at {
@@ -391,10 +367,7 @@ fn draw_reconstructions(
     if pictured.is_empty() || pictured.channels != 3 {
         return Ok(());
     }
-    let normalize = Normalize {
-        mean: cfg.mean,
-        std: cfg.std,
-    };
+    let normalize = cfg.normalize();
     let ratio = cfg.pretrain.as_ref().map_or(0.0, |p| p.mask_ratio);
     let (size, patch) = (cfg.model.image_size, cfg.model.patch_size);
     let n = cfg.model.num_patches();

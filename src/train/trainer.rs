@@ -83,50 +83,25 @@ pub fn train(
     start: LoopPosition,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let normalize = Normalize {
-        mean: cfg.mean,
-        std: cfg.std,
-    };
+    let normalize = cfg.normalize();
     let meta = CheckpointMeta {
         config: cfg.model.clone(),
         classes: splits.train.classes.clone(),
         mean: cfg.mean.to_vec(),
         std: cfg.std.to_vec(),
     };
-    let loader_cfg = LoaderConfig {
-        batch_size: cfg.batch_size,
-        shuffle: cfg.shuffle,
-        augment: cfg.augment,
-        // As timm's training loader: every step sees a full batch.
-        drop_last: true,
-        seed: cfg.seed,
-        normalize,
-    };
     let val = splits.val;
-    let mut loader = BatchLoader::with_recipe(
-        Arc::new(splits.train),
-        loader_cfg,
-        cfg.augment_recipe(),
-        start.epoch,
-        start.batch,
-    )
-    .context("training data")?;
-    let per_epoch = loader.batches_per_epoch() as u64;
-    let total = per_epoch * cfg.epochs as u64;
-    let schedule = LrSchedule {
-        kind: cfg.schedule,
-        base_lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_steps: (cfg.warmup_epochs * per_epoch as f64).round() as u64,
-        total_steps: total,
-    };
-    let stop_at = opts.max_steps.map_or(total, |s| s.min(total));
+    let LoopSetup {
+        mut loader,
+        per_epoch,
+        total,
+        schedule,
+        stop_at,
+        log_path,
+        mut log,
+    } = LoopSetup::new(cfg, run, splits.train, start, opts)?;
     let started = Instant::now();
-    let log_path = opts.log.clone().unwrap_or_else(|| run.metrics_path());
     let resuming = start.step > 0;
-    let mut log = MetricsLog::open(&log_path, resuming.then_some(start.step))
-        .with_context(|| format!("{}: cannot open the metrics log", log_path.display()))?;
-
     let progress = Progress::new(opts.progress_bar, start.step, stop_at);
     let mut pos = start;
     let mut last_val = None;
@@ -339,6 +314,71 @@ pub fn mix_targets(
         classes,
     );
     Some(targets)
+}
+
+/// What both training loops (this one and `pretrain::trainer`) start from: the loader at the
+/// run's position, the schedule over the whole run, where the loop stops and the metrics log
+/// (records after a resumed state dropped).
+pub(crate) struct LoopSetup {
+    pub loader: BatchLoader,
+    pub per_epoch: u64,
+    /// Steps of the whole schedule.
+    pub total: u64,
+    pub schedule: LrSchedule,
+    /// The last step of this invocation (`--steps`).
+    pub stop_at: u64,
+    pub log_path: PathBuf,
+    pub log: MetricsLog,
+}
+
+impl LoopSetup {
+    pub(crate) fn new(
+        cfg: &TrainConfig,
+        run: &RunDir,
+        train: crate::data::Dataset,
+        start: LoopPosition,
+        opts: &RunOptions,
+    ) -> Result<Self> {
+        let loader_cfg = LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: cfg.shuffle,
+            augment: cfg.augment,
+            // As timm's training loader: every step sees a full batch.
+            drop_last: true,
+            seed: cfg.seed,
+            normalize: cfg.normalize(),
+        };
+        let loader = BatchLoader::with_recipe(
+            Arc::new(train),
+            loader_cfg,
+            cfg.augment_recipe(),
+            start.epoch,
+            start.batch,
+        )
+        .context("training data")?;
+        let per_epoch = loader.batches_per_epoch() as u64;
+        let total = per_epoch * cfg.epochs as u64;
+        let schedule = LrSchedule {
+            kind: cfg.schedule,
+            base_lr: cfg.lr,
+            min_lr: cfg.min_lr,
+            warmup_steps: (cfg.warmup_epochs * per_epoch as f64).round() as u64,
+            total_steps: total,
+        };
+        let stop_at = opts.max_steps.map_or(total, |s| s.min(total));
+        let log_path = opts.log.clone().unwrap_or_else(|| run.metrics_path());
+        let log = MetricsLog::open(&log_path, (start.step > 0).then_some(start.step))
+            .with_context(|| format!("{}: cannot open the metrics log", log_path.display()))?;
+        Ok(Self {
+            loader,
+            per_epoch,
+            total,
+            schedule,
+            stop_at,
+            log_path,
+            log,
+        })
+    }
 }
 
 /// A step handed to the engine, waiting for its output.
