@@ -107,6 +107,7 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         auto_augment: Default::default(),
         reprob: 0.0,
         aug_repeats: 1,
+        drop_path: 0.0,
         pretrain: None,
         layer_decay: r.5,
         freeze_backbone: r.6,

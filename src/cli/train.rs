@@ -116,6 +116,10 @@ pub struct TrainArgs {
     /// augmentation; the epoch keeps its length), 1..=64 [default: 1, off].
     #[arg(long, value_parser = whole, allow_negative_numbers = true)]
     aug_repeats: Option<usize>,
+    /// Stochastic depth: the drop rate of the last block's residual branches (timm's
+    /// linspace from 0 at the first block), per sample, in [0, 1) [default: 0, off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    drop_path: Option<f64>,
     /// Visit training records in file order.
     #[arg(long)]
     no_shuffle: bool,
@@ -250,6 +254,7 @@ impl TrainArgs {
             auto_augment: self.auto_augment.unwrap_or_default(),
             reprob: self.reprob.unwrap_or(0.0),
             aug_repeats: self.aug_repeats.unwrap_or(1),
+            drop_path: self.drop_path.unwrap_or(0.0),
             pretrain: None,
             layer_decay: self.layer_decay,
             freeze_backbone: self.freeze_backbone,
@@ -283,6 +288,7 @@ impl TrainArgs {
             ("--auto-augment", self.auto_augment.is_some()),
             ("--reprob", self.reprob.is_some()),
             ("--aug-repeats", self.aug_repeats.is_some()),
+            ("--drop-path", self.drop_path.is_some()),
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
@@ -666,6 +672,7 @@ fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
         ("--resample-patch", a.resample_patch),
         ("--layer-decay", a.layer_decay.is_some()),
         ("--freeze-backbone", a.freeze_backbone),
+        ("--drop-path", a.drop_path.is_some()),
     ]
     .iter()
     .filter(|f| f.1)
@@ -753,6 +760,7 @@ pub(super) fn run_mode(
             p.params,
             cfg.adamw,
             cfg.tuning(),
+            cfg.drop_path(),
         )?),
     };
     let start = match &p.state {

@@ -4,6 +4,7 @@
 use super::adamw::{clip_grad_norm, AdamW};
 use super::CpuEngine;
 use crate::engine::{OptimizerState, StepOutput, TrainEngine};
+use crate::model::drop_path::{DropPath, StepDrops};
 use crate::model::{ConfigError, ModelConfig, ParamLayout};
 use crate::optim::{AdamWConfig, FineTuning, ParamGroups};
 use anyhow::Result;
@@ -20,6 +21,8 @@ pub struct CpuTrainer {
     /// The last step's output, returned by the next call (the engine interface reports one
     /// step late).
     reported_late: Option<StepOutput>,
+    /// Stochastic depth of the training steps (`--drop-path`; `None`: off).
+    drop_path: Option<DropPath>,
 }
 
 impl CpuTrainer {
@@ -48,7 +51,16 @@ impl CpuTrainer {
             grads: vec![0.0; n],
             opt: AdamW::new(adamw, n),
             reported_late: None,
+            drop_path: None,
         })
+    }
+
+    /// Trains with stochastic depth: step i (the optimizer's step count, restored by
+    /// [`TrainEngine::load`]) drops the samples `StepDrops::draw(dp, i, ..)` says. A rate of
+    /// 0 is the same as none.
+    pub fn with_drop_path(mut self, dp: Option<DropPath>) -> Self {
+        self.drop_path = dp.filter(|dp| dp.rate > 0.0);
+        self
     }
 }
 
@@ -99,7 +111,11 @@ impl TrainEngine for CpuTrainer {
         if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
             anyhow::bail!("label {l} for a model of {k} classes (expected labels below {k})");
         }
-        self.engine.forward(&self.params, images);
+        let drops = self
+            .drop_path
+            .map(|dp| StepDrops::draw(&dp, self.opt.step, self.engine.config().depth, batch));
+        self.engine
+            .forward_dropping(&self.params, images, drops.as_ref());
         let stats = self.engine.loss(labels, smoothing);
         // Gradients outside the trainable span are never written: they stay zero.
         let trainable = self.groups.trainable();

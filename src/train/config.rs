@@ -72,6 +72,10 @@ pub struct TrainConfig {
     /// Copies of each image per epoch (`--aug-repeats`; absent in older configs: 1, off).
     #[serde(default = "one")]
     pub aug_repeats: usize,
+    /// Stochastic depth rate of the last block (`--drop-path`; timm's linspace over the
+    /// blocks; absent in older configs: 0, off).
+    #[serde(default)]
+    pub drop_path: f64,
     /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
     /// has no labels and no head; `label_smoothing` plays no part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +141,14 @@ impl TrainConfig {
             mean: self.mean,
             std: self.std,
         }
+    }
+
+    /// The run's stochastic depth for the engines (`None`: off).
+    pub fn drop_path(&self) -> Option<crate::model::drop_path::DropPath> {
+        (self.drop_path > 0.0).then_some(crate::model::drop_path::DropPath {
+            rate: self.drop_path,
+            seed: self.seed,
+        })
     }
 
     /// Which tensors train, at which rate (the engines' [`FineTuning`]).
@@ -232,6 +244,12 @@ impl TrainConfig {
             self.reprob as f64,
             (0.0..=1.0).contains(&self.reprob),
             "[0, 1]",
+        )?;
+        within(
+            "--drop-path",
+            self.drop_path,
+            (0.0..1.0).contains(&self.drop_path),
+            "[0, 1)",
         )?;
         if !(1..=MAX_AUG_REPEATS).contains(&self.aug_repeats) {
             return Err(format!(

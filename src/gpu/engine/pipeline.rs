@@ -14,10 +14,12 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::GpuTrainer;
+use crate::cpu::drop_path::step_scales;
 use crate::engine::StepOutput;
 use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{DView, Runtime};
 use crate::gpu::stream::{Fence, Graph, PinnedBuffer};
+use crate::model::drop_path::StepDrops;
 use crate::optim::hyper_len;
 
 /// The pinned host side of one queued step; `I` the model's own inputs (labels, masks).
@@ -181,8 +183,12 @@ pub(super) struct StepShape {
     clip: Option<u64>,
 }
 
-/// The classifier's inputs of one queued step: labels [max_batch].
-pub(super) type Labels = PinnedBuffer<u32>;
+/// The classifier's inputs of one queued step: labels [max_batch], and with drop-path the
+/// step's per-sample scales [L, 2, max_batch] (their first L·2·B).
+pub(super) struct ClassInputs {
+    labels: PinnedBuffer<u32>,
+    drop_scales: Option<PinnedBuffer<f32>>,
+}
 
 impl GpuTrainer {
     /// Whether steps run as graph replays (the default; `VITK_NO_GRAPH=1` starts without) or
@@ -217,7 +223,7 @@ impl GpuTrainer {
     #[allow(clippy::too_many_arguments)]
     fn submit_with(
         &mut self,
-        pipeline: &mut Pipeline<StepShape, Labels>,
+        pipeline: &mut Pipeline<StepShape, ClassInputs>,
         images: &[f32],
         labels: &[u32],
         lr: f64,
@@ -225,6 +231,17 @@ impl GpuTrainer {
         clip: Option<f64>,
         batch: usize,
     ) -> GpuResult<Option<StepOutput>> {
+        // This step's drop-path flags, keyed by the steps taken before it.
+        let drops = self.drop_path.as_ref().map(|dp| {
+            let drops = StepDrops::draw(&dp.setting, self.state.step, dp.rates.len(), batch);
+            // [L, 2, B]; a block of rate 0 reads none (zeros)
+            let zeros = || vec![0.0f32; 2 * batch];
+            let scales: Vec<f32> = step_scales::<f32>(&drops)
+                .into_iter()
+                .flat_map(|s| s.map_or_else(zeros, |[a, m]| [a, m].concat()))
+                .collect();
+            scales
+        });
         self.state.step += 1;
         let hyper = self.state.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
@@ -232,15 +249,26 @@ impl GpuTrainer {
         let (rt, max_batch) = (self.rt.clone(), self.max_batch);
         let groups = self.state.groups.groups.len();
         let image = images.len() / batch;
+        let drop_dev = self.drop_scales(batch).map(|d| d.scales);
+        let drop_len = self.drop_path.as_ref().map(|dp| dp.scales.len());
         let slot = pipeline.next_slot(|| {
-            let labels = PinnedBuffer::new(&rt, max_batch)?;
-            StepSlot::new(&rt, max_batch * image, labels, groups)
+            let inputs = ClassInputs {
+                labels: PinnedBuffer::new(&rt, max_batch)?,
+                drop_scales: drop_len.map(|n| PinnedBuffer::new(&rt, n)).transpose()?,
+            };
+            StepSlot::new(&rt, max_batch * image, inputs, groups)
         })?;
         slot.images.as_mut_slice()[..images.len()].copy_from_slice(images);
-        slot.inputs.as_mut_slice()[..batch].copy_from_slice(labels);
+        slot.inputs.labels.as_mut_slice()[..batch].copy_from_slice(labels);
         slot.hyper.as_mut_slice().copy_from_slice(&hyper);
         slot.images.upload_to(images_dev)?;
-        slot.inputs.upload_to(labels_dev)?;
+        slot.inputs.labels.upload_to(labels_dev)?;
+        if let (Some(scales), Some(pinned), Some(dev)) =
+            (&drops, slot.inputs.drop_scales.as_mut(), drop_dev)
+        {
+            pinned.as_mut_slice()[..scales.len()].copy_from_slice(scales);
+            pinned.upload_to(dev)?;
+        }
         slot.hyper.upload_to(self.state.hyper.view())?;
         let key = StepShape {
             batch,
