@@ -277,6 +277,8 @@ fn every_launched_kernel_is_registered() {
     // The launchers' sources, embedded so the test needs no source tree where it runs.
     let sources = [
         include_str!("../src/gpu/kernels/attention.rs"),
+        include_str!("../src/gpu/kernels/drop_path.rs"),
+        include_str!("../src/gpu/kernels/ema.rs"),
         include_str!("../src/gpu/kernels/layernorm.rs"),
         include_str!("../src/gpu/kernels/loss.rs"),
         include_str!("../src/gpu/kernels/matmul.rs"),

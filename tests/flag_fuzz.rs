@@ -113,6 +113,7 @@ fn any_config() -> impl Strategy<Value = TrainConfig> {
         mixup_switch_prob: 0.5,
         mixup_off_epoch: None,
         ema_decay: None,
+        drop_path: 0.0,
         pretrain: None,
         layer_decay: r.5,
         freeze_backbone: r.6,

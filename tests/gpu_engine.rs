@@ -11,6 +11,7 @@ use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
 use vitk::gpu::GpuTrainer;
+use vitk::model::drop_path::{DropPath, StepDrops};
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::{AdamWConfig, FineTuning, ParamGroups};
 
@@ -102,6 +103,21 @@ fn steps_match(
     batch: usize,
     tuning: FineTuning,
 ) {
+    steps_match_dropping(cfg, precision, steps, batch, tuning, None);
+}
+
+/// [`steps_match`] with stochastic depth `drop` (`Some`): the device runs whole queued steps
+/// (`try_train_step`, the staged drop-path scales; its logits and gradients read back after
+/// the step), the CPU the same step's flags (`StepDrops::draw` at the steps taken). Returns
+/// the flags drawn.
+fn steps_match_dropping(
+    cfg: &ModelConfig,
+    precision: Precision,
+    steps: usize,
+    batch: usize,
+    tuning: FineTuning,
+    drop: Option<DropPath>,
+) -> Vec<StepDrops> {
     let rt = device();
     let pool = cfg.pool;
     let mut rng = rng(&format!("engine steps {pool} {}", cfg.image_size));
@@ -119,7 +135,10 @@ fn steps_match(
     let mut opt = AdamW::<f64>::new(adamw, layout.len);
     let groups = ParamGroups::new(&layout, tuning);
     let span = groups.trainable();
-    let mut gpu = GpuTrainer::new(rt, cfg, batch, &params, adamw, precision, tuning).unwrap();
+    let mut gpu = GpuTrainer::new(rt, cfg, batch, &params, adamw, precision, tuning)
+        .and_then(|g| g.with_drop_path(drop))
+        .unwrap();
+    let mut drawn = Vec::new();
     let depth = cfg.depth;
     let tol = |name: &str| tol(name, precision, depth);
     let k = cfg.num_classes as u32;
@@ -140,7 +159,9 @@ fn steps_match(
             .collect();
         let smoothing = 0.1;
 
-        cpu.forward(&p64, &widen(&images));
+        let drops = drop.map(|dp| StepDrops::draw(&dp, step as u64, depth, batch));
+        cpu.forward_dropping(&p64, &widen(&images), drops.as_ref());
+        drawn.extend(drops);
         let logits = cpu.logits().to_vec();
         let stats = cpu.loss(&labels, smoothing);
         let mut grads = vec![0.0; layout.len];
@@ -154,19 +175,23 @@ fn steps_match(
             clip.unwrap_or(f64::INFINITY),
         );
 
-        gpu.try_forward(&images).unwrap();
-        check(
-            &case,
-            "logits",
-            tol("logits"),
-            &gpu.try_logits().unwrap(),
-            &logits,
-        );
-        gpu.try_loss(&labels, smoothing).unwrap();
-        gpu.try_backward().unwrap();
-        let g_grads = gpu.try_grads().unwrap();
-        gpu.try_update(lr, clip).unwrap();
-        let s = gpu.read_stats().unwrap();
+        let (g_logits, g_grads, s) = if drop.is_none() {
+            gpu.try_forward(&images).unwrap();
+            let g_logits = gpu.try_logits().unwrap();
+            gpu.try_loss(&labels, smoothing).unwrap();
+            gpu.try_backward().unwrap();
+            let g_grads = gpu.try_grads().unwrap();
+            gpu.try_update(lr, clip).unwrap();
+            (g_logits, g_grads, gpu.read_stats().unwrap())
+        } else {
+            let o = gpu
+                .try_train_step(&images, &labels, lr, smoothing, clip)
+                .unwrap();
+            let s = [o.loss, o.correct as f64, o.grad_norm.unwrap_or(0.0), 0.0];
+            let (logits, grads) = (gpu.try_logits().unwrap(), gpu.try_grads().unwrap());
+            (logits, grads, s.map(|v| v as f32))
+        };
+        check(&case, "logits", tol("logits"), &g_logits, &logits);
         check(&case, "loss", tol("loss"), &s[..1], &[stats.loss]);
         let scale = logits.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let near = near_ties(
@@ -221,6 +246,26 @@ fn steps_match(
                 check(&case, &name, tol(&name), &dev[r.clone()], &want[r.clone()]);
             }
         }
+    }
+    drawn
+}
+
+/// Stochastic depth at p = 0.5 (block rates [0, 0.5]) over 3 queued steps, both precisions
+/// and pool modes: the device drops the samples the CPU does (some dropped, some kept).
+#[test]
+fn drop_path_steps_match_cpu() {
+    let dp = DropPath {
+        rate: 0.5,
+        seed: 11,
+    };
+    for (pool, precision) in [(Pool::Cls, Precision::Fp32), (Pool::Mean, Precision::Bf16)] {
+        let drawn = steps_match_dropping(&tiny(pool), precision, 3, 3, PLAIN, Some(dp));
+        let flags: Vec<bool> = drawn
+            .iter()
+            .flat_map(|d| d.keep[1].iter().flatten().copied())
+            .collect();
+        assert!(flags.contains(&false) && flags.contains(&true), "{flags:?}");
+        assert!(drawn.iter().all(|d| d.rates == [0.0, 0.5]));
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_close, fd_grad, rand_vec, FD_STEP, GRAD_TOL};
 use vitk::cpu::CpuEngine;
+use vitk::model::drop_path::StepDrops;
 use vitk::model::{ImageSize, ModelConfig, ParamLayout, Pool};
 
 fn tiny(pool: Pool) -> ModelConfig {
@@ -22,6 +23,16 @@ fn tiny(pool: Pool) -> ModelConfig {
 }
 
 fn check_model(pool: Pool, smoothing: f64, image_size: ImageSize) {
+    check_model_dropping(pool, smoothing, image_size, None);
+}
+
+/// [`check_model`] with stochastic depth: the same fixed keep flags in every forward pass.
+fn check_model_dropping(
+    pool: Pool,
+    smoothing: f64,
+    image_size: ImageSize,
+    drops: Option<&StepDrops>,
+) {
     let cfg = ModelConfig {
         image_size,
         ..tiny(pool)
@@ -43,13 +54,13 @@ fn check_model(pool: Pool, smoothing: f64, image_size: ImageSize) {
     let mut engine = CpuEngine::<f64>::new(&cfg, batch).expect("valid config");
 
     let mut loss_of = |p: &[f64]| {
-        engine.forward(p, &images);
+        engine.forward_dropping(p, &images, drops);
         engine.loss(&labels, smoothing).loss
     };
     let numeric = fd_grad(&params, FD_STEP, &mut loss_of);
 
     let mut engine = CpuEngine::<f64>::new(&cfg, batch).expect("valid config");
-    engine.forward(&params, &images);
+    engine.forward_dropping(&params, &images, drops);
     engine.loss(&labels, smoothing);
     let mut grads = vec![0.0; layout.len];
     engine.backward(&params, &mut grads);
@@ -85,6 +96,22 @@ fn whole_model_gradients_non_square() {
     };
     check_model(Pool::Cls, 0.1, wide);
     check_model(Pool::Mean, 0.0, wide);
+}
+
+/// Stochastic depth with fixed flags: every branch of both blocks drops one of the three
+/// samples (a different one per branch), so each branch's scale 1/(1 − p) and its zero for a
+/// dropped sample are both checked; no branch drops all (its gradients would be zero).
+#[test]
+fn whole_model_gradients_drop_path() {
+    let drops = StepDrops {
+        rates: vec![0.25, 0.5],
+        keep: vec![
+            [vec![true, false, true], vec![false, true, true]],
+            [vec![true, true, false], vec![true, false, true]],
+        ],
+    };
+    check_model_dropping(Pool::Cls, 0.1, ImageSize::square(8), Some(&drops));
+    check_model_dropping(Pool::Mean, 0.0, ImageSize::square(8), Some(&drops));
 }
 
 /// Gradients accumulate across backward calls (zeroing is the caller's job).

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use gpu_common::{device, rng, uniform};
 use vitk::engine::{Precision, StepOutput};
 use vitk::gpu::{DeviceBuffer, GpuTrainer, Graph, Runtime};
+use vitk::model::drop_path::DropPath;
 use vitk::model::{init_params, ImageSize, ModelConfig, ParamLayout, Pool};
 use vitk::optim::{AdamWConfig, FineTuning};
 
@@ -378,4 +379,50 @@ fn capture_records_refuses_host_waits_and_replays() {
     let again = Graph::capture(&rt, || view.fill_bytes(&*rt, 0)).unwrap();
     again.launch().unwrap();
     assert_eq!(buf.to_vec().unwrap(), vec![0.0; 8]);
+}
+
+/// Stochastic depth on the queued steps: graph replays (one graph per shape, each replay
+/// reading its own step's staged scales) give bit for bit the steps launched one by one, and
+/// differ from the steps without it; a step launches 4 more kernels per dropped block (the
+/// add after proj and fc2, the scaled dY before their backward), none at p = 0.
+#[test]
+fn drop_path_graph_replays_match_direct_launches() {
+    let rt = device();
+    let steps = steps(&mut rng("drop path pipeline"));
+    let dp = Some(DropPath { rate: 0.5, seed: 3 });
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let with_drop = |graphs: bool| {
+            let mut e = engine(&rt, precision).with_drop_path(dp).unwrap();
+            e.set_graphs(graphs);
+            e
+        };
+        let (mut direct, mut graphs) = (with_drop(false), with_drop(true));
+        let got_direct = run_queued(&mut direct, &steps);
+        let got_graphs = run_queued(&mut graphs, &steps);
+        same_outputs("drop-path graphs vs direct", &got_graphs, &got_direct);
+        same_state("drop-path graphs vs direct", &graphs, &direct);
+        let mut plain = engine(&rt, precision);
+        let got_plain = run_queued(&mut plain, &steps);
+        assert!(
+            got_plain
+                .iter()
+                .zip(&got_graphs)
+                .any(|(a, b)| a.loss != b.loss),
+            "{precision}: drop-path changed no loss"
+        );
+    }
+    let fixed = &steps[0];
+    let launches = |dp: Option<DropPath>| {
+        let mut e = engine(&rt, Precision::Fp32).with_drop_path(dp).unwrap();
+        e.set_graphs(false);
+        step_launches(&rt, &mut e, fixed)
+    };
+    let (off, zero, on) = (
+        launches(None),
+        launches(dp.map(|d| DropPath { rate: 0.0, ..d })),
+        launches(dp),
+    );
+    println!("kernels per step: drop-path off {off}, p = 0 {zero}, p = 0.5 {on}");
+    // depth 2: rates [0, 0.5], one dropped block
+    assert_eq!((zero, on), (off, off + 4), "kernels per step");
 }

@@ -15,6 +15,7 @@ use vitk::data::Normalize;
 use vitk::engine::{Precision, TrainEngine};
 use vitk::gpu::kernels::MAX_HEAD_DIM;
 use vitk::gpu::{cuda::CudaRuntime, emu::EmuRuntime, GpuPretrainer, GpuTrainer, Runtime};
+use vitk::model::drop_path::DropPath;
 use vitk::model::ModelConfig;
 use vitk::optim::{AdamWConfig, FineTuning};
 use vitk::pretrain::{CpuPretrainer, Objective, PretrainEngine};
@@ -198,11 +199,12 @@ impl Opened {
         params: Vec<f32>,
         adamw: AdamWConfig,
         tuning: FineTuning,
+        drop_path: Option<DropPath>,
     ) -> Result<Box<dyn TrainEngine>> {
         match self {
-            Opened::Cpu => Ok(Box::new(CpuTrainer::new(
-                cfg, max_batch, params, adamw, tuning,
-            )?)),
+            Opened::Cpu => Ok(Box::new(
+                CpuTrainer::new(cfg, max_batch, params, adamw, tuning)?.with_drop_path(drop_path),
+            )),
             Opened::Device { rt, precision, .. } => {
                 let e = GpuTrainer::new(
                     rt.clone(),
@@ -213,6 +215,7 @@ impl Opened {
                     *precision,
                     tuning,
                 )
+                .and_then(|e| e.with_drop_path(drop_path))
                 .map_err(|e| anyhow!("{}: {e}", rt.describe()))?;
                 Ok(Box::new(e))
             }
@@ -267,5 +270,5 @@ pub fn engine(
     let opened = open(device, precision)?;
     opened.check_model(cfg)?;
     opened.check_memory(cfg, max_batch, None, None)?;
-    opened.engine(cfg, max_batch, params, adamw, FineTuning::default())
+    opened.engine(cfg, max_batch, params, adamw, FineTuning::default(), None)
 }

@@ -136,6 +136,10 @@ pub struct TrainArgs {
     /// model_ema.safetensors [default: off].
     #[arg(long, value_parser = number, allow_negative_numbers = true)]
     ema_decay: Option<f64>,
+    /// Stochastic depth: the drop rate of the last block's residual branches (timm's
+    /// linspace from 0 at the first block), per sample, in [0, 1) [default: 0, off].
+    #[arg(long, value_parser = number, allow_negative_numbers = true)]
+    drop_path: Option<f64>,
     /// Visit training records in file order.
     #[arg(long)]
     no_shuffle: bool,
@@ -287,6 +291,7 @@ impl TrainArgs {
             mixup_switch_prob: self.mixup_switch_prob.unwrap_or(0.5),
             mixup_off_epoch: self.mixup_off_epoch,
             ema_decay: self.ema_decay,
+            drop_path: self.drop_path.unwrap_or(0.0),
             pretrain: None,
             layer_decay: self.layer_decay,
             freeze_backbone: self.freeze_backbone,
@@ -325,6 +330,7 @@ impl TrainArgs {
             ("--mixup-switch-prob", self.mixup_switch_prob.is_some()),
             ("--mixup-off-epoch", self.mixup_off_epoch.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
+            ("--drop-path", self.drop_path.is_some()),
             ("--no-shuffle", self.no_shuffle),
             ("--seed", self.seed.is_some()),
             ("--init-from", self.init_from.is_some()),
@@ -718,6 +724,7 @@ fn refuse_for_pretraining(a: &TrainArgs) -> Result<()> {
         ("--mixup-off-epoch", a.mixup_off_epoch.is_some()),
         ("--ema-decay", a.ema_decay.is_some()),
         ("--recipe", a.recipe.is_some()),
+        ("--drop-path", a.drop_path.is_some()),
     ]
     .iter()
     .filter(|f| f.1)
@@ -805,6 +812,7 @@ pub(super) fn run_mode(
             p.params,
             cfg.adamw,
             cfg.tuning(),
+            cfg.drop_path(),
         )?),
     };
     let start = match &p.state {

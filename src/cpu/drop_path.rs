@@ -10,6 +10,7 @@
 //! branch), so the CPU and device engines drop the same samples.
 
 use super::Float;
+use crate::model::drop_path::StepDrops;
 use rayon::prelude::*;
 
 /// Per-sample scales s [B] from keep flags [B] at drop rate `rate`: 1/(1 − p) for a kept
@@ -19,6 +20,19 @@ pub fn drop_path_scales<F: Float>(keep: &[bool], rate: f64) -> Vec<F> {
     let scale = F::one() / F::of(1.0 - rate);
     keep.iter()
         .map(|&k| if k { scale } else { F::zero() })
+        .collect()
+}
+
+/// Scales of a step's flags: per block, those of its [attention, MLP] branches [B] (`None`
+/// for a block of rate 0, whose residual adds stay fused).
+pub fn step_scales<F: Float>(drops: &StepDrops) -> Vec<Option<[Vec<F>; 2]>> {
+    drops
+        .keep
+        .iter()
+        .zip(&drops.rates)
+        .map(|(keep, &rate)| {
+            (rate > 0.0).then(|| keep.each_ref().map(|k| drop_path_scales(k, rate)))
+        })
         .collect()
 }
 

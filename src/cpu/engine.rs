@@ -3,6 +3,7 @@
 
 use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::carve::{two_mut, Carve};
+use super::drop_path::{drop_path_add, drop_path_backward, step_scales};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::linear::{linear_backward, linear_forward, linear_residual_forward};
@@ -15,6 +16,7 @@ use super::pooling::{pool_backward, pool_forward};
 use super::soft_loss::soft_target_cross_entropy;
 use super::tokens::{tokens_backward, tokens_forward};
 use super::Float;
+use crate::model::drop_path::StepDrops;
 use crate::model::{BatchDims, ConfigError, ModelConfig, ParamLayout};
 use num_traits::AsPrimitive;
 use std::ops::{Add, Mul};
@@ -244,6 +246,9 @@ pub struct CpuEngine<F: Float> {
     batch: usize,
     acts: Vec<F>,
     scratch: Vec<F>,
+    /// Stochastic depth of the last forward pass, for its backward: per block, the scales
+    /// [B] of its [attention, MLP] branches, `None` where not dropped (empty: no drop-path).
+    drop: Vec<Option<[Vec<F>; 2]>>,
 }
 
 impl<F: Float> CpuEngine<F> {
@@ -280,6 +285,7 @@ impl<F: Float> CpuEngine<F> {
             batch: 0,
             acts: zeroed(z.acts_len())?,
             scratch: zeroed(z.scratch_len())?,
+            drop: Vec::new(),
         })
     }
 
@@ -305,8 +311,15 @@ impl<F: Float> CpuEngine<F> {
     /// Forward pass of `images` [B, C, S_h, S_w] (normalised) with `params`; keeps the
     /// activations for [`Self::backward`]. B = images.len() / (C·S_h·S_w) ≤ max_batch.
     pub fn forward(&mut self, params: &[F], images: &[F]) {
+        self.forward_dropping(params, images, None);
+    }
+
+    /// [`Self::forward`] of a training step with stochastic depth: the branches of each block
+    /// dropped per sample as `drops` says (its batch that of `images`); its backward uses
+    /// the same scales. `None`: nothing dropped (evaluation).
+    pub fn forward_dropping(&mut self, params: &[F], images: &[F], drops: Option<&StepDrops>) {
         assert_eq!(params.len(), self.layout.len, "forward: parameter buffer");
-        self.forward_encoder(params, images, None);
+        self.forward_encoder(params, images, None, drops);
         self.forward_head(params);
     }
 
@@ -321,6 +334,7 @@ impl<F: Float> CpuEngine<F> {
         params: &[F],
         images: &[F],
         masking: Option<Substitution<'_, &[F]>>,
+        drops: Option<&StepDrops>,
     ) {
         let cfg = &self.cfg;
         let lay = &self.layout;
@@ -337,6 +351,16 @@ impl<F: Float> CpuEngine<F> {
             self.max_batch
         );
         self.batch = batch;
+        self.drop = drops
+            .map(|dr| {
+                assert!(
+                    dr.keep.len() == cfg.depth
+                        && dr.keep.iter().all(|k| k.iter().all(|k| k.len() == batch)),
+                    "forward: drop-path flags for another model or batch"
+                );
+                step_scales(dr)
+            })
+            .unwrap_or_default();
         let z = BatchDims::new(cfg, batch);
         let (r, d, m) = (z.rows(), z.d, z.m);
         let p = |range: &std::ops::Range<usize>| &params[range.clone()];
@@ -413,7 +437,19 @@ impl<F: Float> CpuEngine<F> {
                 3 * d,
             );
             attention_forward(blk.attn, blk.probs, blk.qkv, z.attn_shape());
-            linear_residual_forward(blk.x_mid, x, blk.attn, p(&w.proj_w), p(&w.proj_b), r, d, d);
+            // x_mid = x + s_b · proj(attn); dropped through dattn [R, D] (free in forward),
+            // else the residual add fused into the matmul.
+            let drop = self.drop.get(l).and_then(Option::as_ref);
+            residual_branch(
+                blk.x_mid,
+                x,
+                s.dattn,
+                drop.map(|s| &s[0][..]),
+                |out| linear_forward(out, blk.attn, p(&w.proj_w), Some(p(&w.proj_b)), r, d, d),
+                |out| {
+                    linear_residual_forward(out, x, blk.attn, p(&w.proj_w), p(&w.proj_b), r, d, d)
+                },
+            );
             layernorm_forward(
                 blk.ln2,
                 blk.ln2_mean,
@@ -425,7 +461,18 @@ impl<F: Float> CpuEngine<F> {
             );
             linear_forward(blk.fc1, blk.ln2, p(&w.fc1_w), Some(p(&w.fc1_b)), r, d, m);
             gelu_forward(s.gelu, blk.fc1);
-            linear_residual_forward(x_next, blk.x_mid, s.gelu, p(&w.fc2_w), p(&w.fc2_b), r, m, d);
+            // x_next = x_mid + s_b · fc2(gelu)
+            let gelu: &[F] = s.gelu;
+            residual_branch(
+                x_next,
+                blk.x_mid,
+                s.dattn,
+                drop.map(|s| &s[1][..]),
+                |out| linear_forward(out, gelu, p(&w.fc2_w), Some(p(&w.fc2_b)), r, m, d),
+                |out| {
+                    linear_residual_forward(out, blk.x_mid, gelu, p(&w.fc2_w), p(&w.fc2_b), r, m, d)
+                },
+            );
         }
     }
 
@@ -599,16 +646,19 @@ impl<F: Float> CpuEngine<F> {
         let a = Acts::carve(&self.acts[..z.acts_len::<usize>()], &z);
         let s = Scratch::carve(&mut &mut self.scratch[..z.scratch_len::<usize>()], &z);
 
-        for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
-            // x_next = x_mid + fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next.
+        for (l, (blk, w)) in a.blocks.iter().zip(&lay.blocks).enumerate().rev() {
+            // x_next = x_mid + s_b · fc2(gelu(fc1(ln2(x_mid)))): dx holds d x_next; the
+            // branch's dY is s_b · dx when dropped (into dattn, free until proj's backward).
+            let drop = self.drop.get(l).and_then(Option::as_ref);
             gelu_forward(s.gelu, blk.fc1);
+            let dy = branch_grad(s.dattn, s.dx, drop.map(|s| &s[1][..]));
             let (gw, gb) = two_mut(grads, w.fc2_w.clone(), w.fc2_b.clone());
             linear_backward(
                 Some(&mut *s.dgelu),
                 false,
                 gw,
                 Some(gb),
-                s.dx,
+                dy,
                 s.gelu,
                 p(&w.fc2_w),
                 r,
@@ -643,14 +693,16 @@ impl<F: Float> CpuEngine<F> {
                 p(&w.norm2_w),
                 d,
             );
-            // x_mid = x + proj(attn(ln1(x))): dx now holds d x_mid.
+            // x_mid = x + s_b · proj(attn(ln1(x))): dx now holds d x_mid; the scaled dY goes
+            // into dqkv's front (free until attention's backward).
+            let dy = branch_grad(&mut s.dqkv[..r * d], s.dx, drop.map(|s| &s[0][..]));
             let (gw, gb) = two_mut(grads, w.proj_w.clone(), w.proj_b.clone());
             linear_backward(
                 Some(&mut *s.dattn),
                 false,
                 gw,
                 Some(gb),
-                s.dx,
+                dy,
                 blk.attn,
                 p(&w.proj_w),
                 r,
@@ -723,5 +775,38 @@ impl<F: Float> CpuEngine<F> {
             z.cpp,
             d,
         );
+    }
+}
+
+/// out [R, D] = x + s_b · f(·) for a dropped branch (f computed into `branch` [R, D] by
+/// `plain`, then the per-sample add), else `fused` (the matmul's residual epilogue: the
+/// step without drop-path, bitwise).
+fn residual_branch<F: Float>(
+    out: &mut [F],
+    x: &[F],
+    branch: &mut [F],
+    scales: Option<&[F]>,
+    plain: impl FnOnce(&mut [F]),
+    fused: impl FnOnce(&mut [F]),
+) {
+    match scales {
+        Some(scales) => {
+            plain(&mut *branch);
+            out.copy_from_slice(x);
+            drop_path_add(out, branch, scales);
+        }
+        None => fused(out),
+    }
+}
+
+/// The dY of a branch's last matmul from the residual stream's gradient dy [R, D]: s_b · dy
+/// (into `scratch` [R, D]) when dropped, else dy itself.
+fn branch_grad<'a, F: Float>(scratch: &'a mut [F], dy: &'a [F], scales: Option<&[F]>) -> &'a [F] {
+    match scales {
+        Some(scales) => {
+            drop_path_backward(scratch, dy, scales);
+            scratch
+        }
+        None => dy,
     }
 }

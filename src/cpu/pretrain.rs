@@ -248,7 +248,7 @@ impl<F: Float> CpuPretrainEngine<F> {
             Objective::Colour => Substitution::Sources(&self.sources[..], token),
         };
         self.encoder
-            .forward_encoder(params, images, Some(substitution));
+            .forward_encoder(params, images, Some(substitution), None);
 
         let cfg = self.encoder.config();
         let z = self.dims();

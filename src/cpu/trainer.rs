@@ -5,6 +5,7 @@ use super::adamw::{clip_grad_norm, AdamW};
 use super::ema::ema_update;
 use super::CpuEngine;
 use crate::engine::{OptimizerState, StepOutput, TrainEngine};
+use crate::model::drop_path::{DropPath, StepDrops};
 use crate::model::{ConfigError, ModelConfig, ParamLayout};
 use crate::optim::{AdamWConfig, EmaConfig, FineTuning, ParamGroups};
 use anyhow::Result;
@@ -23,6 +24,8 @@ pub struct CpuTrainer {
     /// The last step's output, returned by the next call (the engine interface reports one
     /// step late).
     reported_late: Option<StepOutput>,
+    /// Stochastic depth of the training steps (`--drop-path`; `None`: off).
+    drop_path: Option<DropPath>,
 }
 
 impl CpuTrainer {
@@ -52,7 +55,16 @@ impl CpuTrainer {
             opt: AdamW::new(adamw, n),
             ema: None,
             reported_late: None,
+            drop_path: None,
         })
+    }
+
+    /// Trains with stochastic depth: step i (the optimizer's step count, restored by
+    /// [`TrainEngine::load`]) drops the samples `StepDrops::draw(dp, i, ..)` says. A rate of
+    /// 0 is the same as none.
+    pub fn with_drop_path(mut self, dp: Option<DropPath>) -> Self {
+        self.drop_path = dp.filter(|dp| dp.rate > 0.0);
+        self
     }
 }
 
@@ -112,7 +124,11 @@ impl TrainEngine for CpuTrainer {
                 batch * k
             );
         }
-        self.engine.forward(&self.params, images);
+        let drops = self
+            .drop_path
+            .map(|dp| StepDrops::draw(&dp, self.opt.step, self.engine.config().depth, batch));
+        self.engine
+            .forward_dropping(&self.params, images, drops.as_ref());
         let stats = match targets {
             Some(t) => self.engine.soft_loss(t),
             None => self.engine.loss(labels, smoothing),

@@ -15,6 +15,7 @@ use super::error::{GpuError, GpuResult};
 use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
+use crate::model::drop_path::{drop_path_rates, DropPath};
 use crate::model::{BatchDims, ModelConfig, ParamLayout, Pool};
 use crate::optim::{AdamWConfig, EmaConfig, FineTuning, ParamGroups};
 
@@ -22,7 +23,7 @@ mod encoder;
 mod pipeline;
 mod pretrain;
 mod state;
-use encoder::Net;
+use encoder::{DropScales, Net};
 use pipeline::{ClassInputs, Pipeline, StepShape};
 pub use pretrain::GpuPretrainer;
 use state::ParamState;
@@ -258,6 +259,9 @@ pub struct GpuTrainer {
     batch: usize,
     /// The queued-step machinery of [`Self::submit_step`] (pipeline.rs).
     pipeline: Pipeline<StepShape, ClassInputs>,
+    /// Stochastic depth of the queued training steps (`--drop-path`), see
+    /// [`Self::with_drop_path`].
+    drop_path: Option<DeviceDropPath>,
 }
 
 /// The device side of the weights' EMA.
@@ -268,6 +272,14 @@ struct DeviceEma {
     /// [1] the lerp weight 1 − d of the current step: a buffer, not a kernel argument, so a
     /// step graph's replay reads each step's value (staged with the step's inputs).
     weight: DeviceBuffer<f32>,
+}
+
+/// Stochastic depth on the device: the run's setting, the blocks' rates [L] and the scales
+/// [L, 2, max_batch] each step stages its own into (the first L·2·B elements).
+struct DeviceDropPath {
+    setting: DropPath,
+    rates: Vec<f64>,
+    scales: DeviceBuffer<f32>,
 }
 
 impl GpuTrainer {
@@ -332,6 +344,35 @@ impl GpuTrainer {
             ema: None,
             batch: 0,
             pipeline: Pipeline::default(),
+            drop_path: None,
+        })
+    }
+
+    /// Trains with stochastic depth: the queued step i (the AdamW step count before it,
+    /// restored by [`Self::try_load`]) drops the samples `StepDrops::draw(dp, i, ..)` says,
+    /// as the CPU trainer does; evaluation and the unqueued `try_*` passes never drop. A rate
+    /// of 0 is the same as none. Allocates the per-step scales [L, 2, max_batch].
+    pub fn with_drop_path(mut self, dp: Option<DropPath>) -> GpuResult<Self> {
+        self.drop_path = match dp.filter(|dp| dp.rate > 0.0) {
+            None => None,
+            Some(setting) => {
+                let depth = self.cfg.depth;
+                Some(DeviceDropPath {
+                    setting,
+                    rates: drop_path_rates(depth, setting.rate),
+                    scales: alloc::<f32>(&self.rt, 2 * depth * self.max_batch, "drop-path scales")?,
+                })
+            }
+        };
+        Ok(self)
+    }
+
+    /// The drop-path scales of a training step of `batch` samples (in the device buffer,
+    /// staged by the queued step), `None` without drop-path.
+    fn drop_scales(&self, batch: usize) -> Option<DropScales<'_>> {
+        self.drop_path.as_ref().map(|dp| DropScales {
+            scales: dp.scales.view().slice(0, 2 * dp.rates.len() * batch),
+            rates: &dp.rates,
         })
     }
 
@@ -397,7 +438,7 @@ impl GpuTrainer {
     pub fn try_forward(&mut self, images: &[f32]) -> GpuResult<()> {
         let batch = self.batch_of(images)?;
         self.acts(batch).1.images.upload(&*self.rt, images)?;
-        self.forward(batch)
+        self.forward(batch, false)
     }
 
     /// The batch size of `images` [B, C, S, S], or why it does not fit this engine.
@@ -417,12 +458,14 @@ impl GpuTrainer {
         Ok(batch)
     }
 
-    /// Enqueues the forward pass of the `batch` images already in the images view.
-    fn forward(&mut self, batch: usize) -> GpuResult<()> {
+    /// Enqueues the forward pass of the `batch` images already in the images view; a
+    /// `training` pass drops branches with the staged drop-path scales (when on).
+    fn forward(&mut self, batch: usize, training: bool) -> GpuResult<()> {
         self.batch = batch;
         let (z, a) = self.acts(batch);
         let net = self.net();
-        net.forward_encoder(&z, &a, None)?;
+        let drop = self.drop_scales(batch).filter(|_| training);
+        net.forward_encoder(&z, &a, None, drop.as_ref())?;
         let (rt, lay, d, cfg) = (net.rt, net.layout, z.d, net.cfg);
         k::pool_forward(
             rt,
@@ -543,6 +586,11 @@ impl GpuTrainer {
     /// gradient (no kernel of the blocks or the embedding runs); the gradients outside the
     /// trainable span are never written and stay zero.
     pub fn try_backward(&mut self) -> GpuResult<()> {
+        self.backward(false)
+    }
+
+    /// [`Self::try_backward`] of a forward pass that was `training` or not.
+    fn backward(&self, training: bool) -> GpuResult<()> {
         let (z, a) = self.acts(self.batch);
         let net = self.net();
         let (rt, lay, d, b) = (net.rt, net.layout, z.d, z.b);
@@ -587,7 +635,8 @@ impl GpuTrainer {
             d,
             self.cfg.pool == Pool::Mean,
         )?;
-        net.backward_encoder(&z, &a, None)
+        let drop = self.drop_scales(b).filter(|_| training);
+        net.backward_encoder(&z, &a, None, drop.as_ref())
     }
 
     /// Optional clipping (on device) and one AdamW update at base rate `lr`.
@@ -612,7 +661,7 @@ impl GpuTrainer {
     }
 
     /// Enqueues a whole step on inputs already on the device: what a step graph holds.
-    /// `soft`: the loss against the soft targets.
+    /// `soft`: the loss against the soft targets. Drop-path (when on) drops in this step.
     fn enqueue_step(
         &mut self,
         batch: usize,
@@ -620,9 +669,9 @@ impl GpuTrainer {
         smoothing: f64,
         clip: Option<f64>,
     ) -> GpuResult<()> {
-        self.forward(batch)?;
+        self.forward(batch, true)?;
         self.loss(soft, smoothing)?;
-        self.try_backward()?;
+        self.backward(true)?;
         self.update(clip)
     }
 

@@ -64,3 +64,45 @@ pub fn drop_path_keep(
         .map(|_| rng.random::<f64>() < keep_prob)
         .collect()
 }
+
+/// A run's stochastic depth (`--drop-path`): the rate p of the last block and the seed of the
+/// keep flags. Engines take it at construction and key each step's flags by their own count
+/// of optimizer steps taken (restored on resume with the optimizer state).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropPath {
+    pub rate: f64,
+    pub seed: u64,
+}
+
+/// The keep flags of one training step: per block, the rate and the flags [B] of its
+/// attention and MLP branches. A branch of rate 0 is not dropped at all: the engines keep
+/// its fused residual add (bitwise the step without drop-path).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepDrops {
+    /// [L] drop rate per block ([`drop_path_rates`]).
+    pub rates: Vec<f64>,
+    /// [L] × [attention, MLP] × [B].
+    pub keep: Vec<[Vec<bool>; 2]>,
+}
+
+impl StepDrops {
+    /// The flags of optimizer step `step` (0-based, the steps taken before it) for a model of
+    /// `depth` blocks and a batch of `batch`.
+    pub fn draw(dp: &DropPath, step: u64, depth: usize, batch: usize) -> Self {
+        let rates = drop_path_rates(depth, dp.rate);
+        let keep = rates
+            .iter()
+            .enumerate()
+            .map(|(l, &rate)| {
+                [Branch::Attention, Branch::Mlp]
+                    .map(|br| drop_path_keep(dp.seed, step, l, br, batch, rate))
+            })
+            .collect();
+        StepDrops { rates, keep }
+    }
+
+    /// Whether block `block`'s branches are dropped at all (rate above 0).
+    pub fn active(&self, block: usize) -> bool {
+        self.rates[block] > 0.0
+    }
+}

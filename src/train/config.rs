@@ -91,6 +91,10 @@ pub struct TrainConfig {
     /// values are in the fields above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<RecipeUsed>,
+    /// Stochastic depth rate of the last block (`--drop-path`; timm's linspace over the
+    /// blocks; absent in older configs: 0, off).
+    #[serde(default)]
+    pub drop_path: f64,
     /// Set for a pre-training run (`vitk pretrain`): its objective and masks. Such a run
     /// has no labels and no head; `label_smoothing` plays no part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +196,14 @@ impl TrainConfig {
         }
     }
 
+    /// The run's stochastic depth for the engines (`None`: off).
+    pub fn drop_path(&self) -> Option<crate::model::drop_path::DropPath> {
+        (self.drop_path > 0.0).then_some(crate::model::drop_path::DropPath {
+            rate: self.drop_path,
+            seed: self.seed,
+        })
+    }
+
     /// Which tensors train, at which rate (the engines' [`FineTuning`]).
     pub fn tuning(&self) -> FineTuning {
         FineTuning {
@@ -285,6 +297,12 @@ impl TrainConfig {
             self.reprob as f64,
             (0.0..=1.0).contains(&self.reprob),
             "[0, 1]",
+        )?;
+        within(
+            "--drop-path",
+            self.drop_path,
+            (0.0..1.0).contains(&self.drop_path),
+            "[0, 1)",
         )?;
         if !(1..=MAX_AUG_REPEATS).contains(&self.aug_repeats) {
             return Err(format!(

@@ -52,6 +52,24 @@ impl Substitution {
     }
 }
 
+/// Stochastic depth of one training step on the device: the per-sample scales [L, 2, B]
+/// (block, [attention, MLP], sample; staged with the step's inputs, so that each graph
+/// replay reads its own step's) and the blocks' rates: a block of rate 0 keeps its fused
+/// residual adds (bitwise the step without drop-path).
+#[derive(Clone, Copy)]
+pub(super) struct DropScales<'a> {
+    pub(super) scales: DView,
+    pub(super) rates: &'a [f64],
+}
+
+impl DropScales<'_> {
+    /// The scales [B] of `branch` (0 attention, 1 MLP) of block `l`, `None` when not dropped.
+    fn of(drop: Option<&Self>, l: usize, branch: usize, batch: usize) -> Option<DView> {
+        drop.filter(|d| d.rates[l] > 0.0)
+            .map(|d| d.scales.slice((2 * l + branch) * batch, batch))
+    }
+}
+
 /// The encoder's parameters, gradients and weights as the kernels see them. `layout` is the
 /// classification layout of the model: its encoder tensors lie at the same offsets in the
 /// pre-training layout, and only those are read here.
@@ -107,13 +125,65 @@ impl Net<'_> {
         )
     }
 
+    /// out [R, D] = x + s_b · (input [R, I] · Wᵀ + b): the matmul's residual epilogue, or for
+    /// a dropped branch (`scale` [B]) the matmul into `a.dln` [R, D] (free in forward), then
+    /// the per-sample add.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_linear(
+        &self,
+        a: &Acts,
+        out: DView,
+        x: DView,
+        input: Operand,
+        (w, b): (&Range<usize>, &Range<usize>),
+        scale: Option<DView>,
+        (rows, i, o, batch): (usize, usize, usize, usize),
+    ) -> GpuResult<()> {
+        let (weight, bias) = (self.w(w), self.p(b));
+        match scale {
+            None => k::linear_forward(
+                self.rt,
+                Operand::F32(out),
+                input,
+                weight,
+                bias,
+                LinearEpilogue::Residual(x),
+                rows,
+                i,
+                o,
+            ),
+            Some(scale) => {
+                let branch = a.dln;
+                let (rt, e) = (self.rt, LinearEpilogue::Bias);
+                k::linear_forward(rt, Operand::F32(branch), input, weight, bias, e, rows, i, o)?;
+                k::drop_path_add(rt, out, x, branch, scale, batch)
+            }
+        }
+    }
+
+    /// The dY [R, D] of a branch's last matmul: the residual stream's gradient, or s_b · dx
+    /// in the step's precision for a dropped branch (`scale` [B]), in the front of `a.dqkv`
+    /// (free until attention's backward).
+    fn branch_dy(&self, a: &Acts, scale: Option<DView>, batch: usize) -> GpuResult<Operand> {
+        match scale {
+            None => Ok(a.dy()),
+            Some(scale) => {
+                let dy = a.dqkv.slice(0, a.dx.len());
+                k::drop_path_backward(self.rt, dy, a.dx, scale, batch)?;
+                Ok(dy)
+            }
+        }
+    }
+
     /// Enqueues the encoder's forward pass of the `z.b` images already in `a.images`, up to
-    /// `a.x_last` [R, D], corrupting the patch embeddings as `subst` says.
+    /// `a.x_last` [R, D], corrupting the patch embeddings as `subst` says and dropping
+    /// residual branches as `drop` says (training steps of the classifier only).
     pub(super) fn forward_encoder(
         &self,
         z: &BatchDims,
         a: &Acts,
         subst: Option<&Substitution>,
+        drop: Option<&DropScales>,
     ) -> GpuResult<()> {
         let rt = self.rt;
         let lay = self.layout;
@@ -198,16 +268,15 @@ impl Net<'_> {
                 blk.qkv.slice(2 * hl, hl),
                 z.attn_dims(),
             )?;
-            k::linear_forward(
-                rt,
-                Operand::F32(blk.x_mid),
+            // x_mid = x + s_b · proj(attn)
+            self.residual_linear(
+                a,
+                blk.x_mid,
+                blk.x,
                 blk.attn,
-                self.w(&w.proj_w),
-                self.p(&w.proj_b),
-                LinearEpilogue::Residual(blk.x),
-                r,
-                d,
-                d,
+                (&w.proj_w, &w.proj_b),
+                DropScales::of(drop, l, 0, batch),
+                (r, d, d, batch),
             )?;
             k::layernorm_forward(
                 rt,
@@ -230,16 +299,15 @@ impl Net<'_> {
                 d,
                 m,
             )?;
-            k::linear_forward(
-                rt,
-                Operand::F32(x_next),
+            // x_next = x_mid + s_b · fc2(gelu)
+            self.residual_linear(
+                a,
+                x_next,
+                blk.x_mid,
                 blk.gelu,
-                self.w(&w.fc2_w),
-                self.p(&w.fc2_b),
-                LinearEpilogue::Residual(blk.x_mid),
-                r,
-                m,
-                d,
+                (&w.fc2_w, &w.fc2_b),
+                DropScales::of(drop, l, 1, batch),
+                (r, m, d, batch),
             )?;
         }
         Ok(())
@@ -247,22 +315,24 @@ impl Net<'_> {
 
     /// Backward of [`Self::forward_encoder`] from d x_L in `a.dx` (and its bf16 copy in
     /// `a.dx_low` on the bf16 path; consumed): the blocks in reverse, the tokens, the
-    /// corruption (`subst`, as in the forward pass) and the patch linear. Adds to the
+    /// corruption (`subst`) and the patch linear, with the forward pass's `drop`. Adds to the
     /// encoder's gradients (and the mask token's) only.
     pub(super) fn backward_encoder(
         &self,
         z: &BatchDims,
         a: &Acts,
         subst: Option<&Substitution>,
+        drop: Option<&DropScales>,
     ) -> GpuResult<()> {
         let rt = self.rt;
         let lay = self.layout;
         let (r, d, m, b) = (z.rows(), z.d, z.m, z.b);
         let hl = z.attn_dims().head_len();
-        for (blk, w) in a.blocks.iter().zip(&lay.blocks).rev() {
-            // fc2: its dX times gelu'(fc1) is fc1's pre-activation gradient
-            k::linear_backward_dx(rt, a.dfc1, a.dy(), self.w(&w.fc2_w), Some(blk.fc1), r, m, d)?;
-            self.dw(a, &w.fc2_w, &w.fc2_b, a.dy(), blk.gelu, r, m, d)?;
+        for (l, (blk, w)) in a.blocks.iter().zip(&lay.blocks).enumerate().rev() {
+            // fc2: its dX times gelu'(fc1) is fc1's pre-activation gradient; dY = s_b · dx
+            let dy = self.branch_dy(a, DropScales::of(drop, l, 1, b), b)?;
+            k::linear_backward_dx(rt, a.dfc1, dy, self.w(&w.fc2_w), Some(blk.fc1), r, m, d)?;
+            self.dw(a, &w.fc2_w, &w.fc2_b, dy, blk.gelu, r, m, d)?;
             k::linear_backward_dx(
                 rt,
                 Operand::F32(a.dln),
@@ -288,8 +358,10 @@ impl Net<'_> {
                 self.p(&w.norm2_w),
                 d,
             )?;
-            k::linear_backward_dx(rt, a.dattn, a.dy(), self.w(&w.proj_w), None, r, d, d)?;
-            self.dw(a, &w.proj_w, &w.proj_b, a.dy(), blk.attn, r, d, d)?;
+            // proj: dY = s_b · dx
+            let dy = self.branch_dy(a, DropScales::of(drop, l, 0, b), b)?;
+            k::linear_backward_dx(rt, a.dattn, dy, self.w(&w.proj_w), None, r, d, d)?;
+            self.dw(a, &w.proj_w, &w.proj_b, dy, blk.attn, r, d, d)?;
             k::attention_backward(
                 rt,
                 a.dqkv,

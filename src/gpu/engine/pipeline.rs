@@ -14,10 +14,12 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::GpuTrainer;
+use crate::cpu::drop_path::step_scales;
 use crate::engine::StepOutput;
 use crate::gpu::error::GpuResult;
 use crate::gpu::runtime::{DView, Runtime};
 use crate::gpu::stream::{Fence, Graph, PinnedBuffer};
+use crate::model::drop_path::StepDrops;
 use crate::optim::hyper_len;
 
 /// The pinned host side of one queued step; `I` the model's own inputs (labels, masks).
@@ -193,6 +195,8 @@ pub(super) struct ClassInputs {
     labels: PinnedBuffer<u32>,     // [max_batch]
     targets: PinnedBuffer<f32>,    // [max_batch, K] soft targets (mixing steps)
     ema_weight: PinnedBuffer<f32>, // [1] the EMA's lerp weight of the step
+    /// [L, 2, max_batch] with drop-path: the step's per-sample scales (their first L·2·B).
+    drop_scales: Option<PinnedBuffer<f32>>,
 }
 
 impl GpuTrainer {
@@ -271,6 +275,17 @@ impl GpuTrainer {
             clip,
             batch,
         } = step;
+        // This step's drop-path flags, keyed by the steps taken before it.
+        let drops = self.drop_path.as_ref().map(|dp| {
+            let drops = StepDrops::draw(&dp.setting, self.state.step, dp.rates.len(), batch);
+            // [L, 2, B]; a block of rate 0 reads none (zeros)
+            let zeros = || vec![0.0f32; 2 * batch];
+            let scales: Vec<f32> = step_scales::<f32>(&drops)
+                .into_iter()
+                .flat_map(|s| s.map_or_else(zeros, |[a, m]| [a, m].concat()))
+                .collect();
+            scales
+        });
         self.state.step += 1;
         let hyper = self.state.hyper_values(lr);
         let images_dev = self.acts(batch).1.images;
@@ -278,11 +293,14 @@ impl GpuTrainer {
         let (rt, max_batch, k) = (self.rt.clone(), self.max_batch, self.cfg.num_classes);
         let groups = self.state.groups.groups.len();
         let image = images.len() / batch;
+        let drop_dev = self.drop_scales(batch).map(|d| d.scales);
+        let drop_len = self.drop_path.as_ref().map(|dp| dp.scales.len());
         let slot = pipeline.next_slot(|| {
             let inputs = ClassInputs {
                 labels: PinnedBuffer::new(&rt, max_batch)?,
                 targets: PinnedBuffer::new(&rt, max_batch * k)?,
                 ema_weight: PinnedBuffer::new(&rt, 1)?,
+                drop_scales: drop_len.map(|n| PinnedBuffer::new(&rt, n)).transpose()?,
             };
             StepSlot::new(&rt, max_batch * image, inputs, groups)
         })?;
@@ -291,6 +309,12 @@ impl GpuTrainer {
         slot.hyper.as_mut_slice().copy_from_slice(&hyper);
         slot.images.upload_to(images_dev)?;
         slot.inputs.labels.upload_to(labels_dev)?;
+        if let (Some(scales), Some(pinned), Some(dev)) =
+            (&drops, slot.inputs.drop_scales.as_mut(), drop_dev)
+        {
+            pinned.as_mut_slice()[..scales.len()].copy_from_slice(scales);
+            pinned.upload_to(dev)?;
+        }
         slot.hyper.upload_to(self.state.hyper.view())?;
         // Staged like the labels: a replay reads this step's targets and EMA weight.
         if let Some(t) = targets {

@@ -387,7 +387,7 @@ impl GpuPretrainer {
         let net = self.net();
         let (rt, enc, lay) = (net.rt, net.layout, &self.layout);
         let (np, d, prefix) = (z.b * z.n, z.d, z.t - z.n);
-        net.forward_encoder(&z, &a, Some(&self.substitution(&z, &dec)))?;
+        net.forward_encoder(&z, &a, Some(&self.substitution(&z, &dec)), None)?;
         // x [NP, D]: the patch rows of x_L [B, T, D] (x_L itself without a class token).
         let x = if prefix == 0 {
             a.x_last
@@ -531,7 +531,7 @@ impl GpuPretrainer {
         if prefix > 0 {
             k::patch_rows_scatter(rt, a.dx, a.dx_low, dec.dx, z.b, z.t, d, prefix)?;
         }
-        net.backward_encoder(&z, &a, Some(&self.substitution(&z, &dec)))
+        net.backward_encoder(&z, &a, Some(&self.substitution(&z, &dec)), None)
     }
 
     /// Loss of the last forward pass (waited for), and its gradient prepared.
