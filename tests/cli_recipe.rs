@@ -64,3 +64,58 @@ fn recipe_flags_out_of_range_are_refused_and_nothing_is_written() {
         assert!(!out.exists(), "{more:?} left {}", out.display());
     }
 }
+
+#[test]
+fn a_recipe_fills_the_flags_not_given_and_records_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let run = tmp.path().join("fast");
+    // The small model and batch of the tests override the recipe's; the rest is the recipe's.
+    let out = ok(&with(
+        train_args(s(&data), s(&run), "2"),
+        &[
+            "--recipe",
+            "cifar-fast",
+            "--steps",
+            "2",
+            "--warmup-epochs",
+            "1",
+        ],
+    ));
+    assert!(out.contains("recipe cifar-fast:"), "{out}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(config["recipe"]["name"], "cifar-fast");
+    let filled: Vec<&str> = config["recipe"]["filled"]
+        .as_array()
+        .expect("filled")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        filled.contains(&"--auto-augment rand-m9-mstd0.5-inc1"),
+        "{filled:?}"
+    );
+    assert!(filled.contains(&"--drop-path 0.05"), "{filled:?}");
+    // Given flags win: neither the epochs, the batch nor the warm-up came from the recipe.
+    for given in ["--epochs", "--batch-size", "--warmup-epochs"] {
+        assert!(
+            !filled.iter().any(|f| f.starts_with(given)),
+            "{given} in {filled:?}"
+        );
+    }
+    assert_eq!(config["epochs"], 2);
+    assert_eq!(config["batch_size"], 50);
+    assert_eq!(config["drop_path"], 0.05);
+    assert_eq!(config["reprob"], 0.25);
+    assert_eq!(config["ema_decay"], 0.999);
+    assert_eq!(config["lr"], 2e-3);
+    fails(
+        &with(
+            train_args(s(&data), s(&run), "2"),
+            &["--recipe", "cifar-slow"],
+        ),
+        &["cifar-slow", "cifar-best, cifar-fast"],
+    );
+}
