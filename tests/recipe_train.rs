@@ -214,7 +214,13 @@ fn soft_targets_replace_the_labels_in_the_loss() {
     let cfg = tiny();
     let (batch, k) = (4, cfg.num_classes);
     let mut rng = rng("soft targets reach the loss");
-    let params = params_of(&cfg, &mut rng);
+    let mut params = params_of(&cfg, &mut rng);
+    // A head bias spread over the classes: logits far from uniform, so that the soft-target
+    // and the label losses differ whatever the draw.
+    let head_b = vitk::model::ParamLayout::new(&cfg).head_b;
+    for (c, b) in params[head_b].iter_mut().enumerate() {
+        *b = c as f32 * 0.7;
+    }
     let (images, labels, targets) = batch_of(&cfg, &mut rng, batch, 0);
     let adamw = AdamWConfig::default();
     let engines: [Box<dyn TrainEngine>; 2] = [
