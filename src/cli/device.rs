@@ -19,7 +19,7 @@ use vitk::model::drop_path::DropPath;
 use vitk::model::ModelConfig;
 use vitk::optim::{AdamWConfig, FineTuning};
 use vitk::pretrain::{CpuPretrainer, Objective, PretrainEngine};
-use vitk::train::memory::{self, DataSize, EngineKind};
+use vitk::train::memory::{self, DataSize, EngineKind, Trained};
 
 /// The engines this build can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,14 +143,15 @@ impl Opened {
 
     /// Checks that a run of `cfg` (valid) at `batch` holding `data` fits in the host's and
     /// the device's memory, before anything is allocated; returns the figures.
-    /// `pretrain`: the objective of a pre-training run (its model is sized instead).
+    /// `trained`: a pre-training run's objective (its model is sized instead), an EMA.
     pub fn check_memory(
         &self,
         cfg: &ModelConfig,
         batch: usize,
         data: Option<DataSize>,
-        pretrain: Option<Objective>,
+        trained: Trained,
     ) -> Result<String> {
+        let pretrain = trained.pretrain;
         let mut device_line = String::new();
         let kind = match self {
             Opened::Cpu => EngineKind::Cpu,
@@ -164,7 +165,7 @@ impl Opened {
                         GpuPretrainer::device_bytes(&**rt, cfg, objective, batch, *precision)
                     }
                     None => GpuTrainer::device_bytes(&**rt, cfg, batch, *precision),
-                };
+                } + trained.ema_bytes(cfg);
                 if let Some(c) = cuda {
                     let free = c
                         .memory_info()
@@ -185,7 +186,7 @@ impl Opened {
                 }
             }
         };
-        let host = memory::host_estimate_of(cfg, batch, data, kind, pretrain)
+        let host = memory::host_estimate_of(cfg, batch, data, kind, trained)
             .check("host", memory::host_available())
             .map_err(anyhow::Error::msg)?;
         Ok(host + &device_line)
@@ -269,6 +270,6 @@ pub fn engine(
 ) -> Result<Box<dyn TrainEngine>> {
     let opened = open(device, precision)?;
     opened.check_model(cfg)?;
-    opened.check_memory(cfg, max_batch, None, None)?;
+    opened.check_memory(cfg, max_batch, None, Trained::default())?;
     opened.engine(cfg, max_batch, params, adamw, FineTuning::default(), None)
 }

@@ -21,7 +21,7 @@ use vitk::model::{
 use vitk::optim::{AdamWConfig, ParamGroups};
 use vitk::pretrain::{Objective, PretrainConfig, PretrainEngine};
 use vitk::train::log_path::{self, LogPlan};
-use vitk::train::memory::DataSize;
+use vitk::train::memory::{DataSize, Trained};
 use vitk::train::{
     self, data_size, DataSource, InitFrom, LoopPosition, Outcome, RecipeUsed, RunDir, RunLock,
     RunOptions, RunStart, ScheduleKind, TrainConfig,
@@ -489,7 +489,7 @@ fn prepare_new(
     }
     let log = log_path::check_log(a.log.as_deref(), &out, false).map_err(anyhow::Error::msg)?;
     let (data_size, batch) = check_data(&cfg)?;
-    let memory = device.check_memory(&cfg.model, batch, data_size, objective_of(&cfg)?)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size, trained_of(&cfg)?)?;
     let splits = load_data(&cfg.data, cfg.model.image_size, cfg.pretrain.is_some())?;
     // The config records the data as an absolute path with its fingerprint.
     data_source::pin(&mut cfg.data, &splits)?;
@@ -613,7 +613,7 @@ fn prepare_resume(
     }
     let (data_size, batch) =
         check_data(&at).with_context(|| format!("resuming {}", dir.display()))?;
-    let memory = device.check_memory(&cfg.model, batch, data_size, objective_of(&cfg)?)?;
+    let memory = device.check_memory(&cfg.model, batch, data_size, trained_of(&cfg)?)?;
     let splits = data_source::load_for_resume(&run_dir, &mut cfg, a.data.as_deref(), !a.check)?;
     check_loaded(&cfg, &splits, &config.display().to_string())?;
     let state = match objective_of(&cfg)? {
@@ -703,6 +703,14 @@ fn param_count(cfg: &TrainConfig) -> usize {
 }
 
 /// The objective of a pre-training run (None for a classification run).
+/// What the run of `cfg` trains, for its memory estimate.
+fn trained_of(cfg: &TrainConfig) -> Result<Trained> {
+    Ok(Trained {
+        pretrain: objective_of(cfg)?,
+        ema: cfg.ema_config().is_some(),
+    })
+}
+
 fn objective_of(cfg: &TrainConfig) -> Result<Option<Objective>> {
     cfg.pretrain
         .as_ref()

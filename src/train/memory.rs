@@ -111,23 +111,49 @@ pub fn host_estimate(
     data: Option<DataSize>,
     engine: EngineKind,
 ) -> Estimate {
-    host_estimate_of(cfg, batch, data, engine, None)
+    host_estimate_of(cfg, batch, data, engine, Trained::default())
 }
 
-/// [`host_estimate`] of a classification run, or with `pretrain` (the objective) of a
-/// pre-training run (`vitk pretrain`: its layout and the decoder's activations).
+/// What a run trains beside the engine's buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Trained {
+    /// The objective of a pre-training run (`vitk pretrain`: its layout and the decoder's
+    /// activations); None for a classifier.
+    pub pretrain: Option<Objective>,
+    /// An EMA of the weights is kept (`--ema-decay`): one more copy of the parameters.
+    pub ema: bool,
+}
+
+impl Trained {
+    /// The number of trained parameters of `cfg`.
+    pub fn params(&self, cfg: &ModelConfig) -> usize {
+        match &self.pretrain {
+            Some(o) => PretrainLayout::new(cfg, o.decoder_outputs(cfg)).len,
+            None => ParamLayout::new(cfg).len,
+        }
+    }
+
+    /// Bytes of the weights' EMA (f32 parameters), 0 without one.
+    pub fn ema_bytes(&self, cfg: &ModelConfig) -> f64 {
+        if self.ema {
+            4.0 * self.params(cfg) as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// [`host_estimate`] of the run `trained` describes.
 pub fn host_estimate_of(
     cfg: &ModelConfig,
     batch: usize,
     data: Option<DataSize>,
     engine: EngineKind,
-    pretrain: Option<Objective>,
+    trained: Trained,
 ) -> Estimate {
     let mut e = Estimate::default();
-    let n = match &pretrain {
-        Some(o) => PretrainLayout::new(cfg, o.decoder_outputs(cfg)).len as f64,
-        None => ParamLayout::new(cfg).len as f64,
-    };
+    let pretrain = trained.pretrain;
+    let n = trained.params(cfg) as f64;
     let b = batch as f64;
     let image = cfg.image_len() as f64;
     match engine {
@@ -171,8 +197,19 @@ pub fn host_estimate_of(
             }
         }
     }
-    // Saving a checkpoint copies the parameters and moments and serialises them.
-    e.add("checkpoint writing".into(), 24.0 * n, HINT_MODEL);
+    if trained.ema && matches!(engine, EngineKind::Cpu) {
+        e.add(
+            "the weights' EMA".into(),
+            trained.ema_bytes(cfg),
+            HINT_MODEL,
+        );
+    }
+    // Saving a checkpoint copies the parameters and moments (and the EMA) and serialises them.
+    e.add(
+        "checkpoint writing".into(),
+        24.0 * n + 2.0 * trained.ema_bytes(cfg),
+        HINT_MODEL,
+    );
     // Batches prefetched, the one in use and one being built; an evaluation batch.
     e.add(
         format!("batches in flight at --batch-size {batch}"),
@@ -261,6 +298,43 @@ mod tests {
         assert!(err.contains("4.0 GiB") && err.contains("2.0 GiB"), "{err}");
         assert!(err.contains("b 3.0 GiB, a 1.0 GiB"), "{err}");
         assert!(err.contains(HINT_BATCH), "{err}");
+    }
+
+    #[test]
+    fn an_ema_costs_one_copy_of_the_weights_and_its_checkpoint() {
+        let cfg = ModelConfig::preset("micro").expect("micro");
+        let n = ParamLayout::new(&cfg).len as f64;
+        let with = |ema, engine| {
+            host_estimate_of(
+                &cfg,
+                8,
+                None,
+                engine,
+                Trained {
+                    pretrain: None,
+                    ema,
+                },
+            )
+            .total()
+        };
+        // CPU: the average itself, then its copy and serialisation when saved
+        let cpu = EngineKind::Cpu;
+        assert_eq!(with(true, cpu) - with(false, cpu), 12.0 * n);
+        // device: the average lives on the device; the host only saves it
+        let dev = EngineKind::Device {
+            device: 1.0,
+            pinned: 1.0,
+            device_is_host: false,
+        };
+        assert_eq!(with(true, dev) - with(false, dev), 8.0 * n);
+        assert_eq!(
+            Trained {
+                pretrain: None,
+                ema: true
+            }
+            .ema_bytes(&cfg),
+            4.0 * n
+        );
     }
 
     #[test]
