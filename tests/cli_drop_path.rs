@@ -44,6 +44,12 @@ fn a_run_with_drop_path_resumes_bitwise_and_p_zero_is_no_drop_path() {
     // Drop-path changes the training: a run without it ends elsewhere.
     let plain = tmp.path().join("plain");
     ok(&train_args(s(&data), s(&plain), "2"));
+    // The default is no drop-path (recorded as 0), so that the equality below means something.
+    let plain_config = std::fs::read_to_string(plain.join("config.json")).expect("config");
+    assert!(
+        plain_config.contains("\"drop_path\": 0.0"),
+        "{plain_config}"
+    );
     assert!(!same_tensors(
         &a.join("model.safetensors"),
         &plain.join("model.safetensors")
