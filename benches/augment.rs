@@ -9,11 +9,14 @@
 //! - cifar10_erasing: AutoAugment's CIFAR-10 policy + random erasing, p = 0.25;
 //!
 //! and the whole loader (`loader/...`: batches of 256 from `BatchLoader::with_recipe`, samples
-//! on all of rayon's threads), whose throughput is images/s for the machine.
+//! on all of rayon's threads), whose throughput is images/s for the machine; `cifar_best` is
+//! `--recipe cifar-best`'s: AutoAugment, erasing, 3 repeats, then Mixup/CutMix of each batch on
+//! the training thread, as the training loop does.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::Duration;
+use vitk::data::mixup::{mix_batch, MixupConfig};
 use vitk::data::recipe::{AugmentRecipe, Pipeline, Workspace};
 use vitk::data::{AutoAugment, BatchLoader, Dataset, LoaderConfig, Normalize};
 use vitk::model::ImageSize;
@@ -97,14 +100,23 @@ fn loader(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(batch as u64));
-    for (name, policy, reprob, repeats) in [
-        ("crop_flip", "none", 0.0, 1),
+    // cifar-best's Mixup 0.8 / CutMix 1.0, switch 0.5, smoothing 0.1
+    let mixup = MixupConfig {
+        mixup_alpha: 0.8,
+        cutmix_alpha: 1.0,
+        switch_prob: 0.5,
+        label_smoothing: 0.1,
+    };
+    for (name, policy, reprob, repeats, mix) in [
+        ("crop_flip", "none", 0.0, 1, None),
         (
             "rand_augment_erasing_repeats",
             "rand-m9-mstd0.5-inc1",
             0.25,
             3,
+            None,
         ),
+        ("cifar_best", "cifar10", 0.25, 3, Some(mixup)),
     ] {
         let recipe = AugmentRecipe {
             auto_augment: AutoAugment::parse(policy).expect("policy"),
@@ -116,7 +128,28 @@ fn loader(c: &mut Criterion) {
             ..LoaderConfig::train(batch, 0)
         };
         let mut l = BatchLoader::with_recipe(ds.clone(), cfg, recipe, 0, 0).expect("loader");
-        g.bench_function(name, |b| b.iter(|| l.next_batch()));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut batch = l.next_batch();
+                if let Some(m) = &mix {
+                    let (epoch, index) = (batch.epoch as u64, batch.index as u64);
+                    let size = ImageSize::square(32);
+                    let targets = mix_batch(
+                        m,
+                        0,
+                        epoch,
+                        index,
+                        &mut batch.images,
+                        &batch.labels,
+                        3,
+                        size,
+                        10,
+                    );
+                    return (batch, Some(targets));
+                }
+                (batch, None)
+            })
+        });
     }
     g.finish();
 }
