@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use half::bf16;
 
-use super::error::{GpuError, GpuResult};
+use super::error::{GpuError, GpuResult, InEngine};
 use super::kernels::{self as k, AttnDims, LinearEpilogue, Operand};
 use super::runtime::{BView, Carver, DView, DeviceBuffer, Elem, Runtime};
 use crate::engine::{OptimizerState, Precision, StepOutput, TrainEngine};
@@ -789,52 +789,46 @@ impl TrainEngine for GpuTrainer {
         clip: Option<f64>,
     ) -> anyhow::Result<Option<StepOutput>> {
         self.submit_step_with(images, labels, targets, lr, smoothing, clip)
-            .map_err(|e| anyhow::anyhow!("device engine: train step: {e}"))
+            .in_engine("train step")
     }
 
     fn finish_steps(&mut self) -> anyhow::Result<Option<StepOutput>> {
-        GpuTrainer::finish_steps(self)
-            .map_err(|e| anyhow::anyhow!("device engine: finish the queued step: {e}"))
+        GpuTrainer::finish_steps(self).in_engine("finish the queued step")
     }
 
     fn logits(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {
         self.try_forward(images)
             .and_then(|()| self.try_logits())
-            .map_err(|e| anyhow::anyhow!("device engine: forward: {e}"))
+            .in_engine("forward")
     }
 
     fn attention_probs(&mut self, images: &[f32]) -> anyhow::Result<Vec<f32>> {
         self.try_attention_probs(images)
-            .map_err(|e| anyhow::anyhow!("device engine: attention probabilities: {e}"))
+            .in_engine("attention probabilities")
     }
 
     fn start_ema(&mut self, cfg: EmaConfig, ema: &[f32]) -> anyhow::Result<()> {
-        self.try_start_ema(cfg, ema)
-            .map_err(|e| anyhow::anyhow!("device engine: start the EMA: {e}"))
+        self.try_start_ema(cfg, ema).in_engine("start the EMA")
     }
 
     fn ema_params(&self) -> anyhow::Result<Option<Vec<f32>>> {
-        self.try_ema_params()
-            .map_err(|e| anyhow::anyhow!("device engine: download the EMA: {e}"))
+        self.try_ema_params().in_engine("download the EMA")
     }
 
     fn swap_ema(&mut self) -> anyhow::Result<()> {
-        self.try_swap_ema()
-            .map_err(|e| anyhow::anyhow!("device engine: swap in the EMA: {e}"))
+        self.try_swap_ema().in_engine("swap in the EMA")
     }
 
     fn params(&self) -> anyhow::Result<Vec<f32>> {
-        self.try_params()
-            .map_err(|e| anyhow::anyhow!("device engine: download parameters: {e}"))
+        self.try_params().in_engine("download parameters")
     }
 
     fn optimizer_state(&self) -> anyhow::Result<OptimizerState> {
         self.try_optimizer_state()
-            .map_err(|e| anyhow::anyhow!("device engine: download optimizer state: {e}"))
+            .in_engine("download optimizer state")
     }
 
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> anyhow::Result<()> {
-        self.try_load(params, opt)
-            .map_err(|e| anyhow::anyhow!("device engine: upload parameters: {e}"))
+        self.try_load(params, opt).in_engine("upload parameters")
     }
 }

@@ -23,3 +23,15 @@ pub enum GpuError {
 }
 
 pub type GpuResult<T> = Result<T, GpuError>;
+
+/// A device error as the engine traits (`TrainEngine`, `PretrainEngine`) report it, which
+/// have no device error type: "device engine: WHAT: the device's message".
+pub(crate) trait InEngine<T> {
+    fn in_engine(self, what: &str) -> anyhow::Result<T>;
+}
+
+impl<T> InEngine<T> for GpuResult<T> {
+    fn in_engine(self, what: &str) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::anyhow!("device engine: {what}: {e}"))
+    }
+}

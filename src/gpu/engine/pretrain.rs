@@ -21,7 +21,7 @@ use super::state::ParamState;
 use super::{act_bound, alloc, Acts, Carvers, GIB, MAX_COUNTED};
 use crate::data::Normalize;
 use crate::engine::{OptimizerState, Precision};
-use crate::gpu::error::{GpuError, GpuResult};
+use crate::gpu::error::{GpuError, GpuResult, InEngine};
 use crate::gpu::kernels::{self as k, LinearEpilogue, Operand};
 use crate::gpu::runtime::{Carver, DView, DeviceBuffer, Runtime};
 use crate::gpu::stream::PinnedBuffer;
@@ -725,31 +725,27 @@ impl PretrainEngine for GpuPretrainer {
         clip: Option<f64>,
     ) -> anyhow::Result<Option<PretrainStepOutput>> {
         self.submit_step(images, masks, lr, clip)
-            .map_err(|e| anyhow::anyhow!("device engine: pretrain step: {e}"))
+            .in_engine("pretrain step")
     }
 
     fn finish_steps(&mut self) -> anyhow::Result<Option<PretrainStepOutput>> {
-        GpuPretrainer::finish_steps(self)
-            .map_err(|e| anyhow::anyhow!("device engine: finish the queued step: {e}"))
+        GpuPretrainer::finish_steps(self).in_engine("finish the queued step")
     }
 
     fn evaluate(&mut self, images: &[f32], masks: &PatchMasks) -> anyhow::Result<(f64, Vec<f32>)> {
-        self.try_evaluate(images, masks)
-            .map_err(|e| anyhow::anyhow!("device engine: evaluate: {e}"))
+        self.try_evaluate(images, masks).in_engine("evaluate")
     }
 
     fn params(&self) -> anyhow::Result<Vec<f32>> {
-        self.try_params()
-            .map_err(|e| anyhow::anyhow!("device engine: download parameters: {e}"))
+        self.try_params().in_engine("download parameters")
     }
 
     fn optimizer_state(&self) -> anyhow::Result<OptimizerState> {
         self.try_optimizer_state()
-            .map_err(|e| anyhow::anyhow!("device engine: download optimizer state: {e}"))
+            .in_engine("download optimizer state")
     }
 
     fn load(&mut self, params: &[f32], opt: Option<&OptimizerState>) -> anyhow::Result<()> {
-        self.try_load(params, opt)
-            .map_err(|e| anyhow::anyhow!("device engine: upload parameters: {e}"))
+        self.try_load(params, opt).in_engine("upload parameters")
     }
 }
