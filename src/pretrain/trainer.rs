@@ -6,7 +6,7 @@
 use super::reconstructions::{
     patch_stats, patchify, render, to_byte, unpatchify, Reconstruction, MAX_IMAGES,
 };
-use super::{Objective, PatchMasks, PretrainEngine, PretrainStepOutput};
+use super::{Objective, PatchMasks, PretrainEngine};
 use crate::atomic::write_atomic;
 use crate::attention_maps::render::png_bytes;
 use crate::cpu::mim::NORM_PIX_EPS;
@@ -14,7 +14,8 @@ use crate::cpu::mim_colour::{COLOUR_CLASSES, COLOUR_LEVELS};
 use crate::data::{eval_batches, Dataset, Normalize, Splits};
 use crate::model::{save_tensors, CheckpointMeta, PretrainLayout};
 use crate::train::metrics::{draw_curves, now_secs, MetricsLog, Record};
-use crate::train::trainer::{EpochStats, LoopSetup, Progress};
+use crate::train::step_report::{Queued, StepReporter, Task};
+use crate::train::trainer::{LoopSetup, Progress};
 use crate::train::{hms, LoopPosition, Outcome, RunDir, RunOptions, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -97,48 +98,16 @@ pub fn pretrain(
         Outcome::Finished
     };
     let mut last_val = None;
-    let mut saved_at = resuming.then_some(start.step);
-    let mut epoch_stats = EpochStats::default();
-    let (mut timed_images, mut timed_secs, mut first_step_secs) = (0usize, 0.0f64, None);
-    // Engines report one step late: (step number, position after it, lr, images, queued at).
-    let mut in_flight: Option<(u64, LoopPosition, f64, usize, Instant)> = None;
-    let mut report = |done: (u64, LoopPosition, f64, usize, Instant),
-                      out: PretrainStepOutput,
-                      end: Instant,
-                      log: &mut MetricsLog,
-                      epoch_stats: &mut EpochStats,
-                      saved_at: Option<u64>|
-     -> Result<()> {
-        let (step, after, lr, images, at) = done;
-        if !out.loss.is_finite() {
-            bail!(
-                "pre-training loss is {} at step {step} (epoch {}): stopping. {}",
-                out.loss,
-                after.epoch,
-                after_divergence(run, saved_at)
-            );
-        }
-        let secs = end.duration_since(at).as_secs_f64();
-        if first_step_secs.is_none() {
-            first_step_secs = Some(secs);
-        } else {
-            timed_images += images;
-            timed_secs += secs;
-        }
-        let img_per_s = images as f64 / secs.max(1e-9);
-        epoch_stats.add(after.epoch, images, 0, secs);
-        log.push(Record::Step {
-            step,
-            epoch: after.epoch,
-            loss: out.loss,
-            lr,
-            img_per_s,
-            time: now_secs(),
-        })
-        .with_context(|| format!("{}: cannot write", log.path().display()))?;
-        progress.step(after, per_epoch, out.loss, lr, img_per_s);
-        Ok(())
-    };
+    // Engines report each step one call late: `in_flight` is the step queued last.
+    let mut in_flight: Option<Queued> = None;
+    let mut reporter = StepReporter::new(
+        Task::Pretraining,
+        run,
+        &mut log,
+        &progress,
+        per_epoch,
+        resuming.then_some(start.step),
+    );
 
     while pos.step < stop_at {
         let batch = loader.next_batch();
@@ -153,20 +122,11 @@ pub fn pretrain(
             ratio,
         );
         let lr = schedule.lr_at(pos.step);
-        let queued_at = Instant::now();
-        let queued = (
-            pos.step + 1,
-            LoopPosition {
-                step: pos.step + 1,
-                ..pos
-            },
-            lr,
-            b,
-            queued_at,
-        );
+        let queued = Queued::at(pos, lr, b);
+        let queued_at = queued.at;
         let out = engine.pretrain_step(&batch.images, &masks, lr, cfg.clip_grad)?;
         if let (Some(done), Some(out)) = (in_flight.replace(queued), out) {
-            report(done, out, queued_at, &mut log, &mut epoch_stats, saved_at)?;
+            reporter.report(&done, out.loss, 0, queued_at)?;
         }
         pos.step += 1;
         pos.batch += 1;
@@ -181,18 +141,11 @@ pub fn pretrain(
         let periodic = opts.save_every.is_some_and(|n| pos.step.is_multiple_of(n));
         if epoch_done || stopping || periodic {
             if let (Some(done), Some(out)) = (in_flight.take(), engine.finish_steps()?) {
-                report(
-                    done,
-                    out,
-                    Instant::now(),
-                    &mut log,
-                    &mut epoch_stats,
-                    saved_at,
-                )?;
+                reporter.report(&done, out.loss, 0, Instant::now())?;
             }
         }
         if epoch_done || stopping {
-            let e = epoch_stats.take();
+            let e = reporter.epoch.take();
             let eta_secs = e.secs_per_step() * (stop_at - pos.step) as f64;
             let pace = format!(
                 "{} in {:.1} s, {:.0} img/s, eta {}",
@@ -209,14 +162,14 @@ pub fn pretrain(
                     bail!(
                         "validation loss is {loss} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. {}",
                         pos.step,
-                        after_divergence(run, saved_at)
+                        reporter.after_divergence()
                     );
                 }
                 progress.println(&format!(
                     "epoch {epoch} step {}: val_loss={loss:.4} | {pace}",
                     pos.step
                 ));
-                log.push(Record::PretrainEval {
+                reporter.push(Record::PretrainEval {
                     epoch,
                     step: pos.step,
                     val_loss: loss,
@@ -224,18 +177,17 @@ pub fn pretrain(
                     img_per_s: e.img_per_s(),
                     eta_secs,
                     time: now_secs(),
-                })
-                .with_context(|| format!("{}: cannot write", log.path().display()))?;
+                })?;
                 last_val = Some(loss);
             } else {
                 progress.println(&format!("epoch {epoch} step {} | {pace}", pos.step));
             }
-            save(run, engine, &layout, &meta, pos, &log)?;
+            save(run, engine, &layout, &meta, pos, reporter.log)?;
             draw_reconstructions(run, engine, &pictured, cfg, &objective, pos.step, epoch)?;
-            saved_at = Some(pos.step);
+            reporter.saved_at = Some(pos.step);
         } else if periodic {
-            save(run, engine, &layout, &meta, pos, &log)?;
-            saved_at = Some(pos.step);
+            save(run, engine, &layout, &meta, pos, reporter.log)?;
+            reporter.saved_at = Some(pos.step);
         }
         if interrupted && pos.step < stop_at {
             outcome = Outcome::Interrupted;
@@ -245,12 +197,8 @@ pub fn pretrain(
             outcome = Outcome::StepLimit;
         }
     }
+    let img_per_s = reporter.img_per_s(cfg.batch_size);
     progress.finish();
-    let img_per_s = if timed_secs > 0.0 {
-        timed_images as f64 / timed_secs
-    } else {
-        first_step_secs.map_or(0.0, |s| cfg.batch_size as f64 / s)
-    };
     Ok(PretrainSummary {
         outcome,
         steps: pos.step,
@@ -261,20 +209,6 @@ pub fn pretrain(
         total_steps: total,
         log: log_path,
     })
-}
-
-/// What is left after a divergence, and what to try.
-fn after_divergence(run: &RunDir, saved_at: Option<u64>) -> String {
-    match saved_at {
-        Some(step) => format!(
-            "The last saved checkpoint in {} (step {step}) is kept. Try a lower --lr or --clip-grad in a new run.",
-            run.path.display()
-        ),
-        None => format!(
-            "No checkpoint has been saved in this run yet (one is written at each epoch end and when the run stops), so there is nothing in {} to resume. Try a lower --lr or --clip-grad.",
-            run.path.display()
-        ),
-    }
 }
 
 /// The masked-prediction loss over `val` with the run's fixed validation masks (position =

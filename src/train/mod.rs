@@ -11,6 +11,7 @@ pub mod run_dir;
 pub mod run_lock;
 pub mod run_start;
 pub mod schedule;
+pub(crate) mod step_report;
 pub mod trainer;
 
 pub use config::{DataSource, InitFrom, RecipeUsed, TrainConfig};

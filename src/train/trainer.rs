@@ -6,9 +6,10 @@ use super::evaluate::{evaluate, EvalResult};
 use super::metrics::{draw_curves, now_secs, MetricsLog, Record};
 use super::run_dir::{LoopPosition, RunDir};
 use super::schedule::LrSchedule;
+use super::step_report::{Queued, StepReporter, Task};
 use crate::data::mixup::{mix_batch, mixup_targets};
 use crate::data::{BatchLoader, LoaderConfig, Normalize, Splits};
-use crate::engine::{StepOutput, TrainEngine};
+use crate::engine::TrainEngine;
 use crate::model::{save_checkpoint, CheckpointMeta};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -116,18 +117,14 @@ pub fn train(
     let mut in_flight: Option<Queued> = None;
     let mut best = best_in(&log.records);
 
-    let mut reporter = StepReporter {
+    let mut reporter = StepReporter::new(
+        Task::Training,
         run,
-        log: &mut log,
-        progress: &progress,
+        &mut log,
+        &progress,
         per_epoch,
-        // A resumed run starts from the checkpoint it was saved at; a new one has none yet.
-        saved_at: resuming.then_some(start.step),
-        timed_images: 0,
-        timed_secs: 0.0,
-        first_step_secs: None,
-        epoch: EpochStats::default(),
-    };
+        resuming.then_some(start.step),
+    );
 
     while pos.step < stop_at {
         let mut batch = loader.next_batch();
@@ -137,16 +134,7 @@ pub fn train(
             "loader and loop disagree"
         );
         let lr = schedule.lr_at(pos.step);
-        let queued = Queued {
-            step: pos.step + 1,
-            pos_after: LoopPosition {
-                step: pos.step + 1,
-                ..pos
-            },
-            lr,
-            images: batch.len(),
-            at: Instant::now(),
-        };
+        let queued = Queued::at(pos, lr, batch.len());
         let queued_at = queued.at;
         let targets = mix_targets(cfg, pos, &mut batch.images, &batch.labels);
         let out = engine.train_step(
@@ -158,7 +146,7 @@ pub fn train(
             cfg.clip_grad,
         )?;
         if let (Some(done), Some(out)) = (in_flight.replace(queued), out) {
-            reporter.report(&done, out, queued_at)?;
+            reporter.report(&done, out.loss, out.correct, queued_at)?;
         }
         pos.step += 1;
         pos.batch += 1;
@@ -173,7 +161,7 @@ pub fn train(
         let periodic = opts.save_every.is_some_and(|n| pos.step.is_multiple_of(n));
         if epoch_done || stopping || periodic {
             if let (Some(done), Some(out)) = (in_flight.take(), engine.finish_steps()?) {
-                reporter.report(&done, out, Instant::now())?;
+                reporter.report(&done, out.loss, out.correct, Instant::now())?;
             }
         }
         if epoch_done || stopping {
@@ -198,7 +186,7 @@ pub fn train(
                         "validation loss is {} after step {} (epoch {epoch}): the parameters diverged; stopping without saving them. {}",
                         r.loss,
                         pos.step,
-                        after_divergence(run, reporter.saved_at)
+                        reporter.after_divergence()
                     );
                 }
                 is_best = best.is_none_or(|b| r.accuracy > b.accuracy);
@@ -222,23 +210,20 @@ pub fn train(
                     e.accuracy(),
                     if is_best { " (best)" } else { "" }
                 ));
-                reporter
-                    .log
-                    .push(Record::Eval {
-                        epoch,
-                        step: pos.step,
-                        val_loss: r.loss,
-                        val_acc: r.accuracy,
-                        val_top5: r.top5,
-                        train_acc: e.accuracy(),
-                        epoch_secs: e.secs,
-                        img_per_s: e.img_per_s(),
-                        eta_secs,
-                        time: now_secs(),
-                        val_acc_ema: r_ema.as_ref().map(|m| m.accuracy),
-                        val_loss_ema: r_ema.as_ref().map(|m| m.loss),
-                    })
-                    .with_context(|| format!("{}: cannot write", reporter.log.path().display()))?;
+                reporter.push(Record::Eval {
+                    epoch,
+                    step: pos.step,
+                    val_loss: r.loss,
+                    val_acc: r.accuracy,
+                    val_top5: r.top5,
+                    train_acc: e.accuracy(),
+                    epoch_secs: e.secs,
+                    img_per_s: e.img_per_s(),
+                    eta_secs,
+                    time: now_secs(),
+                    val_acc_ema: r_ema.as_ref().map(|m| m.accuracy),
+                    val_loss_ema: r_ema.as_ref().map(|m| m.loss),
+                })?;
                 last_val = Some(r);
                 last_val_ema = r_ema;
             } else {
@@ -262,17 +247,8 @@ pub fn train(
             outcome = Outcome::StepLimit;
         }
     }
-    let (timed_images, timed_secs, first_step_secs) = (
-        reporter.timed_images,
-        reporter.timed_secs,
-        reporter.first_step_secs,
-    );
+    let img_per_s = reporter.img_per_s(cfg.batch_size);
     progress.finish();
-    let img_per_s = if timed_secs > 0.0 {
-        timed_images as f64 / timed_secs
-    } else {
-        first_step_secs.map_or(0.0, |s| cfg.batch_size as f64 / s)
-    };
     Ok(Summary {
         outcome,
         steps: pos.step,
@@ -381,93 +357,6 @@ impl LoopSetup {
     }
 }
 
-/// A step handed to the engine, waiting for its output.
-struct Queued {
-    /// Its number (1-based: the optimizer steps taken once it is done).
-    step: u64,
-    /// Where the loop stands once it is done (epoch and batch of the step itself).
-    pos_after: LoopPosition,
-    lr: f64,
-    images: usize,
-    at: Instant,
-}
-
-/// Logs each step's output as it comes back: the divergence check, the metrics log, the
-/// progress line and the throughput.
-struct StepReporter<'a> {
-    run: &'a RunDir,
-    log: &'a mut MetricsLog,
-    progress: &'a Progress,
-    per_epoch: u64,
-    /// The step of the last checkpoint of this run, if any (named when stopping on a
-    /// diverged loss).
-    saved_at: Option<u64>,
-    timed_images: usize,
-    timed_secs: f64,
-    /// The first step (buffers faulted in, the step graph captured), excluded from the
-    /// throughput when there are others.
-    first_step_secs: Option<f64>,
-    /// The current epoch's steps.
-    epoch: EpochStats,
-}
-
-impl StepReporter<'_> {
-    /// `end`: when the next step was queued (or, for the last one, when it was waited for).
-    /// A step's time is the gap between its queueing and the next one's: with one step in
-    /// flight, once the queue is full, the engine's time per step (CPU: its computation and
-    /// the host's share; device: the device time when the device is the bottleneck).
-    fn report(&mut self, done: &Queued, out: StepOutput, end: Instant) -> Result<()> {
-        if !out.loss.is_finite() {
-            bail!(
-                "training loss is {} at step {} (epoch {}): stopping. {}",
-                out.loss,
-                done.step,
-                done.pos_after.epoch,
-                after_divergence(self.run, self.saved_at)
-            );
-        }
-        let secs = end.duration_since(done.at).as_secs_f64();
-        if self.first_step_secs.is_none() {
-            self.first_step_secs = Some(secs);
-        } else {
-            self.timed_images += done.images;
-            self.timed_secs += secs;
-        }
-        let img_per_s = done.images as f64 / secs.max(1e-9);
-        self.epoch
-            .add(done.pos_after.epoch, done.images, out.correct, secs);
-        self.log
-            .push(Record::Step {
-                step: done.step,
-                epoch: done.pos_after.epoch,
-                loss: out.loss,
-                lr: done.lr,
-                img_per_s,
-                time: now_secs(),
-            })
-            .with_context(|| format!("{}: cannot write", self.log.path().display()))?;
-        self.progress
-            .step(done.pos_after, self.per_epoch, out.loss, done.lr, img_per_s);
-        Ok(())
-    }
-}
-
-/// What is left after a divergence, and what to try. Loaded states are verified (checksums,
-/// finite values), so the usual cause is the learning rate; --resume keeps the config.
-fn after_divergence(run: &RunDir, saved_at: Option<u64>) -> String {
-    match saved_at {
-        Some(step) => format!(
-            "The last saved checkpoint in {} (step {step}) is kept. Try a lower --lr or --clip-grad in a new run (--init-from {} starts it from those weights).",
-            run.path.display(),
-            run.model_path().display()
-        ),
-        None => format!(
-            "No checkpoint has been saved in this run yet (one is written at each epoch end and when the run stops), so there is nothing in {} to resume. Try a lower --lr or --clip-grad.",
-            run.path.display()
-        ),
-    }
-}
-
 /// The best validation top-1 in the records (the first of equals), for a resumed run.
 fn best_in(records: &[Record]) -> Option<Best> {
     records.iter().fold(None, |best: Option<Best>, r| match *r {
@@ -495,44 +384,6 @@ pub fn hms(secs: f64) -> String {
         (0, 0) => format!("{s}s"),
         (0, _) => format!("{m}m {s:02}s"),
         _ => format!("{h}h {m:02}m {s:02}s"),
-    }
-}
-
-/// The steps of one epoch as their outputs came back (this invocation's part of it).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct EpochStats {
-    epoch: Option<usize>,
-    steps: u64,
-    images: usize,
-    correct: usize,
-    pub(crate) secs: f64,
-}
-
-impl EpochStats {
-    pub(crate) fn add(&mut self, epoch: usize, images: usize, correct: usize, secs: f64) {
-        if self.epoch != Some(epoch) {
-            *self = EpochStats {
-                epoch: Some(epoch),
-                ..Default::default()
-            };
-        }
-        self.steps += 1;
-        self.images += images;
-        self.correct += correct;
-        self.secs += secs;
-    }
-    /// The figures so far, and a fresh start.
-    pub(crate) fn take(&mut self) -> EpochStats {
-        std::mem::take(self)
-    }
-    pub(crate) fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.images.max(1) as f64
-    }
-    pub(crate) fn img_per_s(&self) -> f64 {
-        self.images as f64 / self.secs.max(1e-9)
-    }
-    pub(crate) fn secs_per_step(&self) -> f64 {
-        self.secs / self.steps.max(1) as f64
     }
 }
 
