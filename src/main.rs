@@ -50,6 +50,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sigpipe::reset();
     // `train --recipe NAME` is expanded into the recipe's flags before parsing.
     let (args, recipe) = match cli::recipe::expand(std::env::args_os().collect()) {
         Ok(expanded) => expanded,

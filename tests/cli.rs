@@ -352,3 +352,31 @@ fn profile_counts_and_models_a_step_without_a_gpu() {
     );
     fails(&["profile", "--device", "tpu"], &["--device 'tpu'"]);
 }
+
+/// `vitk info | head -1`: the reader closes the pipe early; vitk ends quietly (SIGPIPE, as a
+/// C tool does) instead of panicking on its next line.
+#[test]
+fn a_closed_stdout_ends_the_program_without_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitk"))
+        .arg("info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vitk info");
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !status.success(),
+        "every line of vitk info fitted in the closed pipe?"
+    );
+}
