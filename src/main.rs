@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(mut a) => {
             if let Some((recipe, filled)) = recipe {
-                println!("recipe {}: {}", recipe.name, recipe.about);
+                println!("{}", cli::recipe::describe(recipe, &filled));
                 a.recipe_filled = filled;
             }
             cli::train::run(*a)

@@ -43,7 +43,7 @@ pub const RECIPES: &[Recipe] = &[
     },
     Recipe {
         name: "cifar-fast",
-        about: "a short schedule for a small budget: the same model with 30 epochs at batch 256, 3 warm-up epochs, RandAugment (rand-m9-mstd0.5-inc1), random erasing 0.25, stochastic depth 0.05, label smoothing 0.1 and an EMA of the weights (no mixing and no repeats, which pay off only over long schedules)",
+        about: "a short schedule for a small budget: the same `tiny` model for 30 epochs at batch 256, 3 warm-up epochs, RandAugment (rand-m9-mstd0.5-inc1), random erasing 0.25, stochastic depth 0.05, label smoothing 0.1 and an EMA of the weights (no mixing and no repeats, which pay off only over long schedules)",
         flags: &[
             ("--model", "tiny"),
             ("--patch-size", "4"),
@@ -132,6 +132,32 @@ pub fn expand(
     Ok((out, Some((recipe, filled))))
 }
 
+/// What the run prints of its recipe: what it is, the flags it filled and those of its flags
+/// the command line gave instead.
+pub fn describe(recipe: &Recipe, filled: &[String]) -> String {
+    let overridden: Vec<&str> = recipe
+        .flags
+        .iter()
+        .map(|(flag, _)| *flag)
+        .filter(|flag| !filled.iter().any(|f| f.split(' ').next() == Some(*flag)))
+        .collect();
+    let mut text = format!(
+        "recipe {}: {}\nrecipe {} sets: {}",
+        recipe.name,
+        recipe.about,
+        recipe.name,
+        if filled.is_empty() {
+            "nothing (every flag given)".to_string()
+        } else {
+            filled.join(" ")
+        }
+    );
+    if !overridden.is_empty() {
+        text += &format!("; given on the command line: {}", overridden.join(" "));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +184,15 @@ mod tests {
         assert!(!filled.iter().any(|f| f.starts_with("--model ")));
         assert!(filled.contains(&"--drop-path 0.1".to_string()));
         assert_eq!(filled.len(), recipe.flags.len() - 2);
+        let text = describe(recipe, &filled);
+        assert!(
+            text.contains("sets: --patch-size 4 --batch-size 128"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("; given on the command line: --model --epochs"),
+            "{text}"
+        );
         let text: Vec<&str> = out.iter().filter_map(|a| a.to_str()).collect();
         assert_eq!(text.iter().filter(|a| **a == "--epochs").count(), 1);
         assert!(text.windows(2).any(|w| w == ["--mixup", "0.8"]));
