@@ -17,8 +17,6 @@ template <typename OutT>
 __device__ __forceinline__ void vitk_cross_entropy(float* stats, OutT* dlogits,
                                                    const float* logits, const unsigned* labels,
                                                    int batch, int classes, float smoothing) {
-  VITK_SHARED(float, warp_loss, 32);
-  VITK_SHARED(int, warp_correct, 32);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const float inv_k = 1.0f / classes, inv_b = 1.0f / batch;
   float loss = 0.0f;
@@ -30,21 +28,7 @@ __device__ __forceinline__ void vitk_cross_entropy(float* stats, OutT* dlogits,
     loss += vitk_ce_row(row, drow, (int)labels[r], classes, smoothing, inv_k, inv_b, lane, hit);
     correct += hit;
   }
-  if (lane == 0) {
-    warp_loss[warp] = loss;
-    warp_correct[warp] = correct;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    int right = 0;
-    for (int w = 0; w < nwarps; w++) {
-      total += warp_loss[w];
-      right += warp_correct[w];
-    }
-    stats[0] = total * inv_b;
-    stats[1] = (float)right;
-  }
+  vitk_block_loss_stats(stats, loss, correct, inv_b);
 }
 
 #define VITK_CROSS_ENTROPY(NAME, OUT)                                                        \
@@ -110,8 +94,6 @@ __device__ __forceinline__ void vitk_soft_cross_entropy(float* stats, OutT* dlog
                                                         const float* logits,
                                                         const float* targets, int batch,
                                                         int classes) {
-  VITK_SHARED(float, warp_loss, 32);
-  VITK_SHARED(int, warp_correct, 32);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const float inv_b = 1.0f / batch;
   float loss = 0.0f;
@@ -123,21 +105,7 @@ __device__ __forceinline__ void vitk_soft_cross_entropy(float* stats, OutT* dlog
                              hit);
     correct += hit;
   }
-  if (lane == 0) {
-    warp_loss[warp] = loss;
-    warp_correct[warp] = correct;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    int right = 0;
-    for (int w = 0; w < nwarps; w++) {
-      total += warp_loss[w];
-      right += warp_correct[w];
-    }
-    stats[0] = total * inv_b;
-    stats[1] = (float)right;
-  }
+  vitk_block_loss_stats(stats, loss, correct, inv_b);
 }
 
 #define VITK_SOFT_CROSS_ENTROPY(NAME, OUT)                                                   \

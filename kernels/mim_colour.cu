@@ -71,9 +71,7 @@ __device__ __forceinline__ void vitk_masked_cross_entropy(float* stats, OutT* dl
                                                           const unsigned* targets,
                                                           const unsigned char* mask, int rows,
                                                           int classes, float smoothing) {
-  VITK_SHARED(float, warp_loss, 32);
   VITK_SHARED(int, warp_count, 32);
-  VITK_SHARED(int, warp_correct, 32);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   // M, the number of masked rows: per-thread counts, then per warp, then thread 0 adds them.
   int count = 0;
@@ -97,22 +95,8 @@ __device__ __forceinline__ void vitk_masked_cross_entropy(float* stats, OutT* dl
     loss += vitk_ce_row(row, drow, (int)targets[r], classes, smoothing, inv_k, inv_m, lane, hit);
     correct += hit;
   }
-  if (lane == 0) {
-    warp_loss[warp] = loss;
-    warp_correct[warp] = correct;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    int right = 0;
-    for (int w = 0; w < nwarps; w++) {
-      total += warp_loss[w];
-      right += warp_correct[w];
-    }
-    stats[0] = total * inv_m;
-    stats[1] = (float)right;
-    stats[2] = (float)masked;
-  }
+  vitk_block_loss_stats(stats, loss, correct, inv_m);
+  if (threadIdx.x == 0) stats[2] = (float)masked;
 }
 
 #define VITK_MASKED_CROSS_ENTROPY(NAME, OUT)                                                \

@@ -21,6 +21,31 @@ __device__ __forceinline__ void vitk_warp_argmax(float& v, int& idx) {
   }
 }
 
+// The block's loss statistics from per-warp partials (lane 0 of each warp holds its warp's
+// loss and count of correct rows): stats[0] = scale * (the warp losses added in warp order),
+// stats[1] = the correct rows. Deterministic; every thread of the block calls it.
+__device__ __forceinline__ void vitk_block_loss_stats(float* stats, float loss, int correct,
+                                                      float scale) {
+  VITK_SHARED(float, warp_loss, 32);
+  VITK_SHARED(int, warp_correct, 32);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0) {
+    warp_loss[warp] = loss;
+    warp_correct[warp] = correct;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    int right = 0;
+    for (int w = 0; w < nwarps; w++) {
+      total += warp_loss[w];
+      right += warp_correct[w];
+    }
+    stats[0] = total * scale;
+    stats[1] = (float)right;
+  }
+}
+
 // The row's loss (on every lane); writes drow [K]; `hit` = whether the first arg-max is y.
 template <typename OutT>
 __device__ __forceinline__ float vitk_ce_row(const float* row, OutT* drow, int y, int classes,
