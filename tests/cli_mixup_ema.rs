@@ -24,6 +24,7 @@ fn a_run_with_mixup_cutmix_and_ema_resumes_bitwise() {
     for f in [
         "state.safetensors",
         "model_ema.safetensors",
+        "best_ema.safetensors",
         "model.safetensors",
     ] {
         assert_same_tensors(&a.join(f), &b.join(f));
@@ -46,6 +47,33 @@ fn a_run_with_mixup_cutmix_and_ema_resumes_bitwise() {
     assert!(evals
         .iter()
         .all(|l| l.contains("\"val_acc_ema\"") && l.contains("\"val_loss_ema\"")));
+    // best_ema.safetensors is the EMA of the epoch with the best val_acc_ema (the first of
+    // equals): the last EMA exactly when that epoch is the last one.
+    let num = |line: &str, key: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        v[key].as_f64().expect(key)
+    };
+    let best_epoch = (0..evals.len())
+        .reduce(|b, i| {
+            if num(evals[i], "val_acc_ema") > num(evals[b], "val_acc_ema") {
+                i
+            } else {
+                b
+            }
+        })
+        .expect("evals");
+    assert_eq!(
+        cli_common::same_tensors(
+            &a.join("best_ema.safetensors"),
+            &a.join("model_ema.safetensors")
+        ),
+        best_epoch == evals.len() - 1,
+        "best EMA at epoch {best_epoch}: {metrics}"
+    );
+    assert!(
+        out.contains("best val_acc_ema") && out.contains("best_ema.safetensors"),
+        "summary: {out}"
+    );
     // Mixing changes the steps: a run with EMA only ends elsewhere, and has no EMA metrics
     // without --ema-decay.
     let plain = tmp.path().join("plain");
@@ -63,6 +91,7 @@ fn a_run_with_mixup_cutmix_and_ema_resumes_bitwise() {
         &["--steps", "2"],
     ));
     assert!(!bare.join("model_ema.safetensors").exists());
+    assert!(!bare.join("best_ema.safetensors").exists());
     let metrics = std::fs::read_to_string(bare.join("metrics.jsonl")).expect("metrics");
     assert!(!metrics.contains("_ema"), "{metrics}");
 }

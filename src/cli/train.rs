@@ -940,6 +940,16 @@ fn print_summary(s: &train::Summary, run: &RunDir) {
                 b.step,
                 run.best_path().display()
             );
+            if let Some(b) = &s.best_ema {
+                println!(
+                    "  best val_acc_ema {:.4} (top-5 {:.4}) at epoch {} (step {}): {}",
+                    b.accuracy,
+                    b.top5,
+                    b.epoch,
+                    b.step,
+                    run.best_ema_path().display()
+                );
+            }
             if let Some(v) = last {
                 println!(
                     "  last val_acc {:.4} (top-5 {:.4}), val_loss {:.4}: {}",

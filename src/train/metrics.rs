@@ -50,6 +50,8 @@ pub enum Record {
         val_acc_ema: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         val_loss_ema: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_top5_ema: Option<f64>,
     },
     /// A pre-training run's evaluation at the end of an epoch: the masked-prediction loss
     /// over the validation images with fixed masks (`vitk pretrain`).
@@ -367,6 +369,7 @@ mod tests {
             time: 0.0,
             val_acc_ema: None,
             val_loss_ema: None,
+            val_top5_ema: None,
         };
         draw_curves(&[step(1, 1e-4), step(2, 2e-4), eval], &path).unwrap();
         let img = image::open(&path).unwrap();

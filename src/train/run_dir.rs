@@ -117,6 +117,10 @@ impl RunDir {
     pub fn ema_path(&self) -> PathBuf {
         self.path.join("model_ema.safetensors")
     }
+    /// The weights' EMA at its best validation top-1 so far (`--ema-decay`).
+    pub fn best_ema_path(&self) -> PathBuf {
+        self.path.join("best_ema.safetensors")
+    }
 
     pub fn state_path(&self) -> PathBuf {
         self.path.join("state.safetensors")

@@ -52,6 +52,23 @@ pub struct Best {
     pub step: u64,
 }
 
+impl Best {
+    /// Makes `r` (at `epoch`, `step`) the best when it beats `best` (the first of equals
+    /// stays); whether it did.
+    fn improve(best: &mut Option<Best>, r: &EvalResult, epoch: usize, step: u64) -> bool {
+        let better = best.is_none_or(|b| r.accuracy > b.accuracy);
+        if better {
+            *best = Some(Best {
+                accuracy: r.accuracy,
+                top5: r.top5,
+                epoch,
+                step,
+            });
+        }
+        better
+    }
+}
+
 /// What a run reports at the end.
 #[derive(Debug)]
 pub struct Summary {
@@ -63,6 +80,8 @@ pub struct Summary {
     pub val_ema: Option<EvalResult>,
     /// Best validation top-1 of the whole run (earlier invocations included).
     pub best: Option<Best>,
+    /// The same for the weights' EMA (runs with --ema-decay), kept as best_ema.safetensors.
+    pub best_ema: Option<Best>,
     /// Training throughput over the steps of this invocation (the first step, which
     /// allocates and faults in the buffers, excluded when there are others).
     pub img_per_s: f64,
@@ -115,7 +134,8 @@ pub fn train(
     // Engines report each step one call late: `in_flight` is the step queued last, whose
     // output comes with the next step or from `finish_steps`.
     let mut in_flight: Option<Queued> = None;
-    let mut best = best_in(&log.records);
+    let mut best = best_in(&log.records, Weights::Raw);
+    let mut best_ema = best_in(&log.records, Weights::Ema);
 
     let mut reporter = StepReporter::new(
         Task::Training,
@@ -174,7 +194,7 @@ pub fn train(
                 e.img_per_s(),
                 hms(eta_secs)
             );
-            let mut is_best = false;
+            let (mut is_best, mut is_best_ema) = (false, false);
             if !val.is_empty() && (epoch_done || !interrupted) {
                 let r = evaluate(engine, &val, normalize).context("validation")?;
                 let r_ema = match cfg.ema_decay {
@@ -189,15 +209,10 @@ pub fn train(
                         reporter.after_divergence()
                     );
                 }
-                is_best = best.is_none_or(|b| r.accuracy > b.accuracy);
-                if is_best {
-                    best = Some(Best {
-                        accuracy: r.accuracy,
-                        top5: r.top5,
-                        epoch,
-                        step: pos.step,
-                    });
-                }
+                is_best = Best::improve(&mut best, &r, epoch, pos.step);
+                is_best_ema = r_ema
+                    .as_ref()
+                    .is_some_and(|m| Best::improve(&mut best_ema, m, epoch, pos.step));
                 let ema_line = r_ema.as_ref().map_or(String::new(), |m| {
                     format!(" val_loss_ema={:.4} val_acc_ema={:.4}", m.loss, m.accuracy)
                 });
@@ -208,7 +223,12 @@ pub fn train(
                     r.accuracy,
                     r.top5,
                     e.accuracy(),
-                    if is_best { " (best)" } else { "" }
+                    match (is_best, is_best_ema) {
+                        (true, true) => " (best, best EMA)",
+                        (true, false) => " (best)",
+                        (false, true) => " (best EMA)",
+                        (false, false) => "",
+                    }
                 ));
                 reporter.push(Record::Eval {
                     epoch,
@@ -223,6 +243,7 @@ pub fn train(
                     time: now_secs(),
                     val_acc_ema: r_ema.as_ref().map(|m| m.accuracy),
                     val_loss_ema: r_ema.as_ref().map(|m| m.loss),
+                    val_top5_ema: r_ema.as_ref().map(|m| m.top5),
                 })?;
                 last_val = Some(r);
                 last_val_ema = r_ema;
@@ -233,10 +254,17 @@ pub fn train(
                     e.accuracy()
                 ));
             }
-            save(run, engine, &meta, pos, reporter.log, is_best)?;
+            save(
+                run,
+                engine,
+                &meta,
+                pos,
+                reporter.log,
+                (is_best, is_best_ema),
+            )?;
             reporter.saved_at = Some(pos.step);
         } else if periodic {
-            save(run, engine, &meta, pos, reporter.log, false)?;
+            save(run, engine, &meta, pos, reporter.log, (false, false))?;
             reporter.saved_at = Some(pos.step);
         }
         if interrupted && pos.step < stop_at {
@@ -255,6 +283,7 @@ pub fn train(
         val: last_val,
         val_ema: last_val_ema,
         best,
+        best_ema,
         img_per_s,
         wall_secs: started.elapsed().as_secs_f64(),
         warmup_steps: schedule.warmup_steps,
@@ -357,22 +386,47 @@ impl LoopSetup {
     }
 }
 
-/// The best validation top-1 in the records (the first of equals), for a resumed run.
-fn best_in(records: &[Record]) -> Option<Best> {
-    records.iter().fold(None, |best: Option<Best>, r| match *r {
-        Record::Eval {
+/// Which weights a validation result is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Weights {
+    Raw,
+    /// The weights' EMA (`--ema-decay`).
+    Ema,
+}
+
+/// The best validation top-1 of `weights` in the records (the first of equals), for a
+/// resumed run.
+fn best_in(records: &[Record], weights: Weights) -> Option<Best> {
+    records.iter().fold(None, |best: Option<Best>, r| {
+        let Record::Eval {
             epoch,
             step,
             val_acc,
             val_top5,
+            val_acc_ema,
+            val_top5_ema,
             ..
-        } if best.is_none_or(|b| val_acc > b.accuracy) => Some(Best {
-            accuracy: val_acc,
-            top5: val_top5,
-            epoch,
-            step,
-        }),
-        _ => best,
+        } = *r
+        else {
+            return best;
+        };
+        let (accuracy, top5) = match weights {
+            Weights::Raw => (val_acc, val_top5),
+            Weights::Ema => match val_acc_ema {
+                Some(a) => (a, val_top5_ema.unwrap_or(0.0)),
+                None => return best,
+            },
+        };
+        if best.is_none_or(|b| accuracy > b.accuracy) {
+            Some(Best {
+                accuracy,
+                top5,
+                epoch,
+                step,
+            })
+        } else {
+            best
+        }
     })
 }
 
@@ -403,25 +457,28 @@ fn evaluate_ema(
 
 /// model.safetensors, model_ema.safetensors (with --ema-decay), state.safetensors and
 /// curves.png, each written atomically.
-/// `best`: the parameters are the best validation result so far, also saved as
-/// best.safetensors.
+/// `best`: the parameters (first) and the EMA (second) are the best validation results so
+/// far, also saved as best.safetensors and best_ema.safetensors.
 fn save(
     run: &RunDir,
     engine: &dyn TrainEngine,
     meta: &CheckpointMeta,
     pos: LoopPosition,
     log: &MetricsLog,
-    best: bool,
+    best: (bool, bool),
 ) -> Result<()> {
     let params = engine.params()?;
     let layout = crate::model::ParamLayout::new(&meta.config);
     save_checkpoint(&run.model_path(), &layout, &params, meta)?;
-    if best {
+    if best.0 {
         save_checkpoint(&run.best_path(), &layout, &params, meta)?;
     }
     let ema = engine.ema_params()?;
     if let Some(e) = &ema {
         save_checkpoint(&run.ema_path(), &layout, e, meta)?;
+        if best.1 {
+            save_checkpoint(&run.best_ema_path(), &layout, e, meta)?;
+        }
     }
     run.save_state(&params, &engine.optimizer_state()?, ema.as_deref(), pos)
         .map_err(anyhow::Error::msg)?;
@@ -492,5 +549,45 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(step: u64, acc: f64, ema: Option<(f64, f64)>) -> Record {
+        Record::Eval {
+            epoch: step as usize,
+            step,
+            val_loss: 1.0,
+            val_acc: acc,
+            val_top5: acc + 0.1,
+            train_acc: 0.0,
+            epoch_secs: 0.0,
+            img_per_s: 0.0,
+            eta_secs: 0.0,
+            time: 0.0,
+            val_acc_ema: ema.map(|e| e.0),
+            val_loss_ema: ema.map(|_| 1.0),
+            val_top5_ema: ema.map(|e| e.1),
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_finds_the_best_of_the_weights_and_of_their_ema_apart() {
+        let records = [
+            eval(1, 0.5, Some((0.4, 0.8))),
+            eval(2, 0.7, Some((0.6, 0.9))),
+            eval(3, 0.7, Some((0.65, 0.95))),
+            eval(4, 0.6, Some((0.65, 0.99))),
+        ];
+        let raw = best_in(&records, Weights::Raw).expect("raw");
+        // the first of equals
+        assert_eq!((raw.step, raw.accuracy, raw.top5), (2, 0.7, 0.7 + 0.1));
+        let ema = best_in(&records, Weights::Ema).expect("ema");
+        assert_eq!((ema.step, ema.accuracy, ema.top5), (3, 0.65, 0.95));
+        // a log without the EMA's figures has no best EMA
+        assert_eq!(best_in(&[eval(1, 0.5, None)], Weights::Ema), None);
     }
 }
