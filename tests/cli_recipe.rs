@@ -44,6 +44,44 @@ fn a_run_with_the_augmentation_recipe_resumes_bitwise() {
     ));
 }
 
+/// Everything at once: `--recipe cifar-best` (AutoAugment, erasing, 3 repeats, Mixup and
+/// CutMix with smoothing folded in, drop-path, its schedule) with an EMA, on the tests' small
+/// model and batch. An interrupted run resumes to the uninterrupted one bit for bit.
+#[test]
+fn the_whole_recipe_with_an_ema_resumes_bitwise() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = synth(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let whole = ["--recipe", "cifar-best", "--ema-decay", "0.99"];
+    ok(&with(train_args(s(&data), s(&a), "2"), &whole));
+    ok(&with(
+        with(train_args(s(&data), s(&b), "2"), &whole),
+        &["--steps", "5"],
+    ));
+    ok(&["train", "--resume", s(&b), "--threads", "2"]);
+    for f in [
+        "state.safetensors",
+        "model.safetensors",
+        "model_ema.safetensors",
+        "best.safetensors",
+        "best_ema.safetensors",
+    ] {
+        assert_same_tensors(&a.join(f), &b.join(f));
+    }
+    let config = std::fs::read_to_string(a.join("config.json")).expect("config");
+    for needle in [
+        "\"auto_augment\": \"cifar10\"",
+        "\"mixup\": 0.8",
+        "\"cutmix\": 1.0",
+        "\"aug_repeats\": 3",
+        "\"drop_path\": 0.1",
+        "\"reprob\": 0.25",
+        "\"ema_decay\": 0.99",
+    ] {
+        assert!(config.contains(needle), "{needle} in {config}");
+    }
+}
+
 #[test]
 fn recipe_flags_out_of_range_are_refused_and_nothing_is_written() {
     let tmp = tempfile::tempdir().expect("tempdir");

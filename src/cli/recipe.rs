@@ -122,7 +122,11 @@ pub fn expand(
     if args.iter().any(|a| a.to_str() == Some("--resume")) {
         bail!("--recipe cannot be combined with --resume: a resumed run keeps the config it started with");
     }
-    let missing = missing_flags(recipe, &args);
+    let epochs = given_value(&args, "--epochs").and_then(|e| e.parse::<f64>().ok());
+    let missing: Vec<(&str, String)> = missing_flags(recipe, &args)
+        .into_iter()
+        .map(|(flag, value)| (flag, scaled_warmup(recipe, flag, value, epochs)))
+        .collect();
     let filled: Vec<String> = missing.iter().map(|(f, v)| format!("{f} {v}")).collect();
     let mut out = args;
     for (flag, value) in missing {
@@ -130,6 +134,38 @@ pub fn expand(
         out.push(value.into());
     }
     Ok((out, Some((recipe, filled))))
+}
+
+/// The value of `flag` on the command line (`--flag V` or `--flag=V`), if given.
+fn given_value(args: &[OsString], flag: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        let a = a.to_str()?;
+        if a == flag {
+            args.get(i + 1)?.to_str().map(str::to_string)
+        } else {
+            let rest = a.strip_prefix(flag)?.strip_prefix('=')?;
+            Some(rest.to_string())
+        }
+    })
+}
+
+/// A recipe's `value` of `flag`, except its warm-up when the command line gives its own
+/// number of epochs: the same fraction of the schedule (cifar-best's 10 of 100 epochs is 3
+/// of 30), so that a shortened recipe keeps its shape instead of warming up for all of it.
+fn scaled_warmup(recipe: &Recipe, flag: &str, value: &str, epochs: Option<f64>) -> String {
+    let recipe_epochs = recipe
+        .flags
+        .iter()
+        .find(|(f, _)| *f == "--epochs")
+        .and_then(|(_, e)| e.parse::<f64>().ok());
+    match (flag, value.parse::<f64>(), epochs, recipe_epochs) {
+        ("--warmup-epochs", Ok(w), Some(e), Some(r)) if e.is_finite() && e > 0.0 && r > 0.0 => {
+            // to 2 decimals: the printed and recorded value is the one used
+            let scaled = (w * e / r * 100.0).round() / 100.0;
+            format!("{scaled}")
+        }
+        _ => value.to_string(),
+    }
 }
 
 /// What the run prints of its recipe: what it is, the flags it filled and those of its flags
@@ -164,6 +200,21 @@ mod tests {
 
     fn args(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_warm_up_keeps_its_share_of_given_epochs() {
+        let filled = |cmd: &[&str]| expand(args(cmd)).unwrap().1.unwrap().1;
+        let base = ["vitk", "train", "--recipe", "cifar-best"];
+        let with = |more: &[&str]| filled(&[&base[..], more].concat());
+        assert!(filled(&base).contains(&"--warmup-epochs 10".to_string()));
+        assert!(with(&["--epochs", "30"]).contains(&"--warmup-epochs 3".to_string()));
+        assert!(with(&["--epochs=2"]).contains(&"--warmup-epochs 0.2".to_string()));
+        assert!(with(&["--epochs", "7"]).contains(&"--warmup-epochs 0.7".to_string()));
+        // a given warm-up is the user's; an unreadable --epochs is left to the parser
+        let given = with(&["--epochs", "30", "--warmup-epochs", "5"]);
+        assert!(!given.iter().any(|f| f.starts_with("--warmup-epochs")));
+        assert!(with(&["--epochs", "many"]).contains(&"--warmup-epochs 10".to_string()));
     }
 
     #[test]
