@@ -489,28 +489,43 @@ fn f32_engine_matches_f64() {
     let params = params_for(&layout, 600);
     let images = rand_vec(2 * cfg.image_len(), 601, 1.0);
     let mask = pixel_masks(&mask_for(2, cfg.num_patches()), cfg.num_patches());
-    let mut e64 = pixel_engine::<f64>(&cfg, objective, 2);
-    e64.forward(&params, &images, &mask);
+    let e64 = pixel_engine::<f64>(&cfg, objective, 2);
+    let e32 = pixel_engine::<f32>(&cfg, objective, 2);
+    assert_f32_matches_f64("pixels", &layout, &params, &images, &mask, e64, e32);
+}
+
+/// Runs `e64` and `e32` forward and backward on the same batch and checks that the f32
+/// engine computes what the f64 one does, to f32 rounding: loss, predictions and every
+/// gradient. f32 rounding through a two-block model: ~1e-6 per op, a few hundred ops deep.
+/// Returns the engines, for the objective's own checks.
+fn assert_f32_matches_f64(
+    what: &str,
+    layout: &PretrainLayout,
+    params: &[f64],
+    images: &[f64],
+    masks: &PatchMasks,
+    mut e64: CpuPretrainEngine<f64>,
+    mut e32: CpuPretrainEngine<f32>,
+) -> (CpuPretrainEngine<f64>, CpuPretrainEngine<f32>) {
+    e64.forward(params, images, masks);
     let loss64 = e64.loss();
     let mut g64 = vec![0.0; layout.len];
-    e64.backward(&params, &mut g64);
+    e64.backward(params, &mut g64);
 
     let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-    let mut e32 = pixel_engine::<f32>(&cfg, objective, 2);
-    let p32 = to32(&params);
-    e32.forward(&p32, &to32(&images), &mask);
+    let p32 = to32(params);
+    e32.forward(&p32, &to32(images), masks);
     let loss32 = e32.loss();
     let mut g32 = vec![0.0f32; layout.len];
     e32.backward(&p32, &mut g32);
-    // f32 rounding through a two-block model: ~1e-6 per op, a few hundred ops deep.
     let tol = 1e-4;
     assert!(
         ((loss32 - loss64) / loss64).abs() <= tol,
-        "loss f32 {loss32} vs f64 {loss64}"
+        "{what}: loss f32 {loss32} vs f64 {loss64}"
     );
     assert_close(
-        "predictions f32",
+        &format!("{what}: predictions f32"),
         &to64(e32.predictions()),
         e64.predictions(),
         tol,
@@ -518,12 +533,13 @@ fn f32_engine_matches_f64() {
     for e in &layout.entries {
         let r = e.range.clone();
         assert_close(
-            &format!("{} f32", e.name),
+            &format!("{what}: {} f32", e.name),
             &to64(&g32[r.clone()]),
             &g64[r],
             tol,
         );
     }
+    (e64, e32)
 }
 
 /// The initialisation: the encoder exactly as the classifier's with the same seed, the mask
@@ -895,42 +911,9 @@ fn colour_f32_engine_matches_f64() {
     let params = params_for(&layout, 610);
     let images = colour_images(&cfg, 2, 611);
     let masks = colour_masks(2, cfg.num_patches());
-    let mut e64 = colour_engine::<f64>(&cfg, 2);
-    e64.forward(&params, &images, &masks);
-    let loss64 = e64.loss();
-    let mut g64 = vec![0.0; layout.len];
-    e64.backward(&params, &mut g64);
-
-    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-    let mut e32 = colour_engine::<f32>(&cfg, 2);
-    let p32 = to32(&params);
-    e32.forward(&p32, &to32(&images), &masks);
-    let loss32 = e32.loss();
-    let mut g32 = vec![0.0f32; layout.len];
-    e32.backward(&p32, &mut g32);
+    let (e64, e32) = (colour_engine::<f64>(&cfg, 2), colour_engine::<f32>(&cfg, 2));
+    let (e64, e32) = assert_f32_matches_f64("colour", &layout, &params, &images, &masks, e64, e32);
     assert_eq!(e32.colour_targets(), e64.colour_targets());
-    // As the pixel objective's: f32 rounding through a two-block model.
-    let tol = 1e-4;
-    assert!(
-        ((loss32 - loss64) / loss64).abs() <= tol,
-        "loss f32 {loss32} vs f64 {loss64}"
-    );
-    assert_close(
-        "logits f32",
-        &to64(e32.predictions()),
-        e64.predictions(),
-        tol,
-    );
-    for e in &layout.entries {
-        let r = e.range.clone();
-        assert_close(
-            &format!("{} f32 (colour)", e.name),
-            &to64(&g32[r.clone()]),
-            &g64[r],
-            tol,
-        );
-    }
 }
 
 /// A few AdamW steps (ParamGroups::pretraining, from init_pretrain_params of the colour
