@@ -6,7 +6,7 @@
 
 mod gpu_common;
 
-use gpu_common::{check, device, rng, uniform, widen};
+use gpu_common::{check, device, rng, short_run_losses, uniform, widen};
 use vitk::cpu::CpuEngine;
 use vitk::cpu::{clip_grad_norm, AdamW};
 use vitk::engine::Precision;
@@ -364,69 +364,11 @@ fn steps_at_a_non_square_size_match_cpu() {
     }
 }
 
-/// Runs a short `vitk train` on the synthetic set and returns the per-step losses.
-fn train_losses(device: &str, precision: &str, dir: &std::path::Path) -> Vec<f64> {
-    let run = dir.join(format!("{device}-{precision}"));
-    // VITK_BIN: the binary of a GPU bundle (scripts/gpu-bundle.sh), elsewhere than where
-    // cargo built it.
-    let bin = std::env::var("VITK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vitk").into());
-    let out = std::process::Command::new(bin)
-        .args(["train", "--device", device, "--precision", precision])
-        .args(["--model", "micro"])
-        .args([
-            "--embed-dim",
-            "16",
-            "--depth",
-            "1",
-            "--num-heads",
-            "2",
-            "--mlp-dim",
-            "24",
-        ])
-        .args([
-            "--patch-size",
-            "8",
-            "--batch-size",
-            "16",
-            "--steps",
-            "12",
-            "--lr",
-            "3e-3",
-        ])
-        .args([
-            "--warmup-epochs",
-            "0",
-            "--schedule",
-            "constant",
-            "--val-split",
-            "16",
-        ])
-        .args(["--no-augment", "--threads", "2", "--out"])
-        .arg(&run)
-        .output()
-        .expect("run vitk");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "vitk train --device {device} failed:\n{text}"
-    );
-    let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().expect("loss"))
-        .collect()
-}
-
 #[test]
 fn cli_train_on_the_emulator_learns_as_the_cpu_does() {
     let dir = tempfile::tempdir().unwrap();
-    let cpu = train_losses("cpu", "fp32", dir.path());
-    let emu = train_losses("emu", "fp32", dir.path());
+    let cpu = short_run_losses("train", "cpu", "fp32", &[], dir.path());
+    let emu = short_run_losses("train", "emu", "fp32", &[], dir.path());
     println!("cpu losses: {cpu:.4?}\nemu losses: {emu:.4?}");
     assert_eq!(cpu.len(), 12);
     assert_eq!(emu.len(), 12);
@@ -453,8 +395,8 @@ fn cli_train_on_the_emulator_learns_as_the_cpu_does() {
 #[test]
 fn cli_train_bf16_on_the_emulator_learns_as_the_cpu_does() {
     let dir = tempfile::tempdir().unwrap();
-    let cpu = train_losses("cpu", "fp32", dir.path());
-    let emu = train_losses("emu", "bf16", dir.path());
+    let cpu = short_run_losses("train", "cpu", "fp32", &[], dir.path());
+    let emu = short_run_losses("train", "emu", "bf16", &[], dir.path());
     println!("cpu fp32 losses: {cpu:.4?}\nemu bf16 losses: {emu:.4?}");
     assert_eq!(emu.len(), 12);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;

@@ -8,7 +8,7 @@
 
 mod gpu_common;
 
-use gpu_common::{check, device, rng, uniform, widen, Dev, U16};
+use gpu_common::{check, device, rng, short_run_losses, uniform, widen, Dev, U16};
 use vitk::cpu::mim::PixelLoss;
 use vitk::cpu::mim_colour::{masked_cross_entropy, mean_colour_targets, COLOUR_CLASSES};
 use vitk::cpu::{clip_grad_norm, AdamW, CpuPretrainEngine, PixelObjective};
@@ -585,69 +585,6 @@ fn a_queued_pretrain_step_never_waits_for_the_device() {
     }
 }
 
-/// Runs a short `vitk pretrain` on the synthetic set and returns the per-step losses.
-fn pretrain_losses(
-    device: &str,
-    precision: &str,
-    objective: &str,
-    dir: &std::path::Path,
-) -> Vec<f64> {
-    let run = dir.join(format!("{device}-{precision}-{objective}"));
-    // VITK_BIN: the binary of a GPU bundle (scripts/gpu-bundle.sh), elsewhere than where
-    // cargo built it.
-    let bin = std::env::var("VITK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vitk").into());
-    let out = std::process::Command::new(bin)
-        .args(["pretrain", "--device", device, "--precision", precision])
-        .args(["--objective", objective, "--model", "micro"])
-        .args([
-            "--embed-dim",
-            "16",
-            "--depth",
-            "1",
-            "--num-heads",
-            "2",
-            "--mlp-dim",
-            "24",
-        ])
-        .args([
-            "--patch-size",
-            "8",
-            "--batch-size",
-            "16",
-            "--steps",
-            "12",
-            "--lr",
-            "3e-3",
-        ])
-        .args([
-            "--warmup-epochs",
-            "0",
-            "--schedule",
-            "constant",
-            "--val-split",
-            "16",
-        ])
-        .args(["--no-augment", "--threads", "2", "--out"])
-        .arg(&run)
-        .output()
-        .expect("run vitk");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "vitk pretrain --device {device} failed:\n{text}"
-    );
-    let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().expect("loss"))
-        .collect()
-}
-
 /// `vitk pretrain --device emu` (fp32) learns as the CPU run does, both objectives: same
 /// seed, data, masks and initialisation, so the per-step losses differ by rounding only (1%,
 /// as `vitk train`'s test in tests/gpu_engine.rs), and both fall.
@@ -655,8 +592,20 @@ fn pretrain_losses(
 fn cli_pretrain_on_the_emulator_learns_as_the_cpu_does() {
     let dir = tempfile::tempdir().unwrap();
     for objective in ["pixels", "color"] {
-        let cpu = pretrain_losses("cpu", "fp32", objective, dir.path());
-        let emu = pretrain_losses("emu", "fp32", objective, dir.path());
+        let cpu = short_run_losses(
+            "pretrain",
+            "cpu",
+            "fp32",
+            &["--objective", objective],
+            dir.path(),
+        );
+        let emu = short_run_losses(
+            "pretrain",
+            "emu",
+            "fp32",
+            &["--objective", objective],
+            dir.path(),
+        );
         println!("{objective}: cpu losses: {cpu:.4?}\n{objective}: emu losses: {emu:.4?}");
         assert_eq!(cpu.len(), 12);
         assert_eq!(emu.len(), 12);

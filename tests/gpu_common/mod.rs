@@ -187,3 +187,58 @@ impl Dev {
         self.get(vitk::gpu::Operand::F32(v))
     }
 }
+
+/// Runs `vitk COMMAND` (train or pretrain) for 12 steps of a one-block model on the synthetic
+/// set on `device` in `precision`, with `extra` flags, into a run directory under `dir`, and
+/// returns the per-step losses of its metrics log. VITK_BIN: the binary of a GPU bundle
+/// (scripts/gpu-bundle.sh), elsewhere than where cargo built it.
+pub fn short_run_losses(
+    command: &str,
+    device: &str,
+    precision: &str,
+    extra: &[&str],
+    dir: &std::path::Path,
+) -> Vec<f64> {
+    let run = dir.join(format!(
+        "{command}-{device}-{precision}-{}",
+        extra.join("-")
+    ));
+    let bin = std::env::var("VITK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vitk").into());
+    let model = ["--model", "micro", "--embed-dim", "16", "--depth", "1"];
+    let widths = ["--num-heads", "2", "--mlp-dim", "24", "--patch-size", "8"];
+    let steps = ["--batch-size", "16", "--steps", "12", "--lr", "3e-3"];
+    let schedule = ["--warmup-epochs", "0", "--schedule", "constant"];
+    let out = std::process::Command::new(bin)
+        .args([command, "--device", device, "--precision", precision])
+        .args(extra)
+        .args(model)
+        .args(widths)
+        .args(steps)
+        .args(schedule)
+        .args([
+            "--val-split",
+            "16",
+            "--no-augment",
+            "--threads",
+            "2",
+            "--out",
+        ])
+        .arg(&run)
+        .output()
+        .expect("run vitk");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "vitk {command} --device {device} failed:\n{text}"
+    );
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().expect("loss"))
+        .collect()
+}
